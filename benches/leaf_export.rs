@@ -1,0 +1,260 @@
+//! The leaf-export benchmark of issue 2 (run: `cargo bench --bench leaf_export`).
+//!
+//! One leaf of 8 sorted files × 2.5 M rows (16-char string row key, i64 sort key, i64, 20-40
+//! byte string and a third i64 value, since Sleeper has no floating-point type; zstd), whose
+//! region keeps about 80 % of the rows. In one run it times, on the same files:
+//! - ours, on a 1-thread and a 2-thread runtime;
+//! - (a) DataFusion's own plan: Parquet scan with the order declared, region filter,
+//!   `SortPreservingMergeExec`, Parquet sink (`COPY … TO`), 2 threads;
+//! - (b) the floor: the same rows filtered and copied file after file, no merge, 1 thread;
+//!
+//! and prints the ratios the issue sets targets for, with the peak RSS of each run.
+//! `SLEEPER_BENCH_ROWS` overrides the rows per file (default 2,500,000); `SLEEPER_BENCH_RUNS`
+//! the runs per variant (default 3, the median is reported).
+
+use std::time::{Duration, Instant};
+
+use datafusion::prelude::{SessionConfig, SessionContext};
+use sleeper_export::export::{run_leaf_query, task_context};
+use sleeper_export::model::{Field, KeyValue, PrimitiveType, Schema, TableProperties};
+use sleeper_export::plan::filter::RowFilter;
+use sleeper_export::query::split_into_leaf_queries;
+use sleeper_export::storage::Stores;
+use sleeper_export::table::SleeperTable;
+use sleeper_export::tablegen::{tree_from_split_points, RowStyle, TableWriter};
+
+const FILES: usize = 8;
+/// About 80 % of uniformly random lowercase keys sort below this.
+const SPLIT: &str = "uuuu";
+
+fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn runtime(threads: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .expect("a runtime")
+}
+
+fn peak_rss_reset() {
+    // Writing 5 to clear_refs resets the peak resident set size (Linux).
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+async fn create_table(dir: &std::path::Path, rows_per_file: usize) -> SleeperTable {
+    let marker = dir.join(format!("complete-{rows_per_file}"));
+    let stores = Stores::default();
+    if marker.exists() {
+        return SleeperTable::open(dir.join("table").to_str().unwrap(), &stores)
+            .await
+            .unwrap();
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    let schema = Schema::new(
+        vec![Field::primitive("key", PrimitiveType::String)],
+        vec![Field::primitive("timestamp", PrimitiveType::Long)],
+        vec![
+            Field::primitive("count", PrimitiveType::Long),
+            Field::primitive("text", PrimitiveType::String),
+            Field::primitive("measure", PrimitiveType::Long),
+        ],
+    )
+    .unwrap();
+    let tree = tree_from_split_points("bench", &schema, &[KeyValue::String(SPLIT.into())]).unwrap();
+    let location = stores.resolve(dir.join("table").to_str().unwrap()).unwrap();
+    let mut writer = TableWriter::new(
+        location,
+        TableProperties::new("bench", "bench", schema),
+        tree,
+        RowStyle::default(),
+        1,
+    );
+    for i in 0..FILES {
+        eprintln!(
+            "writing input file {}/{FILES} ({rows_per_file} rows)",
+            i + 1
+        );
+        writer
+            .write_random_file("root", rows_per_file, &["root"])
+            .await
+            .unwrap();
+    }
+    let table = writer.finish().await.unwrap();
+    std::fs::write(marker, "").unwrap();
+    table
+}
+
+struct Measured {
+    time: Duration,
+    peak_rss_mib: f64,
+    rows: u64,
+}
+
+fn measure(runs: usize, mut run: impl FnMut() -> u64) -> Measured {
+    let mut times = Vec::new();
+    let mut peak = 0.0f64;
+    let mut rows = 0;
+    for _ in 0..runs {
+        peak_rss_reset();
+        let started = Instant::now();
+        rows = run();
+        times.push(started.elapsed());
+        peak = peak.max(peak_rss_mib());
+    }
+    times.sort();
+    Measured {
+        time: times[times.len() / 2],
+        peak_rss_mib: peak,
+        rows,
+    }
+}
+
+fn ours(table: &SleeperTable, out: &std::path::Path, threads: usize) -> u64 {
+    runtime(threads).block_on(async {
+        let output = Stores::default().resolve(out.to_str().unwrap()).unwrap();
+        let query = split_into_leaf_queries(table, "bench")
+            .into_iter()
+            .find(|q| q.partition_region.ranges[0].max.is_some())
+            .expect("the 80 % leaf");
+        run_leaf_query(table, &query, &output, task_context(8192))
+            .await
+            .unwrap()
+            .rows_written
+    })
+}
+
+fn datafusion_merge(table: &SleeperTable, out: &std::path::Path) -> u64 {
+    runtime(2).block_on(async {
+        let config = SessionConfig::new().with_target_partitions(FILES).with_batch_size(8192);
+        let ctx = SessionContext::new_with_config(config);
+        let data = table.location.url.to_file_path().unwrap().join("data/partition_root");
+        ctx.sql(&format!(
+            "CREATE EXTERNAL TABLE t STORED AS PARQUET WITH ORDER (key ASC, timestamp ASC) LOCATION '{}/'",
+            data.display()
+        ))
+        .await
+        .unwrap();
+        let statement = format!(
+            "COPY (SELECT * FROM t WHERE key < '{SPLIT}' ORDER BY key, timestamp) TO '{}' STORED AS PARQUET \
+             OPTIONS ('format.compression' 'zstd(3)', 'format.max_row_group_size' '100000', 'format.writer_version' '2.0', \
+             'format.dictionary_enabled' 'false')",
+            out.join("datafusion.parquet").display()
+        );
+        if std::env::var_os("SLEEPER_BENCH_EXPLAIN").is_some() {
+            let plan = ctx.sql(&format!("EXPLAIN {statement}")).await.unwrap().collect().await.unwrap();
+            eprintln!("{}", datafusion::arrow::util::pretty::pretty_format_batches(&plan).unwrap());
+        }
+        let result = ctx.sql(&statement).await.unwrap().collect().await.unwrap();
+        result[0].column(0).as_any().downcast_ref::<datafusion::arrow::array::UInt64Array>().unwrap().value(0)
+    })
+}
+
+/// Filter-and-copy with no merge: the cost of reading, filtering and writing the same rows.
+fn floor(table: &SleeperTable, out: &std::path::Path) -> u64 {
+    use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use datafusion::parquet::arrow::ArrowWriter;
+    let query = split_into_leaf_queries(table, "bench")
+        .into_iter()
+        .find(|q| q.partition_region.ranges[0].max.is_some())
+        .unwrap();
+    let schema = &table.properties.schema;
+    let filter = RowFilter::new(
+        &query.partition_region,
+        &query.regions,
+        &schema.row_key_types(),
+    );
+    let file = std::fs::File::create(out.join("floor.parquet")).unwrap();
+    let mut writer = ArrowWriter::try_new(
+        file,
+        schema.arrow_schema(),
+        Some(table.properties.writer_properties().unwrap()),
+    )
+    .unwrap();
+    let mut rows = 0;
+    for input in &query.files {
+        let path = input.strip_prefix("file://").unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path).unwrap())
+            .unwrap()
+            .with_batch_size(8192)
+            .build()
+            .unwrap();
+        for batch in reader {
+            let batch = batch.unwrap();
+            let batch = match filter.evaluate(&batch).unwrap() {
+                Some(mask) => {
+                    datafusion::arrow::compute::filter_record_batch(&batch, &mask).unwrap()
+                }
+                None => batch,
+            };
+            rows += batch.num_rows() as u64;
+            writer.write(&batch).unwrap();
+        }
+    }
+    writer.close().unwrap();
+    rows
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; any other argument is a filter we do not support.
+    let rows_per_file = env_number("SLEEPER_BENCH_ROWS", 2_500_000);
+    let runs = env_number("SLEEPER_BENCH_RUNS", 3);
+    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+    let dir = std::path::Path::new(&target).join("bench-data/leaf_export");
+    let table = runtime(2).block_on(create_table(&dir, rows_per_file));
+    let out = tempfile::tempdir().unwrap();
+
+    let floor_run = measure(runs, || floor(&table, out.path()));
+    let ours_1 = measure(runs, || ours(&table, out.path(), 1));
+    let ours_2 = measure(runs, || ours(&table, out.path(), 2));
+    let df = measure(runs, || datafusion_merge(&table, out.path()));
+    assert_eq!(
+        ours_1.rows, floor_run.rows,
+        "ours and the floor export the same rows"
+    );
+    assert_eq!(
+        df.rows, floor_run.rows,
+        "DataFusion and the floor export the same rows"
+    );
+
+    let input_rows = rows_per_file * FILES;
+    println!("leaf export: {FILES} files × {rows_per_file} rows, {} rows kept ({:.1} %), median of {runs}", floor_run.rows, 100.0 * floor_run.rows as f64 / input_rows as f64);
+    for (name, m) in [
+        ("(b) floor, filter+copy, 1 thread", &floor_run),
+        ("ours, 1 thread", &ours_1),
+        ("ours, 2 threads", &ours_2),
+        ("(a) DataFusion SPM + sink, 2 threads", &df),
+    ] {
+        println!(
+            "  {name:<40} {:>8.3} s  peak RSS {:>7.1} MiB",
+            m.time.as_secs_f64(),
+            m.peak_rss_mib
+        );
+    }
+    println!(
+        "  ours 1 thread / floor          = {:.3} (target ≤ 1.05)",
+        ours_1.time.as_secs_f64() / floor_run.time.as_secs_f64()
+    );
+    println!(
+        "  DataFusion / ours 2 threads    = {:.3} (target ≥ 1.3)",
+        df.time.as_secs_f64() / ours_2.time.as_secs_f64()
+    );
+    println!(
+        "  ours peak RSS                  = {:.1} MiB (target < 512)",
+        ours_1.peak_rss_mib.max(ours_2.peak_rss_mib)
+    );
+}

@@ -1,0 +1,135 @@
+//! The crate's one error type. Every variant names what it was working on (table, file, partition,
+//! field) so that a failed export says what to fix without a debugger.
+
+use datafusion::error::DataFusionError;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid Sleeper schema: {0}")]
+    Schema(String),
+
+    #[error("invalid {what} JSON: {source}")]
+    Json {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    #[error("invalid region: {0}")]
+    Region(String),
+
+    /// Sleeper's wording, so that users see the same message whichever implementation ran.
+    #[error("Query validation failed{}: {message}", export_id.as_ref().map(|id| format!(" for export \"{id}\"")).unwrap_or_default())]
+    QueryValidation {
+        export_id: Option<String>,
+        message: String,
+    },
+
+    /// `by` is "ID" or "name", as in Sleeper's message.
+    #[error("Table could not be found with {by}: \"{value}\"")]
+    TableNotFound { by: &'static str, value: String },
+
+    #[error("table property {property}: {message}")]
+    TableProperty { property: String, message: String },
+
+    #[error("invalid partition tree of table {table}: {message}")]
+    PartitionTree { table: String, message: String },
+
+    #[error("state store of table {table}: {message}")]
+    StateStore { table: String, message: String },
+
+    #[error("invalid location {location:?}: {message}")]
+    Location { location: String, message: String },
+
+    #[error("input file {file} of partition {partition} is missing")]
+    MissingInputFile {
+        file: String,
+        partition: String,
+        #[source]
+        source: object_store::Error,
+    },
+
+    #[error("input file {file} of partition {partition} is not readable Parquet: {source}")]
+    CorruptInputFile {
+        file: String,
+        partition: String,
+        #[source]
+        source: datafusion::parquet::errors::ParquetError,
+    },
+
+    #[error(
+        "input file {file} of partition {partition} does not match the table schema: {message}"
+    )]
+    InputSchemaMismatch {
+        file: String,
+        partition: String,
+        message: String,
+    },
+
+    #[error("writing export file {path}: {message}")]
+    Output { path: String, message: String },
+
+    #[error("object store at {path}: {source}")]
+    ObjectStore {
+        path: String,
+        #[source]
+        source: object_store::Error,
+    },
+
+    #[error("{context}: {source}")]
+    Arrow {
+        context: String,
+        #[source]
+        source: datafusion::arrow::error::ArrowError,
+    },
+
+    #[error(transparent)]
+    DataFusion(DataFusionError),
+}
+
+impl Error {
+    pub fn validation(export_id: Option<&str>, message: impl Into<String>) -> Self {
+        Error::QueryValidation {
+            export_id: export_id.map(str::to_owned),
+            message: message.into(),
+        }
+    }
+
+    pub fn object_store(path: impl std::fmt::Display, source: object_store::Error) -> Self {
+        Error::ObjectStore {
+            path: path.to_string(),
+            source,
+        }
+    }
+}
+
+impl From<Error> for DataFusionError {
+    fn from(error: Error) -> Self {
+        match error {
+            Error::DataFusion(inner) => inner,
+            other => DataFusionError::External(Box::new(other)),
+        }
+    }
+}
+
+/// Errors of ours that travelled through DataFusion come back as themselves, so callers can match
+/// on them and messages are not wrapped in "External error: …".
+impl From<DataFusionError> for Error {
+    fn from(error: DataFusionError) -> Self {
+        match error {
+            DataFusionError::External(boxed) => match boxed.downcast::<Error>() {
+                Ok(ours) => *ours,
+                Err(other) => Error::DataFusion(DataFusionError::External(other)),
+            },
+            DataFusionError::Context(context, inner) => match Error::from(*inner) {
+                Error::DataFusion(inner) => {
+                    Error::DataFusion(DataFusionError::Context(context, Box::new(inner)))
+                }
+                ours => ours,
+            },
+            other => Error::DataFusion(other),
+        }
+    }
+}

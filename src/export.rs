@@ -1,0 +1,208 @@
+//! Running exports: one plan per leaf query (the unit a queue runner receives), and whole-table
+//! exports that run those plans concurrently.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::AsArray;
+use datafusion::arrow::datatypes::UInt64Type;
+use datafusion::common::runtime::SpawnedTask;
+use datafusion::error::DataFusionError;
+use datafusion::execution::TaskContext;
+use datafusion::physical_plan::{collect, ExecutionPlan};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use futures::StreamExt;
+use object_store::path::Path;
+
+use crate::error::{Error, Result};
+use crate::plan::{ExportTarget, LeafExportExec, LeafInput, LeafMergeExec};
+use crate::query::{split_into_leaf_queries, BulkExportLeafPartitionQuery};
+use crate::storage::Location;
+use crate::table::SleeperTable;
+
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    /// Generated (a UUID) when not given, as Sleeper does.
+    pub export_id: Option<String>,
+    /// Leaves exported at once.
+    pub parallelism: usize,
+    /// Rows per batch inside the merge.
+    pub batch_size: usize,
+}
+
+impl Default for ExportOptions {
+    fn default() -> Self {
+        ExportOptions {
+            export_id: None,
+            parallelism: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            batch_size: 8192,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeafExportResult {
+    pub leaf_partition_id: String,
+    pub sub_export_id: String,
+    pub file: String,
+    pub rows_read: u64,
+    pub rows_written: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ExportSummary {
+    pub table_id: String,
+    pub export_id: String,
+    pub leaves: Vec<LeafExportResult>,
+    pub elapsed: Duration,
+}
+
+impl ExportSummary {
+    pub fn rows_written(&self) -> u64 {
+        self.leaves.iter().map(|l| l.rows_written).sum()
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.leaves.iter().map(|l| l.bytes).sum()
+    }
+}
+
+/// `<output>/<tableId>/<exportId>/<subExportId>.parquet`, Sleeper's layout (by table id, not name).
+pub fn output_path(
+    output: &Location,
+    table_id: &str,
+    export_id: &str,
+    sub_export_id: &str,
+) -> Path {
+    output.child(&format!("{table_id}/{export_id}/{sub_export_id}.parquet"))
+}
+
+impl From<&BulkExportLeafPartitionQuery> for LeafInput {
+    fn from(query: &BulkExportLeafPartitionQuery) -> Self {
+        LeafInput {
+            partition_id: query.leaf_partition_id.clone(),
+            partition_region: query.partition_region.clone(),
+            query_regions: query.regions.clone(),
+            files: query.files.clone(),
+        }
+    }
+}
+
+/// The physical plan of one leaf query: the leaf merge feeding the Parquet sink.
+pub fn leaf_export_plan(
+    table: &SleeperTable,
+    query: &BulkExportLeafPartitionQuery,
+    output: &Location,
+) -> Result<Arc<LeafExportExec>> {
+    if query.table_id != table.id() {
+        return Err(Error::TableNotFound {
+            by: "ID",
+            value: query.table_id.clone(),
+        });
+    }
+    let merge = LeafMergeExec::new(
+        table.id(),
+        Arc::new(table.properties.schema.clone()),
+        vec![LeafInput::from(query)],
+        None,
+        table.stores.clone(),
+    );
+    let path = output_path(
+        output,
+        &query.table_id,
+        &query.export_id,
+        &query.sub_export_id,
+    );
+    let target = ExportTarget {
+        partition_id: query.leaf_partition_id.clone(),
+        sub_export_id: query.sub_export_id.clone(),
+        url: output.url_of(&path),
+        path,
+    };
+    Ok(Arc::new(LeafExportExec::try_new(
+        Arc::new(merge),
+        Arc::clone(&output.store),
+        vec![target],
+        table.properties.writer_properties()?,
+    )?))
+}
+
+pub fn task_context(batch_size: usize) -> Arc<TaskContext> {
+    SessionContext::new_with_config(SessionConfig::new().with_batch_size(batch_size)).task_ctx()
+}
+
+/// Runs one leaf query to completion: its file is complete at the end, or absent on error.
+pub async fn run_leaf_query(
+    table: &SleeperTable,
+    query: &BulkExportLeafPartitionQuery,
+    output: &Location,
+    context: Arc<TaskContext>,
+) -> Result<LeafExportResult> {
+    let plan = leaf_export_plan(table, query, output)?;
+    let batches = collect(Arc::clone(&plan) as Arc<dyn ExecutionPlan>, context).await?;
+    let summary = batches
+        .first()
+        .filter(|b| b.num_rows() == 1)
+        .ok_or_else(|| Error::Output {
+            path: plan.targets()[0].url.clone(),
+            message: "the export plan returned no summary".into(),
+        })?;
+    let number = |column: usize| summary.column(column).as_primitive::<UInt64Type>().value(0);
+    let rows_read = plan.children()[0]
+        .metrics()
+        .and_then(|m| m.sum_by_name("rows_read"))
+        .map_or(0, |v| v.as_usize() as u64);
+    Ok(LeafExportResult {
+        leaf_partition_id: query.leaf_partition_id.clone(),
+        sub_export_id: query.sub_export_id.clone(),
+        file: plan.targets()[0].url.clone(),
+        rows_read,
+        rows_written: number(3),
+        bytes: number(4),
+    })
+}
+
+/// Exports every leaf of `table` under `output`, `options.parallelism` leaves at a time, calling
+/// `on_leaf` as each finishes. The first failure stops the export; leaves in flight are
+/// cancelled, which aborts their uploads.
+pub async fn export_table(
+    table: &SleeperTable,
+    output: &Location,
+    options: &ExportOptions,
+    mut on_leaf: impl FnMut(&LeafExportResult),
+) -> Result<ExportSummary> {
+    let started = Instant::now();
+    let export_id = options
+        .export_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let queries = split_into_leaf_queries(table, &export_id);
+    let context = task_context(options.batch_size);
+    let mut leaves = Vec::with_capacity(queries.len());
+    // Each leaf runs as its own task so that merges of different leaves use different cores.
+    let mut running = futures::stream::iter(queries.into_iter().enumerate())
+        .map(|(position, query)| {
+            let (table, output, context) = (table.clone(), output.clone(), Arc::clone(&context));
+            SpawnedTask::spawn(async move {
+                let result = run_leaf_query(&table, &query, &output, context).await;
+                result.map(|leaf| (position, leaf))
+            })
+            .join()
+        })
+        .buffer_unordered(options.parallelism.max(1));
+    while let Some(joined) = running.next().await {
+        let (position, leaf) = joined
+            .map_err(|e| Error::DataFusion(DataFusionError::ExecutionJoin(Box::new(e))))??;
+        on_leaf(&leaf);
+        leaves.push((position, leaf));
+    }
+    leaves.sort_by_key(|(position, _)| *position);
+    let leaves = leaves.into_iter().map(|(_, leaf)| leaf).collect();
+    Ok(ExportSummary {
+        table_id: table.id().to_owned(),
+        export_id,
+        leaves,
+        elapsed: started.elapsed(),
+    })
+}

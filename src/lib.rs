@@ -1,0 +1,15 @@
+//! sleeper-export: bulk export of GCHQ Sleeper tables to sorted Parquet, one file per leaf
+//! partition, with Sleeper's compaction semantics, on DataFusion.
+
+pub mod error;
+pub mod model;
+
+pub use error::{Error, Result};
+pub mod cli;
+pub mod export;
+pub mod plan;
+pub mod query;
+pub mod statestore;
+pub mod storage;
+pub mod table;
+pub mod tablegen;

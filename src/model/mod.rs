@@ -1,0 +1,12 @@
+//! Sleeper's data model: schemas, key order, regions, partitions, file references, properties.
+
+pub mod order;
+pub mod partition;
+pub mod properties;
+pub mod region;
+pub mod schema;
+
+pub use partition::{FileReference, Partition, PartitionTree};
+pub use properties::{JavaProperties, ParquetOptions, TableProperties};
+pub use region::{KeyValue, Range, Region};
+pub use schema::{Field, FieldType, PrimitiveType, Schema};

@@ -1,0 +1,408 @@
+//! Java `.properties` files, and the table properties sleeper-export uses.
+
+use std::collections::BTreeMap;
+
+use datafusion::parquet::basic::{BrotliLevel, Compression, GzipLevel, ZstdLevel};
+use datafusion::parquet::file::properties::{WriterProperties, WriterVersion};
+use datafusion::parquet::schema::types::ColumnPath;
+
+use super::schema::Schema;
+use crate::error::{Error, Result};
+
+/// A Java properties file, parsed as `java.util.Properties.load` does.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JavaProperties {
+    entries: BTreeMap<String, String>,
+}
+
+impl JavaProperties {
+    pub fn parse(text: &str) -> Self {
+        let mut entries = BTreeMap::new();
+        let mut logical = String::new();
+        let mut lines = text.lines();
+        while let Some(line) = lines.next() {
+            let trimmed = line.trim_start();
+            if logical.is_empty()
+                && (trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with('!'))
+            {
+                continue;
+            }
+            logical.push_str(trimmed);
+            let trailing_backslashes = logical.chars().rev().take_while(|&c| c == '\\').count();
+            if trailing_backslashes % 2 == 1 && lines.clone().next().is_some() {
+                logical.pop();
+                continue;
+            }
+            let (key, value) = split_key_value(&logical);
+            entries.insert(key, value);
+            logical.clear();
+        }
+        JavaProperties { entries }
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.entries.get(key).map(String::as_str)
+    }
+
+    pub fn set(&mut self, key: impl Into<String>, value: impl Into<String>) {
+        self.entries.insert(key.into(), value.into());
+    }
+
+    pub fn to_text(&self) -> String {
+        self.entries
+            .iter()
+            .map(|(k, v)| format!("{}={}\n", escape(k, true), escape(v, false)))
+            .collect()
+    }
+}
+
+fn split_key_value(line: &str) -> (String, String) {
+    let mut chars = line.char_indices().peekable();
+    let mut key_end = line.len();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '\\' => {
+                chars.next();
+            }
+            '=' | ':' | ' ' | '\t' | '\x0c' => {
+                key_end = i;
+                break;
+            }
+            _ => {}
+        }
+    }
+    let rest = line[key_end..].trim_start_matches([' ', '\t', '\x0c']);
+    let rest = rest.strip_prefix(['=', ':']).unwrap_or(rest);
+    let value = rest.trim_start_matches([' ', '\t', '\x0c']);
+    (unescape(&line[..key_end]), unescape(value))
+}
+
+fn unescape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('t') => out.push('\t'),
+            Some('n') => out.push('\n'),
+            Some('r') => out.push('\r'),
+            Some('f') => out.push('\x0c'),
+            Some('u') => {
+                let hex: String = chars.by_ref().take(4).collect();
+                match u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32) {
+                    Some(decoded) => out.push(decoded),
+                    None => out.push_str(&hex),
+                }
+            }
+            Some(other) => out.push(other),
+            None => {}
+        }
+    }
+    out
+}
+
+fn escape(text: &str, is_key: bool) -> String {
+    let mut out = String::with_capacity(text.len());
+    for (i, c) in text.chars().enumerate() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '=' | ':' | '#' | '!' => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' ' if is_key || i == 0 => out.push_str("\\ "),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+pub const TABLE_ID: &str = "sleeper.table.id";
+pub const TABLE_NAME: &str = "sleeper.table.name";
+pub const SCHEMA: &str = "sleeper.table.schema";
+pub const FILTERS: &str = "sleeper.table.filters";
+pub const AGGREGATIONS: &str = "sleeper.table.aggregations";
+const ROW_GROUP_ROWS: &str = "sleeper.table.parquet.rowgroup.rows.max";
+const PAGE_SIZE: &str = "sleeper.table.parquet.page.size";
+const COMPRESSION: &str = "sleeper.table.parquet.compression.codec";
+const WRITER_VERSION: &str = "sleeper.table.parquet.writer.version";
+const COLUMN_INDEX_TRUNCATE: &str = "sleeper.table.parquet.columnindex.truncate.length";
+const STATISTICS_TRUNCATE: &str = "sleeper.table.parquet.statistics.truncate.length";
+const DICTIONARY_ROW_KEYS: &str = "sleeper.table.parquet.dictionary.encoding.rowkey.fields";
+const DICTIONARY_SORT_KEYS: &str = "sleeper.table.parquet.dictionary.encoding.sortkey.fields";
+const DICTIONARY_VALUES: &str = "sleeper.table.parquet.dictionary.encoding.value.fields";
+
+/// The properties of one table that an export needs, with Sleeper's defaults.
+#[derive(Debug, Clone)]
+pub struct TableProperties {
+    pub table_id: String,
+    pub table_name: String,
+    pub schema: Schema,
+    pub parquet: ParquetOptions,
+    /// `sleeper.table.filters` as written, e.g. `ageOff(ts,86400000)`.
+    pub filters: Option<String>,
+    /// `sleeper.table.aggregations` as written, e.g. `sum(v),max(w)`.
+    pub aggregations: Option<String>,
+    pub raw: JavaProperties,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParquetOptions {
+    pub row_group_rows: usize,
+    pub page_size: usize,
+    pub compression: String,
+    pub writer_version: String,
+    pub column_index_truncate_length: usize,
+    pub statistics_truncate_length: usize,
+    pub dictionary_row_keys: bool,
+    pub dictionary_sort_keys: bool,
+    pub dictionary_values: bool,
+}
+
+impl Default for ParquetOptions {
+    fn default() -> Self {
+        ParquetOptions {
+            row_group_rows: 100_000,
+            page_size: 131_072,
+            compression: "zstd".into(),
+            writer_version: "v2".into(),
+            column_index_truncate_length: 128,
+            statistics_truncate_length: 2_147_483_647,
+            dictionary_row_keys: false,
+            dictionary_sort_keys: false,
+            dictionary_values: false,
+        }
+    }
+}
+
+impl TableProperties {
+    pub fn new(table_id: impl Into<String>, table_name: impl Into<String>, schema: Schema) -> Self {
+        let mut properties = TableProperties {
+            table_id: table_id.into(),
+            table_name: table_name.into(),
+            schema,
+            parquet: ParquetOptions::default(),
+            filters: None,
+            aggregations: None,
+            raw: JavaProperties::default(),
+        };
+        properties.raw = properties.to_java();
+        properties
+    }
+
+    pub fn from_java(raw: JavaProperties) -> Result<Self> {
+        let required = |key: &str| {
+            raw.get(key)
+                .map(str::to_owned)
+                .ok_or_else(|| Error::TableProperty {
+                    property: key.to_owned(),
+                    message: "is required".into(),
+                })
+        };
+        let table_id = required(TABLE_ID)?;
+        let schema = Schema::from_json(&required(SCHEMA)?).map_err(|e| Error::TableProperty {
+            property: SCHEMA.into(),
+            message: format!("table {table_id}: {e}"),
+        })?;
+        let defaults = ParquetOptions::default();
+        let number = |key: &str, default: usize| -> Result<usize> {
+            raw.get(key).map_or(Ok(default), |v| {
+                v.trim().parse().map_err(|_| Error::TableProperty {
+                    property: key.into(),
+                    message: format!("{v:?} is not a whole number"),
+                })
+            })
+        };
+        let flag = |key: &str, default: bool| -> Result<bool> {
+            raw.get(key).map_or(Ok(default), |v| {
+                match v.trim().to_ascii_lowercase().as_str() {
+                    "true" => Ok(true),
+                    "false" => Ok(false),
+                    _ => Err(Error::TableProperty {
+                        property: key.into(),
+                        message: format!("{v:?} is not true or false"),
+                    }),
+                }
+            })
+        };
+        let parquet = ParquetOptions {
+            row_group_rows: number(ROW_GROUP_ROWS, defaults.row_group_rows)?,
+            page_size: number(PAGE_SIZE, defaults.page_size)?,
+            compression: raw
+                .get(COMPRESSION)
+                .map_or(defaults.compression, |v| v.trim().to_ascii_lowercase()),
+            writer_version: raw
+                .get(WRITER_VERSION)
+                .map_or(defaults.writer_version, |v| v.trim().to_ascii_lowercase()),
+            column_index_truncate_length: number(
+                COLUMN_INDEX_TRUNCATE,
+                defaults.column_index_truncate_length,
+            )?,
+            statistics_truncate_length: number(
+                STATISTICS_TRUNCATE,
+                defaults.statistics_truncate_length,
+            )?,
+            dictionary_row_keys: flag(DICTIONARY_ROW_KEYS, defaults.dictionary_row_keys)?,
+            dictionary_sort_keys: flag(DICTIONARY_SORT_KEYS, defaults.dictionary_sort_keys)?,
+            dictionary_values: flag(DICTIONARY_VALUES, defaults.dictionary_values)?,
+        };
+        let non_empty = |key: &str| {
+            raw.get(key)
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+        };
+        let properties = TableProperties {
+            table_name: raw.get(TABLE_NAME).unwrap_or(&table_id).to_owned(),
+            table_id,
+            schema,
+            parquet,
+            filters: non_empty(FILTERS),
+            aggregations: non_empty(AGGREGATIONS),
+            raw,
+        };
+        properties.writer_properties()?;
+        Ok(properties)
+    }
+
+    pub fn to_java(&self) -> JavaProperties {
+        let mut raw = self.raw.clone();
+        raw.set(TABLE_ID, &self.table_id);
+        raw.set(TABLE_NAME, &self.table_name);
+        raw.set(SCHEMA, self.schema.to_json());
+        let p = &self.parquet;
+        raw.set(ROW_GROUP_ROWS, p.row_group_rows.to_string());
+        raw.set(PAGE_SIZE, p.page_size.to_string());
+        raw.set(COMPRESSION, &p.compression);
+        raw.set(WRITER_VERSION, &p.writer_version);
+        raw.set(
+            COLUMN_INDEX_TRUNCATE,
+            p.column_index_truncate_length.to_string(),
+        );
+        raw.set(
+            STATISTICS_TRUNCATE,
+            p.statistics_truncate_length.to_string(),
+        );
+        raw.set(DICTIONARY_ROW_KEYS, p.dictionary_row_keys.to_string());
+        raw.set(DICTIONARY_SORT_KEYS, p.dictionary_sort_keys.to_string());
+        raw.set(DICTIONARY_VALUES, p.dictionary_values.to_string());
+        if let Some(filters) = &self.filters {
+            raw.set(FILTERS, filters);
+        }
+        if let Some(aggregations) = &self.aggregations {
+            raw.set(AGGREGATIONS, aggregations);
+        }
+        raw
+    }
+
+    /// The Parquet writer settings Sleeper would use for this table's files.
+    pub fn writer_properties(&self) -> Result<WriterProperties> {
+        let p = &self.parquet;
+        let bad = |property: &str, message: String| Error::TableProperty {
+            property: property.into(),
+            message,
+        };
+        let compression = match p.compression.as_str() {
+            "uncompressed" | "none" => Compression::UNCOMPRESSED,
+            "snappy" => Compression::SNAPPY,
+            "gzip" => Compression::GZIP(GzipLevel::default()),
+            "lz4" => Compression::LZ4_RAW,
+            "brotli" => Compression::BROTLI(BrotliLevel::default()),
+            "zstd" => Compression::ZSTD(ZstdLevel::default()),
+            other => return Err(bad(COMPRESSION, format!("unsupported codec {other:?}"))),
+        };
+        let writer_version = match p.writer_version.as_str() {
+            "v1" => WriterVersion::PARQUET_1_0,
+            "v2" => WriterVersion::PARQUET_2_0,
+            other => {
+                return Err(bad(
+                    WRITER_VERSION,
+                    format!("{other:?} is neither v1 nor v2"),
+                ))
+            }
+        };
+        if p.row_group_rows == 0 {
+            return Err(bad(ROW_GROUP_ROWS, "must be at least 1".into()));
+        }
+        let mut builder = WriterProperties::builder()
+            .set_max_row_group_row_count(Some(p.row_group_rows))
+            .set_data_page_size_limit(p.page_size)
+            .set_compression(compression)
+            .set_writer_version(writer_version)
+            .set_column_index_truncate_length(Some(p.column_index_truncate_length))
+            .set_statistics_truncate_length(Some(p.statistics_truncate_length))
+            .set_created_by(format!("sleeper-export {}", env!("CARGO_PKG_VERSION")));
+        let schema = &self.schema;
+        for (fields, enabled) in [
+            (&schema.row_key_fields, p.dictionary_row_keys),
+            (&schema.sort_key_fields, p.dictionary_sort_keys),
+            (&schema.value_fields, p.dictionary_values),
+        ] {
+            for field in fields {
+                builder = builder
+                    .set_column_dictionary_enabled(ColumnPath::from(field.name.as_str()), enabled);
+            }
+        }
+        // Nested columns have leaf paths under the field name; dictionary settings for them follow
+        // the writer default, as in Sleeper.
+        Ok(builder.build())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_java_properties_syntax() {
+        let text = "# comment\n! other comment\nkey1=value1\nkey2 : value 2\nkey3 value3\n\
+                    multi=first \\\n    second\nescaped\\=key=a\\tb\\u0041\nempty=\n";
+        let props = JavaProperties::parse(text);
+        assert_eq!(props.get("key1"), Some("value1"));
+        assert_eq!(props.get("key2"), Some("value 2"));
+        assert_eq!(props.get("key3"), Some("value3"));
+        assert_eq!(props.get("multi"), Some("first second"));
+        assert_eq!(props.get("escaped=key"), Some("a\tbA"));
+        assert_eq!(props.get("empty"), Some(""));
+    }
+
+    #[test]
+    fn written_properties_read_back() {
+        let mut props = JavaProperties::default();
+        props.set("a key", "= value: with #specials\\ and\nnewline");
+        props.set(
+            SCHEMA,
+            r#"{"rowKeyFields":[{"name":"k","type":"LongType"}]}"#,
+        );
+        assert_eq!(JavaProperties::parse(&props.to_text()), props);
+    }
+
+    #[test]
+    fn table_properties_need_an_id_and_a_valid_schema() {
+        let error = TableProperties::from_java(JavaProperties::parse("sleeper.table.name=t\n"))
+            .unwrap_err();
+        assert!(error.to_string().contains("sleeper.table.id"), "{error}");
+        let error = TableProperties::from_java(JavaProperties::parse(
+            "sleeper.table.id=abc\nsleeper.table.schema={\"rowKeyFields\":[]}\n",
+        ))
+        .unwrap_err();
+        assert!(
+            error.to_string().contains("at least one row key"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn rejects_an_unknown_codec() {
+        let text = "sleeper.table.id=abc\nsleeper.table.schema={\"rowKeyFields\":[{\"name\":\"k\",\"type\":\"LongType\"}]}\n\
+                    sleeper.table.parquet.compression.codec=lzo2\n";
+        let error = TableProperties::from_java(JavaProperties::parse(text)).unwrap_err();
+        assert!(error.to_string().contains("lzo2"), "{error}");
+    }
+}

@@ -1,0 +1,372 @@
+//! Key values, ranges and regions, with Sleeper's order and Sleeper's Region JSON.
+
+use std::cmp::Ordering;
+use std::fmt;
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+use serde_json::{json, Map, Value};
+
+use super::order::{compare_byte_arrays, compare_strings};
+use super::schema::{PrimitiveType, Schema};
+use crate::error::{Error, Result};
+
+/// One value of a key column. Ordered as Sleeper orders keys (see [`super::order`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum KeyValue {
+    Int(i32),
+    Long(i64),
+    String(String),
+    Bytes(Vec<u8>),
+}
+
+impl KeyValue {
+    /// The smallest value of a type: the minimum of an unbounded range.
+    pub fn minimum(key_type: PrimitiveType) -> Self {
+        match key_type {
+            PrimitiveType::Int => KeyValue::Int(i32::MIN),
+            PrimitiveType::Long => KeyValue::Long(i64::MIN),
+            PrimitiveType::String => KeyValue::String(String::new()),
+            PrimitiveType::ByteArray => KeyValue::Bytes(Vec::new()),
+        }
+    }
+
+    pub fn key_type(&self) -> PrimitiveType {
+        match self {
+            KeyValue::Int(_) => PrimitiveType::Int,
+            KeyValue::Long(_) => PrimitiveType::Long,
+            KeyValue::String(_) => PrimitiveType::String,
+            KeyValue::Bytes(_) => PrimitiveType::ByteArray,
+        }
+    }
+
+    fn to_json(&self, strings_base64: bool) -> Value {
+        match self {
+            KeyValue::Int(v) => json!(v),
+            KeyValue::Long(v) => json!(v),
+            KeyValue::String(s) if strings_base64 => json!(BASE64.encode(s)),
+            KeyValue::String(s) => json!(s),
+            KeyValue::Bytes(b) => json!(BASE64.encode(b)),
+        }
+    }
+
+    fn from_json(
+        key_type: PrimitiveType,
+        value: &Value,
+        strings_base64: bool,
+    ) -> std::result::Result<Self, String> {
+        let decode = |v: &Value| {
+            let text = v
+                .as_str()
+                .ok_or_else(|| format!("expected a Base64 string, found {v}"))?;
+            BASE64
+                .decode(text)
+                .map_err(|e| format!("{text:?} is not Base64: {e}"))
+        };
+        match key_type {
+            PrimitiveType::Int => value
+                .as_i64()
+                .and_then(|v| i32::try_from(v).ok())
+                .map(KeyValue::Int)
+                .ok_or_else(|| format!("expected a 32-bit integer, found {value}")),
+            PrimitiveType::Long => value
+                .as_i64()
+                .map(KeyValue::Long)
+                .ok_or_else(|| format!("expected a 64-bit integer, found {value}")),
+            PrimitiveType::String if strings_base64 => String::from_utf8(decode(value)?)
+                .map(KeyValue::String)
+                .map_err(|e| format!("Base64 string is not UTF-8: {e}")),
+            PrimitiveType::String => value
+                .as_str()
+                .map(|s| KeyValue::String(s.to_owned()))
+                .ok_or_else(|| format!("expected a string, found {value}")),
+            PrimitiveType::ByteArray => decode(value).map(KeyValue::Bytes),
+        }
+    }
+}
+
+impl PartialOrd for KeyValue {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for KeyValue {
+    fn cmp(&self, other: &Self) -> Ordering {
+        match (self, other) {
+            (KeyValue::Int(a), KeyValue::Int(b)) => a.cmp(b),
+            (KeyValue::Long(a), KeyValue::Long(b)) => a.cmp(b),
+            (KeyValue::String(a), KeyValue::String(b)) => compare_strings(a, b),
+            (KeyValue::Bytes(a), KeyValue::Bytes(b)) => compare_byte_arrays(a, b),
+            // Values of one column always share a type; this only keeps the order total.
+            _ => (self.key_type() as u8).cmp(&(other.key_type() as u8)),
+        }
+    }
+}
+
+impl fmt::Display for KeyValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyValue::Int(v) => write!(f, "{v}"),
+            KeyValue::Long(v) => write!(f, "{v}"),
+            KeyValue::String(s) => write!(f, "{s:?}"),
+            KeyValue::Bytes(b) => write!(
+                f,
+                "0x{}",
+                b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+            ),
+        }
+    }
+}
+
+/// A range of one row key. `max: None` is +infinity.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Range {
+    pub min: KeyValue,
+    pub min_inclusive: bool,
+    pub max: Option<KeyValue>,
+    pub max_inclusive: bool,
+}
+
+impl Range {
+    /// A partition range: min inclusive, max exclusive.
+    pub fn partition(min: KeyValue, max: Option<KeyValue>) -> Self {
+        Range {
+            min,
+            min_inclusive: true,
+            max,
+            max_inclusive: false,
+        }
+    }
+
+    pub fn everything(key_type: PrimitiveType) -> Self {
+        Range::partition(KeyValue::minimum(key_type), None)
+    }
+
+    pub fn contains(&self, value: &KeyValue) -> bool {
+        let above_min = match value.cmp(&self.min) {
+            Ordering::Greater => true,
+            Ordering::Equal => self.min_inclusive,
+            Ordering::Less => false,
+        };
+        above_min && self.below_max(value)
+    }
+
+    pub fn below_max(&self, value: &KeyValue) -> bool {
+        match &self.max {
+            None => true,
+            Some(max) => match value.cmp(max) {
+                Ordering::Less => true,
+                Ordering::Equal => self.max_inclusive,
+                Ordering::Greater => false,
+            },
+        }
+    }
+
+    /// Whether the range admits no value at all (min above max, or an empty half-open range).
+    pub fn is_empty(&self) -> bool {
+        match &self.max {
+            None => false,
+            Some(max) => match self.min.cmp(max) {
+                Ordering::Less => false,
+                Ordering::Equal => !(self.min_inclusive && self.max_inclusive),
+                Ordering::Greater => true,
+            },
+        }
+    }
+}
+
+impl fmt::Display for Range {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let open = if self.min_inclusive { '[' } else { '(' };
+        let close = if self.max_inclusive { ']' } else { ')' };
+        match &self.max {
+            Some(max) => write!(f, "{open}{}, {max}{close}", self.min),
+            None => write!(f, "{open}{}, +inf)", self.min),
+        }
+    }
+}
+
+/// One range per row key, in the schema's row-key order.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Region {
+    pub ranges: Vec<Range>,
+}
+
+impl Region {
+    pub fn everything(schema: &Schema) -> Self {
+        Region {
+            ranges: schema
+                .row_key_types()
+                .into_iter()
+                .map(Range::everything)
+                .collect(),
+        }
+    }
+
+    pub fn contains(&self, row_key: &[KeyValue]) -> bool {
+        self.ranges
+            .iter()
+            .zip(row_key)
+            .all(|(range, value)| range.contains(value))
+    }
+
+    /// Region JSON as Sleeper writes it: strings Base64, unbounded max left out.
+    pub fn to_json(&self, schema: &Schema) -> Value {
+        let mut object = Map::new();
+        for (field, range) in schema.row_key_fields.iter().zip(&self.ranges) {
+            let mut entry = Map::new();
+            entry.insert("min".into(), range.min.to_json(true));
+            entry.insert("minInclusive".into(), json!(range.min_inclusive));
+            if let Some(max) = &range.max {
+                entry.insert("max".into(), max.to_json(true));
+            }
+            entry.insert("maxInclusive".into(), json!(range.max_inclusive));
+            object.insert(field.name.clone(), Value::Object(entry));
+        }
+        object.insert("stringsBase64Encoded".into(), json!(true));
+        Value::Object(object)
+    }
+
+    /// Reads Region JSON with Sleeper's defaults: `minInclusive` true, `maxInclusive` false,
+    /// an absent or null `max` unbounded, strings Base64 unless `stringsBase64Encoded` is false.
+    /// Row keys the JSON leaves out cover their whole range.
+    pub fn from_json(value: &Value, schema: &Schema) -> Result<Self> {
+        let object = value
+            .as_object()
+            .ok_or_else(|| Error::Region(format!("expected a JSON object, found {value}")))?;
+        let strings_base64 = match object.get("stringsBase64Encoded") {
+            None | Some(Value::Null) => true,
+            Some(Value::Bool(flag)) => *flag,
+            Some(other) => {
+                return Err(Error::Region(format!(
+                    "stringsBase64Encoded must be true or false, found {other}"
+                )))
+            }
+        };
+        let mut region = Region::everything(schema);
+        for (name, entry) in object {
+            if name == "stringsBase64Encoded" {
+                continue;
+            }
+            let index = schema.row_key_index(name).ok_or_else(|| {
+                Error::Region(format!(
+                    "Key \"{name}\" was not a row key field in the table schema"
+                ))
+            })?;
+            let key_type = schema.row_key_types()[index];
+            let read = |value: &Value| {
+                KeyValue::from_json(key_type, value, strings_base64)
+                    .map_err(|e| Error::Region(format!("key {name:?}: {e}")))
+            };
+            let flag = |field: &str, default: bool| match entry.get(field) {
+                None | Some(Value::Null) => Ok(default),
+                Some(Value::Bool(b)) => Ok(*b),
+                Some(other) => Err(Error::Region(format!(
+                    "key {name:?}: {field} must be a boolean, found {other}"
+                ))),
+            };
+            let min = match entry.get("min") {
+                None | Some(Value::Null) => KeyValue::minimum(key_type),
+                Some(min) => read(min)?,
+            };
+            let max = match entry.get("max") {
+                None | Some(Value::Null) => None,
+                Some(max) => Some(read(max)?),
+            };
+            region.ranges[index] = Range {
+                min,
+                min_inclusive: flag("minInclusive", true)?,
+                max,
+                max_inclusive: flag("maxInclusive", false)?,
+            };
+        }
+        Ok(region)
+    }
+}
+
+impl fmt::Display for Region {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ranges: Vec<String> = self.ranges.iter().map(Range::to_string).collect();
+        write!(f, "{}", ranges.join(" × "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::schema::Field;
+
+    fn string_key_schema() -> Schema {
+        Schema::new(
+            vec![Field::primitive("key", PrimitiveType::String)],
+            vec![],
+            vec![],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn reads_sleeper_defaults_and_base64_strings() {
+        let schema = string_key_schema();
+        let json: Value =
+            serde_json::from_str(r#"{"key": {"min": "Zw\u003d\u003d", "max": null}}"#).unwrap();
+        let region = Region::from_json(&json, &schema).unwrap();
+        assert_eq!(
+            region.ranges[0],
+            Range::partition(KeyValue::String("g".into()), None)
+        );
+    }
+
+    #[test]
+    fn writes_what_it_reads() {
+        let schema = string_key_schema();
+        let region = Region {
+            ranges: vec![Range::partition(
+                KeyValue::String("g".into()),
+                Some(KeyValue::String("p".into())),
+            )],
+        };
+        let json = region.to_json(&schema);
+        assert_eq!(
+            json.to_string(),
+            r#"{"key":{"min":"Zw==","minInclusive":true,"max":"cA==","maxInclusive":false},"stringsBase64Encoded":true}"#
+        );
+        assert_eq!(Region::from_json(&json, &schema).unwrap(), region);
+    }
+
+    #[test]
+    fn plain_strings_when_not_base64() {
+        let schema = string_key_schema();
+        let json: Value =
+            serde_json::from_str(r#"{"key": {"min": "g"}, "stringsBase64Encoded": false}"#)
+                .unwrap();
+        let region = Region::from_json(&json, &schema).unwrap();
+        assert_eq!(region.ranges[0].min, KeyValue::String("g".into()));
+    }
+
+    #[test]
+    fn names_an_unknown_key() {
+        let schema = string_key_schema();
+        let json: Value = serde_json::from_str(r#"{"nope": {"min": "Zw=="}}"#).unwrap();
+        let error = Region::from_json(&json, &schema).unwrap_err().to_string();
+        assert!(
+            error.contains(r#"Key "nope" was not a row key field in the table schema"#),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn inclusive_and_exclusive_bounds() {
+        let range = Range {
+            min: KeyValue::Int(1),
+            min_inclusive: false,
+            max: Some(KeyValue::Int(3)),
+            max_inclusive: true,
+        };
+        assert!(!range.contains(&KeyValue::Int(1)));
+        assert!(range.contains(&KeyValue::Int(2)));
+        assert!(range.contains(&KeyValue::Int(3)));
+        assert!(!range.contains(&KeyValue::Int(4)));
+    }
+}

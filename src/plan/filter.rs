@@ -1,0 +1,196 @@
+//! The exact region filter: a file referenced by several partitions holds rows of all of them,
+//! so every row is checked against the leaf's region, in Sleeper's key order.
+
+use datafusion::arrow::array::{
+    ArrayRef, BinaryArray, BooleanArray, Datum, Int32Array, Int64Array, Scalar,
+};
+use datafusion::arrow::compute::kernels::boolean::{and, or};
+use datafusion::arrow::compute::kernels::cmp::{gt, gt_eq, lt, lt_eq};
+use datafusion::arrow::error::ArrowError;
+use datafusion::arrow::record_batch::RecordBatch;
+
+use crate::model::order::{order_preserving_bytes, sleeper_ordered_array};
+use crate::model::{KeyValue, PrimitiveType, Range, Region};
+
+/// A key value as an Arrow scalar comparable with [`sleeper_ordered_array`] output.
+fn ordered_scalar(value: &KeyValue) -> Box<dyn Datum + Send + Sync> {
+    match value {
+        KeyValue::Int(v) => Box::new(Int32Array::new_scalar(*v)),
+        KeyValue::Long(v) => Box::new(Int64Array::new_scalar(*v)),
+        KeyValue::String(s) => Box::new(Scalar::new(BinaryArray::from_vec(vec![
+            &order_preserving_bytes(PrimitiveType::String, s.as_bytes())[..],
+        ]))),
+        KeyValue::Bytes(b) => Box::new(Scalar::new(BinaryArray::from_vec(vec![
+            &order_preserving_bytes(PrimitiveType::ByteArray, b)[..],
+        ]))),
+    }
+}
+
+struct Bound {
+    value: Box<dyn Datum + Send + Sync>,
+    inclusive: bool,
+}
+
+struct DimensionFilter {
+    column: usize,
+    key_type: PrimitiveType,
+    min: Option<Bound>,
+    max: Option<Bound>,
+}
+
+impl DimensionFilter {
+    fn new(column: usize, key_type: PrimitiveType, range: &Range) -> Option<Self> {
+        let min =
+            (range.min != KeyValue::minimum(key_type) || !range.min_inclusive).then(|| Bound {
+                value: ordered_scalar(&range.min),
+                inclusive: range.min_inclusive,
+            });
+        let max = range.max.as_ref().map(|max| Bound {
+            value: ordered_scalar(max),
+            inclusive: range.max_inclusive,
+        });
+        (min.is_some() || max.is_some()).then_some(DimensionFilter {
+            column,
+            key_type,
+            min,
+            max,
+        })
+    }
+
+    fn ordered(&self, batch: &RecordBatch) -> ArrayRef {
+        sleeper_ordered_array(self.key_type, batch.column(self.column))
+    }
+
+    fn evaluate(&self, batch: &RecordBatch) -> Result<BooleanArray, ArrowError> {
+        let column = self.ordered(batch);
+        let above_min = self
+            .min
+            .as_ref()
+            .map(|min| {
+                if min.inclusive {
+                    gt_eq(&column, min.value.as_ref())
+                } else {
+                    gt(&column, min.value.as_ref())
+                }
+            })
+            .transpose()?;
+        let below_max = self.below_max(&column)?;
+        Ok(match (above_min, below_max) {
+            (Some(a), Some(b)) => and(&a, &b)?,
+            (Some(only), None) | (None, Some(only)) => only,
+            (None, None) => unreachable!("a dimension filter has at least one bound"),
+        })
+    }
+
+    fn below_max(&self, ordered: &ArrayRef) -> Result<Option<BooleanArray>, ArrowError> {
+        self.max
+            .as_ref()
+            .map(|max| {
+                if max.inclusive {
+                    lt_eq(ordered, max.value.as_ref())
+                } else {
+                    lt(ordered, max.value.as_ref())
+                }
+            })
+            .transpose()
+    }
+}
+
+struct RegionFilter {
+    dimensions: Vec<DimensionFilter>,
+}
+
+impl RegionFilter {
+    fn new(region: &Region, key_types: &[PrimitiveType]) -> Self {
+        RegionFilter {
+            dimensions: region
+                .ranges
+                .iter()
+                .zip(key_types)
+                .enumerate()
+                .filter_map(|(column, (range, &key_type))| {
+                    DimensionFilter::new(column, key_type, range)
+                })
+                .collect(),
+        }
+    }
+
+    fn evaluate(&self, batch: &RecordBatch) -> Result<Option<BooleanArray>, ArrowError> {
+        let mut combined: Option<BooleanArray> = None;
+        for dimension in &self.dimensions {
+            let mask = dimension.evaluate(batch)?;
+            combined = Some(match combined {
+                Some(previous) => and(&previous, &mask)?,
+                None => mask,
+            });
+        }
+        Ok(combined)
+    }
+}
+
+/// Keeps rows inside the partition region and inside at least one of the query's regions.
+/// Row-key columns must be the first columns of the batches it sees, in schema order.
+pub struct RowFilter {
+    partition: RegionFilter,
+    /// Empty when the query regions add nothing to the partition region (Sleeper's exports).
+    query_regions: Vec<RegionFilter>,
+    first_dimension: Option<DimensionFilter>,
+}
+
+impl RowFilter {
+    pub fn new(
+        partition: &Region,
+        query_regions: &[Region],
+        row_key_types: &[PrimitiveType],
+    ) -> Self {
+        let query_regions = if query_regions.iter().any(|r| r == partition) {
+            vec![]
+        } else {
+            query_regions
+                .iter()
+                .map(|r| RegionFilter::new(r, row_key_types))
+                .collect()
+        };
+        RowFilter {
+            partition: RegionFilter::new(partition, row_key_types),
+            query_regions,
+            first_dimension: DimensionFilter::new(0, row_key_types[0], &partition.ranges[0]),
+        }
+    }
+
+    /// `None` when every row passes.
+    pub fn evaluate(&self, batch: &RecordBatch) -> Result<Option<BooleanArray>, ArrowError> {
+        let in_partition = self.partition.evaluate(batch)?;
+        if self.query_regions.is_empty() {
+            return Ok(in_partition);
+        }
+        let mut in_any_query: Option<BooleanArray> = None;
+        for region in &self.query_regions {
+            let mask = region
+                .evaluate(batch)?
+                .unwrap_or_else(|| BooleanArray::from(vec![true; batch.num_rows()]));
+            in_any_query = Some(match in_any_query {
+                Some(previous) => or(&previous, &mask)?,
+                None => mask,
+            });
+        }
+        let in_any_query = in_any_query.expect("at least one query region");
+        Ok(Some(match in_partition {
+            Some(in_partition) => and(&in_partition, &in_any_query)?,
+            None => in_any_query,
+        }))
+    }
+
+    /// Files are sorted by the first row key, so once a batch ends at or past the partition's
+    /// upper bound on it, no later row of that file can be in the partition.
+    pub fn past_partition_end(&self, batch: &RecordBatch) -> Result<bool, ArrowError> {
+        let Some(first) = &self.first_dimension else {
+            return Ok(false);
+        };
+        if batch.num_rows() == 0 {
+            return Ok(false);
+        }
+        let last = first.ordered(&batch.slice(batch.num_rows() - 1, 1));
+        Ok(first.below_max(&last)?.is_some_and(|below| !below.value(0)))
+    }
+}

@@ -1,0 +1,743 @@
+//! `LeafMergeExec`: the compaction read of Sleeper leaf partitions. Each output partition is one
+//! leaf: its sorted input files are read concurrently, filtered to the leaf's region, and merged
+//! k-way into Sleeper's key order. Nothing is ever fully sorted or held whole in memory.
+
+use std::cmp::Ordering;
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, RecordBatchOptions};
+use datafusion::arrow::compute::{cast, filter_record_batch, interleave};
+use datafusion::arrow::datatypes::{DataType, Schema as ArrowSchema, SchemaRef};
+use datafusion::arrow::row::{RowConverter, Rows, SortField};
+use datafusion::common::runtime::SpawnedTask;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::error::{DataFusionError, Result as DFResult};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::parquet::arrow::arrow_reader::ArrowReaderOptions;
+use datafusion::parquet::arrow::async_reader::AsyncFileReader;
+use datafusion::parquet::arrow::async_reader::{
+    ParquetRecordBatchStream, ParquetRecordBatchStreamBuilder,
+};
+use datafusion::parquet::arrow::ProjectionMask;
+use datafusion::parquet::errors::{ParquetError, Result as ParquetResult};
+use datafusion::parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr, PhysicalSortExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::metrics::{
+    BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
+};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning,
+    PlanProperties, ReplaceChildrenOptions,
+};
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use object_store::ObjectStoreExt;
+use tokio::sync::mpsc;
+
+use super::filter::RowFilter;
+use crate::error::{Error, Result};
+use crate::model::order::sleeper_ordered_array;
+use crate::model::{PrimitiveType, Region, Schema};
+use crate::storage::Stores;
+
+/// What one leaf partition's merge reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeafInput {
+    pub partition_id: String,
+    pub partition_region: Region,
+    /// Rows must also fall in one of these (Sleeper's exports pass the partition region itself).
+    pub query_regions: Vec<Region>,
+    /// Input file URLs, in the order ties between equal keys are broken.
+    pub files: Vec<String>,
+}
+
+/// Batches read ahead per input file: enough to overlap decoding with merging, small enough
+/// that memory stays flat however large the leaf.
+const READ_AHEAD_BATCHES: usize = 2;
+
+#[derive(Debug, Clone)]
+pub struct LeafMergeExec {
+    table_id: String,
+    schema: Arc<Schema>,
+    /// Positions in `read_schema` of the output columns.
+    output_columns: Vec<usize>,
+    /// Table columns read from files: the key columns first, then the projected value columns.
+    read_schema: SchemaRef,
+    output_schema: SchemaRef,
+    leaves: Arc<Vec<LeafInput>>,
+    stores: Stores,
+    metrics: ExecutionPlanMetricsSet,
+    cache: Arc<PlanProperties>,
+}
+
+impl LeafMergeExec {
+    /// `projection` indexes the table's columns (row keys, sort keys, values), as DataFusion's
+    /// scans do; `None` is every column.
+    pub fn new(
+        table_id: impl Into<String>,
+        schema: Arc<Schema>,
+        leaves: Vec<LeafInput>,
+        projection: Option<&[usize]>,
+        stores: Stores,
+    ) -> Self {
+        let table_schema = schema.arrow_schema();
+        let key_count = schema.key_fields().count();
+        let projection: Vec<usize> = projection.map_or_else(
+            || (0..table_schema.fields().len()).collect(),
+            <[usize]>::to_vec,
+        );
+        let mut read_columns: Vec<usize> = (0..key_count).collect();
+        read_columns.extend(projection.iter().copied().filter(|&c| c >= key_count));
+        read_columns.dedup();
+        let output_columns: Vec<usize> = projection
+            .iter()
+            .map(|c| {
+                read_columns
+                    .iter()
+                    .position(|r| r == c)
+                    .expect("every projected column is read")
+            })
+            .collect();
+        let read_schema = Arc::new(
+            table_schema
+                .project(&read_columns)
+                .expect("read columns exist"),
+        );
+        let output_schema = Arc::new(
+            read_schema
+                .project(&output_columns)
+                .expect("output columns are read"),
+        );
+        let cache = Arc::new(Self::compute_properties(
+            &schema,
+            &output_schema,
+            &output_columns,
+            leaves.len(),
+        ));
+        LeafMergeExec {
+            table_id: table_id.into(),
+            schema,
+            output_columns,
+            read_schema,
+            output_schema,
+            leaves: Arc::new(leaves),
+            stores,
+            metrics: ExecutionPlanMetricsSet::new(),
+            cache,
+        }
+    }
+
+    pub fn leaves(&self) -> &[LeafInput] {
+        &self.leaves
+    }
+
+    /// Every leaf is sorted in Sleeper's key order. DataFusion is told only the prefix of that
+    /// order it shares: integer keys. Strings and byte arrays order differently in DataFusion
+    /// (see `model::order`), and a declared order that is false would let it skip a sort that
+    /// `ORDER BY` needs. Exports never sort either way: the sink takes each leaf's stream as it is.
+    fn compute_properties(
+        schema: &Schema,
+        output_schema: &SchemaRef,
+        output_columns: &[usize],
+        leaf_count: usize,
+    ) -> PlanProperties {
+        let mut ordering = Vec::new();
+        for (key_index, key_type) in schema.key_types().into_iter().enumerate() {
+            if !matches!(key_type, PrimitiveType::Int | PrimitiveType::Long) {
+                break;
+            }
+            let Some(output_index) = output_columns.iter().position(|&c| c == key_index) else {
+                break;
+            };
+            let name = output_schema.field(output_index).name();
+            ordering.push(PhysicalSortExpr::new_default(
+                Arc::new(Column::new(name, output_index)) as Arc<dyn PhysicalExpr>,
+            ));
+        }
+        let eq_properties = if ordering.is_empty() {
+            EquivalenceProperties::new(Arc::clone(output_schema))
+        } else {
+            EquivalenceProperties::new_with_orderings(Arc::clone(output_schema), [ordering])
+        };
+        PlanProperties::new(
+            eq_properties,
+            Partitioning::UnknownPartitioning(leaf_count),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        )
+    }
+
+    async fn merge_leaf(&self, partition: usize, batch_size: usize) -> Result<LeafMerge> {
+        let leaf = &self.leaves[partition];
+        let key_types = self.schema.key_types();
+        let converter = Arc::new(
+            RowConverter::new(
+                key_types
+                    .iter()
+                    .map(|t| {
+                        SortField::new(match t {
+                            PrimitiveType::Int => DataType::Int32,
+                            PrimitiveType::Long => DataType::Int64,
+                            PrimitiveType::String | PrimitiveType::ByteArray => DataType::Binary,
+                        })
+                    })
+                    .collect(),
+            )
+            .map_err(|source| Error::Arrow {
+                context: "creating the key comparator".into(),
+                source,
+            })?,
+        );
+        let filter = Arc::new(RowFilter::new(
+            &leaf.partition_region,
+            &leaf.query_regions,
+            &self.schema.row_key_types(),
+        ));
+        let rows_read = MetricBuilder::new(&self.metrics).counter("rows_read", partition);
+        MetricBuilder::new(&self.metrics)
+            .counter("input_files", partition)
+            .add(leaf.files.len());
+        let mut inputs = Vec::with_capacity(leaf.files.len());
+        for file in &leaf.files {
+            let reader = FileReader {
+                file: file.clone(),
+                partition_id: leaf.partition_id.clone(),
+                read_schema: Arc::clone(&self.read_schema),
+                key_types: key_types.clone(),
+                converter: Arc::clone(&converter),
+                filter: Arc::clone(&filter),
+                rows_read: rows_read.clone(),
+                batch_size,
+            };
+            let opened = reader.open(&self.stores).await?;
+            let (sender, receiver) = mpsc::channel(READ_AHEAD_BATCHES);
+            let task = SpawnedTask::spawn(reader.run(opened, sender));
+            inputs.push(Input {
+                receiver,
+                _task: task,
+            });
+        }
+        let mut merge = LeafMerge {
+            inputs,
+            cursors: Vec::new(),
+            heap: Vec::new(),
+            slots: Vec::new(),
+            indices: Vec::with_capacity(batch_size),
+            output_columns: self.output_columns.clone(),
+            output_schema: Arc::clone(&self.output_schema),
+            batch_size,
+        };
+        merge.start().await?;
+        Ok(merge)
+    }
+}
+
+impl DisplayAs for LeafMergeExec {
+    fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let files: usize = self.leaves.iter().map(|l| l.files.len()).sum();
+        match t {
+            DisplayFormatType::Default | DisplayFormatType::Verbose => write!(
+                f,
+                "LeafMergeExec: table={}, leaves={}, files={}, order=[{}]",
+                self.table_id,
+                self.leaves.len(),
+                files,
+                self.schema
+                    .key_fields()
+                    .map(|k| k.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            DisplayFormatType::TreeRender => {
+                write!(f, "leaves={}\nfiles={}", self.leaves.len(), files)
+            }
+        }
+    }
+}
+
+impl ExecutionPlan for LeafMergeExec {
+    fn name(&self) -> &'static str {
+        "LeafMergeExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.cache
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DFResult<TreeNodeRecursion>,
+    ) -> DFResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn replace_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+        _options: ReplaceChildrenOptions,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        self.replace_children(
+            children,
+            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
+        )
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> DFResult<SendableRecordBatchStream> {
+        if partition >= self.leaves.len() {
+            return Err(DataFusionError::Internal(format!(
+                "LeafMergeExec has {} leaves, partition {partition} asked for",
+                self.leaves.len()
+            )));
+        }
+        let this = self.clone();
+        let batch_size = context.session_config().batch_size();
+        let baseline = BaselineMetrics::new(&self.metrics, partition);
+        // The merge is opened lazily, on the first poll, because opening reads file footers.
+        let stream = futures::stream::try_unfold(None, move |merge: Option<LeafMerge>| {
+            let this = this.clone();
+            let baseline = baseline.clone();
+            async move {
+                let mut merge = match merge {
+                    Some(merge) => merge,
+                    None => this.merge_leaf(partition, batch_size).await?,
+                };
+                let batch = merge.next_batch().await?;
+                Ok(batch.map(|batch| {
+                    baseline.record_output(batch.num_rows());
+                    (batch, Some(merge))
+                }))
+            }
+        })
+        .map(|r: Result<RecordBatch>| r.map_err(DataFusionError::from));
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            Arc::clone(&self.output_schema),
+            stream,
+        )))
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+}
+
+/// A batch that passed the region filter, with its keys in Sleeper-ordered row format.
+struct KeyedBatch {
+    batch: RecordBatch,
+    keys: Rows,
+}
+
+struct FileReader {
+    file: String,
+    partition_id: String,
+    read_schema: SchemaRef,
+    key_types: Vec<PrimitiveType>,
+    converter: Arc<RowConverter>,
+    filter: Arc<RowFilter>,
+    rows_read: Count,
+    batch_size: usize,
+}
+
+/// How to turn a file's batches into the table's columns: which file column feeds each table
+/// column, and a cast where the file names nested fields differently (as other writers do).
+struct ColumnAdapter {
+    positions: Vec<usize>,
+    casts: Vec<Option<DataType>>,
+}
+
+type ParquetStream = ParquetRecordBatchStream<ObjectFileReader>;
+
+impl FileReader {
+    fn mismatch(&self, message: String) -> Error {
+        Error::InputSchemaMismatch {
+            file: self.file.clone(),
+            partition: self.partition_id.clone(),
+            message,
+        }
+    }
+
+    fn corrupt(&self, source: datafusion::parquet::errors::ParquetError) -> Error {
+        Error::CorruptInputFile {
+            file: self.file.clone(),
+            partition: self.partition_id.clone(),
+            source,
+        }
+    }
+
+    async fn open(&self, stores: &Stores) -> Result<(ParquetStream, ColumnAdapter)> {
+        let location = stores.resolve(&self.file)?;
+        let meta = location
+            .store
+            .head(&location.prefix)
+            .await
+            .map_err(|source| match source {
+                object_store::Error::NotFound { .. } => Error::MissingInputFile {
+                    file: self.file.clone(),
+                    partition: self.partition_id.clone(),
+                    source,
+                },
+                other => Error::object_store(&self.file, other),
+            })?;
+        let reader = ObjectFileReader {
+            store: Arc::clone(&location.store),
+            path: location.prefix,
+            size: meta.size,
+        };
+        let builder = ParquetRecordBatchStreamBuilder::new(reader)
+            .await
+            .map_err(|e| self.corrupt(e))?;
+        let file_schema = Arc::clone(builder.schema());
+        let mut file_columns = Vec::with_capacity(self.read_schema.fields().len());
+        let mut casts = Vec::with_capacity(self.read_schema.fields().len());
+        for field in self.read_schema.fields() {
+            let (index, file_field) = file_schema
+                .column_with_name(field.name())
+                .ok_or_else(|| self.mismatch(format!("it has no column {:?}", field.name())))?;
+            if file_field.data_type() == field.data_type() {
+                casts.push(None);
+            } else if file_field.data_type().equals_datatype(field.data_type()) {
+                casts.push(Some(field.data_type().clone()));
+            } else {
+                return Err(self.mismatch(format!(
+                    "column {:?} is {} in the file but {} in the table",
+                    field.name(),
+                    file_field.data_type(),
+                    field.data_type()
+                )));
+            }
+            file_columns.push(index);
+        }
+        let mut selected = file_columns.clone();
+        selected.sort_unstable();
+        let positions = file_columns
+            .iter()
+            .map(|c| {
+                selected
+                    .binary_search(c)
+                    .expect("selected holds every file column")
+            })
+            .collect();
+        let mask = ProjectionMask::roots(builder.parquet_schema(), selected);
+        let stream = builder
+            .with_projection(mask)
+            .with_batch_size(self.batch_size)
+            .build()
+            .map_err(|e| self.corrupt(e))?;
+        Ok((stream, ColumnAdapter { positions, casts }))
+    }
+
+    async fn run(
+        self,
+        (mut stream, adapter): (ParquetStream, ColumnAdapter),
+        sender: mpsc::Sender<Result<KeyedBatch>>,
+    ) {
+        while let Some(batch) = stream.next().await {
+            let (keyed, past_end) = match batch
+                .map_err(|e| self.corrupt(e))
+                .and_then(|b| self.prepare(b, &adapter))
+            {
+                Ok(prepared) => prepared,
+                Err(error) => {
+                    let _ = sender.send(Err(error)).await;
+                    return;
+                }
+            };
+            if let Some(keyed) = keyed {
+                if sender.send(Ok(keyed)).await.is_err() {
+                    return;
+                }
+            }
+            if past_end {
+                return;
+            }
+        }
+    }
+
+    /// Adapts, filters and encodes one batch; also says whether the file has passed the region.
+    fn prepare(
+        &self,
+        batch: RecordBatch,
+        adapter: &ColumnAdapter,
+    ) -> Result<(Option<KeyedBatch>, bool)> {
+        let arrow_error = |source| Error::Arrow {
+            context: format!("reading {} for partition {}", self.file, self.partition_id),
+            source,
+        };
+        self.rows_read.add(batch.num_rows());
+        let columns = adapter
+            .positions
+            .iter()
+            .zip(&adapter.casts)
+            .map(|(&position, target)| {
+                let column = batch.column(position);
+                match target {
+                    Some(target) => cast(column, target),
+                    None => Ok(Arc::clone(column)),
+                }
+            })
+            .collect::<std::result::Result<Vec<ArrayRef>, _>>()
+            .map_err(arrow_error)?;
+        let batch = RecordBatch::try_new(Arc::clone(&self.read_schema), columns)
+            .map_err(|e| self.mismatch(format!("its rows do not fit the table schema: {e}")))?;
+        let past_end = self
+            .filter
+            .past_partition_end(&batch)
+            .map_err(arrow_error)?;
+        let batch = match self.filter.evaluate(&batch).map_err(arrow_error)? {
+            Some(mask) => filter_record_batch(&batch, &mask).map_err(arrow_error)?,
+            None => batch,
+        };
+        if batch.num_rows() == 0 {
+            return Ok((None, past_end));
+        }
+        let keys: Vec<ArrayRef> = self
+            .key_types
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| sleeper_ordered_array(t, batch.column(i)))
+            .collect();
+        let keys = self.converter.convert_columns(&keys).map_err(arrow_error)?;
+        Ok((Some(KeyedBatch { batch, keys }), past_end))
+    }
+}
+
+/// Reads a Parquet file through `object_store`, with its size already known from the `head`
+/// that told a missing file from a corrupt one.
+struct ObjectFileReader {
+    store: Arc<dyn object_store::ObjectStore>,
+    path: object_store::path::Path,
+    size: u64,
+}
+
+/// Footer bytes fetched in the first request, so most files need one read for their metadata.
+const FOOTER_PREFETCH: usize = 64 * 1024;
+
+impl AsyncFileReader for ObjectFileReader {
+    fn get_bytes(&mut self, range: std::ops::Range<u64>) -> BoxFuture<'_, ParquetResult<Bytes>> {
+        async move {
+            self.store
+                .get_range(&self.path, range)
+                .await
+                .map_err(|e| ParquetError::External(Box::new(e)))
+        }
+        .boxed()
+    }
+
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<std::ops::Range<u64>>,
+    ) -> BoxFuture<'_, ParquetResult<Vec<Bytes>>> {
+        async move {
+            self.store
+                .get_ranges(&self.path, &ranges)
+                .await
+                .map_err(|e| ParquetError::External(Box::new(e)))
+        }
+        .boxed()
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        _options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, ParquetResult<Arc<ParquetMetaData>>> {
+        async move {
+            let size = self.size;
+            let metadata = ParquetMetaDataReader::new()
+                .with_prefetch_hint(Some(FOOTER_PREFETCH))
+                .load_and_finish(self, size)
+                .await?;
+            Ok(Arc::new(metadata))
+        }
+        .boxed()
+    }
+}
+
+struct Input {
+    receiver: mpsc::Receiver<Result<KeyedBatch>>,
+    /// Dropping the merge stops the file readers.
+    _task: SpawnedTask<()>,
+}
+
+struct Cursor {
+    keys: Rows,
+    slot: usize,
+    position: usize,
+}
+
+impl Cursor {
+    fn current(&self) -> datafusion::arrow::row::Row<'_> {
+        self.keys.row(self.position)
+    }
+}
+
+/// The k-way merge of one leaf. A binary min-heap of input indices orders the inputs by their
+/// current row; ties go to the earlier input, so equal keys keep the order of the leaf's files.
+struct LeafMerge {
+    inputs: Vec<Input>,
+    cursors: Vec<Option<Cursor>>,
+    heap: Vec<usize>,
+    /// Batches that rows of the output under construction, or live cursors, point into.
+    slots: Vec<RecordBatch>,
+    indices: Vec<(usize, usize)>,
+    output_columns: Vec<usize>,
+    output_schema: SchemaRef,
+    batch_size: usize,
+}
+
+impl LeafMerge {
+    async fn start(&mut self) -> Result<()> {
+        self.cursors = (0..self.inputs.len()).map(|_| None).collect();
+        for input in 0..self.inputs.len() {
+            if self.advance(input).await? {
+                self.heap.push(input);
+                self.sift_up(self.heap.len() - 1);
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads the next batch of `input` into its cursor; false when the input is exhausted.
+    async fn advance(&mut self, input: usize) -> Result<bool> {
+        match self.inputs[input].receiver.recv().await {
+            Some(batch) => {
+                let KeyedBatch { batch, keys } = batch?;
+                self.slots.push(batch);
+                self.cursors[input] = Some(Cursor {
+                    keys,
+                    slot: self.slots.len() - 1,
+                    position: 0,
+                });
+                Ok(true)
+            }
+            None => {
+                self.cursors[input] = None;
+                Ok(false)
+            }
+        }
+    }
+
+    fn less(&self, a: usize, b: usize) -> bool {
+        let (ca, cb) = (self.cursors[a].as_ref(), self.cursors[b].as_ref());
+        let (ca, cb) = (
+            ca.expect("heap inputs have cursors"),
+            cb.expect("heap inputs have cursors"),
+        );
+        match ca.current().cmp(&cb.current()) {
+            Ordering::Less => true,
+            Ordering::Equal => a < b,
+            Ordering::Greater => false,
+        }
+    }
+
+    fn sift_up(&mut self, mut i: usize) {
+        while i > 0 {
+            let parent = (i - 1) / 2;
+            if !self.less(self.heap[i], self.heap[parent]) {
+                break;
+            }
+            self.heap.swap(i, parent);
+            i = parent;
+        }
+    }
+
+    fn sift_down(&mut self, mut i: usize) {
+        loop {
+            let (left, right) = (2 * i + 1, 2 * i + 2);
+            let mut smallest = i;
+            if left < self.heap.len() && self.less(self.heap[left], self.heap[smallest]) {
+                smallest = left;
+            }
+            if right < self.heap.len() && self.less(self.heap[right], self.heap[smallest]) {
+                smallest = right;
+            }
+            if smallest == i {
+                return;
+            }
+            self.heap.swap(i, smallest);
+            i = smallest;
+        }
+    }
+
+    async fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+        while let Some(&top) = self.heap.first() {
+            let cursor = self.cursors[top]
+                .as_mut()
+                .expect("heap inputs have cursors");
+            self.indices.push((cursor.slot, cursor.position));
+            cursor.position += 1;
+            if cursor.position == cursor.keys.num_rows() && !self.advance(top).await? {
+                let last = self.heap.pop().expect("heap is not empty");
+                if !self.heap.is_empty() {
+                    self.heap[0] = last;
+                }
+            }
+            if !self.heap.is_empty() {
+                self.sift_down(0);
+            }
+            if self.indices.len() == self.batch_size {
+                return self.emit().map(Some);
+            }
+        }
+        if self.indices.is_empty() {
+            Ok(None)
+        } else {
+            self.emit().map(Some)
+        }
+    }
+
+    fn emit(&mut self) -> Result<RecordBatch> {
+        let arrow_error = |source| Error::Arrow {
+            context: "assembling merged rows".into(),
+            source,
+        };
+        let columns = self
+            .output_columns
+            .iter()
+            .map(|&c| {
+                let sources: Vec<&dyn Array> =
+                    self.slots.iter().map(|b| b.column(c).as_ref()).collect();
+                interleave(&sources, &self.indices)
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(arrow_error)?;
+        let options = RecordBatchOptions::new().with_row_count(Some(self.indices.len()));
+        let batch =
+            RecordBatch::try_new_with_options(Arc::clone(&self.output_schema), columns, &options)
+                .map_err(arrow_error)?;
+        self.indices.clear();
+        self.release_consumed_batches();
+        Ok(batch)
+    }
+
+    /// Keeps only the batches live cursors still read from, so memory is bounded by one batch per input.
+    fn release_consumed_batches(&mut self) {
+        let mut kept = Vec::with_capacity(self.inputs.len());
+        for cursor in self.cursors.iter_mut().flatten() {
+            kept.push(std::mem::replace(
+                &mut self.slots[cursor.slot],
+                RecordBatch::new_empty(Arc::new(ArrowSchema::empty())),
+            ));
+            cursor.slot = kept.len() - 1;
+        }
+        self.slots = kept;
+    }
+}

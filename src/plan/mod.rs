@@ -1,0 +1,11 @@
+//! DataFusion plans: the table provider, the leaf merge, and the Parquet export sink.
+
+pub mod filter;
+pub mod merge;
+
+pub use merge::{LeafInput, LeafMergeExec};
+pub mod sink;
+
+pub use sink::{ExportTarget, LeafExportExec};
+pub mod provider;
+pub use provider::SleeperTableProvider;

@@ -1,0 +1,8 @@
+//! Export queries: Sleeper's messages and the splitter that turns a table export into one query
+//! per leaf partition.
+
+pub mod messages;
+pub mod splitter;
+
+pub use messages::{BulkExportLeafPartitionQuery, BulkExportQuery, TableSelector};
+pub use splitter::split_into_leaf_queries;

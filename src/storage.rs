@@ -1,0 +1,153 @@
+//! Where tables, inputs and outputs live: a local directory or an `s3://` prefix, both reached
+//! through `object_store` so every code path is the same for both.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::ObjectStore;
+use url::Url;
+
+use crate::error::{Error, Result};
+
+/// A directory-like place: an object store and a prefix in it.
+#[derive(Clone)]
+pub struct Location {
+    pub store: Arc<dyn ObjectStore>,
+    pub prefix: Path,
+    /// The URL the prefix is reached by, e.g. `file:///data/table` or `s3://bucket/table`.
+    pub url: Url,
+}
+
+impl fmt::Debug for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.url.as_str())
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.url.as_str())
+    }
+}
+
+impl Location {
+    pub fn child(&self, relative: &str) -> Path {
+        relative
+            .split('/')
+            .filter(|part| !part.is_empty())
+            .fold(self.prefix.clone(), |path, part| path.join(part))
+    }
+
+    pub fn url_of(&self, path: &Path) -> String {
+        let scheme_and_root = match self.url.scheme() {
+            "file" => "file:///".to_owned(),
+            scheme => format!("{scheme}://{}/", self.url.host_str().unwrap_or_default()),
+        };
+        format!("{scheme_and_root}{path}")
+    }
+
+    pub fn sub_location(&self, relative: &str) -> Location {
+        let prefix = self.child(relative);
+        let url = Url::parse(&self.url_of(&prefix)).expect("a child of a valid URL is valid");
+        Location {
+            store: Arc::clone(&self.store),
+            prefix,
+            url,
+        }
+    }
+}
+
+/// Opens object stores for URLs and paths, one per bucket, shared between tables and exports.
+#[derive(Clone, Default)]
+pub struct Stores {
+    s3_buckets: Arc<Mutex<HashMap<String, Arc<dyn ObjectStore>>>>,
+    local: Arc<Mutex<Option<Arc<dyn ObjectStore>>>>,
+}
+
+impl fmt::Debug for Stores {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Stores")
+    }
+}
+
+impl Stores {
+    /// Resolves `s3://bucket/key`, `s3a://bucket/key`, `file:///path` or a plain local path
+    /// (relative paths are taken from the current directory).
+    pub fn resolve(&self, location: &str) -> Result<Location> {
+        let bad = |message: String| Error::Location {
+            location: location.to_owned(),
+            message,
+        };
+        if let Some((scheme, rest)) = location.split_once("://") {
+            match scheme {
+                "s3" | "s3a" => {
+                    let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+                    if bucket.is_empty() {
+                        return Err(bad("no bucket name".into()));
+                    }
+                    let store = self.s3_bucket(bucket)?;
+                    let prefix =
+                        Path::parse(key.trim_end_matches('/')).map_err(|e| bad(e.to_string()))?;
+                    let url = Url::parse(&format!("{scheme}://{bucket}/{prefix}"))
+                        .map_err(|e| bad(e.to_string()))?;
+                    Ok(Location { store, prefix, url })
+                }
+                "file" => {
+                    let url = Url::parse(location).map_err(|e| bad(e.to_string()))?;
+                    let path = url
+                        .to_file_path()
+                        .map_err(|_| bad("not a local file URL".into()))?;
+                    self.local_path(location, &path)
+                }
+                other => Err(bad(format!(
+                    "unsupported scheme {other:?}: use a local path, file://, s3:// or s3a://"
+                ))),
+            }
+        } else {
+            self.local_path(location, std::path::Path::new(location))
+        }
+    }
+
+    fn local_path(&self, location: &str, path: &std::path::Path) -> Result<Location> {
+        let bad = |message: String| Error::Location {
+            location: location.to_owned(),
+            message,
+        };
+        let absolute = std::path::absolute(path).map_err(|e| bad(e.to_string()))?;
+        let prefix = Path::from_absolute_path(&absolute).map_err(|e| bad(e.to_string()))?;
+        let url = Url::from_file_path(&absolute).map_err(|_| bad("not an absolute path".into()))?;
+        let store = Arc::clone(
+            self.local
+                .lock()
+                .expect("store cache lock")
+                .get_or_insert_with(|| Arc::new(LocalFileSystem::new())),
+        );
+        Ok(Location { store, prefix, url })
+    }
+
+    /// Buckets are configured from the standard AWS environment (`AWS_ENDPOINT_URL`,
+    /// `AWS_REGION`, credentials, `AWS_ALLOW_HTTP`), so AWS, LocalStack and moto all work unchanged.
+    fn s3_bucket(&self, bucket: &str) -> Result<Arc<dyn ObjectStore>> {
+        let mut buckets = self.s3_buckets.lock().expect("store cache lock");
+        if let Some(store) = buckets.get(bucket) {
+            return Ok(Arc::clone(store));
+        }
+        let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+        if std::env::var_os("AWS_ENDPOINT_URL").is_some()
+            || std::env::var_os("AWS_ENDPOINT").is_some()
+        {
+            builder = builder.with_virtual_hosted_style_request(false);
+        }
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(builder.build().map_err(|e| Error::Location {
+                location: format!("s3://{bucket}"),
+                message: e.to_string(),
+            })?);
+        buckets.insert(bucket.to_owned(), Arc::clone(&store));
+        Ok(store)
+    }
+}

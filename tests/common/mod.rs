@@ -1,0 +1,237 @@
+//! Shared by the integration tests: random tables and the naive reference export.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
+use datafusion::arrow::compute::{concat_batches, take};
+use datafusion::arrow::datatypes::{Int32Type, Int64Type, SchemaRef};
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use rand::Rng;
+use sleeper_export::model::{
+    Field, FieldType, KeyValue, PartitionTree, PrimitiveType, Region, Schema, TableProperties,
+};
+use sleeper_export::query::BulkExportLeafPartitionQuery;
+use sleeper_export::storage::Stores;
+use sleeper_export::table::SleeperTable;
+use sleeper_export::tablegen::{tree_from_split_points, RowStyle, TableWriter};
+
+pub fn shared(path: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared")
+        .join(path)
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+/// Reads a whole local Parquet file (a `file://` URL or a path) into one batch.
+pub fn read_parquet(url_or_path: &str) -> RecordBatch {
+    let path = url_or_path.strip_prefix("file://").unwrap_or(url_or_path);
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let schema = datafusion::arrow::record_batch::RecordBatchReader::schema(&reader);
+    let batches: Vec<RecordBatch> = reader.map(Result::unwrap).collect();
+    concat_batches(&schema, &batches).unwrap()
+}
+
+pub fn key_value(column: &ArrayRef, row: usize, key_type: PrimitiveType) -> KeyValue {
+    match key_type {
+        PrimitiveType::Int => KeyValue::Int(column.as_primitive::<Int32Type>().value(row)),
+        PrimitiveType::Long => KeyValue::Long(column.as_primitive::<Int64Type>().value(row)),
+        PrimitiveType::String => KeyValue::String(column.as_string::<i32>().value(row).to_owned()),
+        PrimitiveType::ByteArray => KeyValue::Bytes(column.as_binary::<i32>().value(row).to_vec()),
+    }
+}
+
+pub fn keys_of(batch: &RecordBatch, schema: &Schema, row: usize) -> Vec<KeyValue> {
+    schema
+        .key_types()
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| key_value(batch.column(i), row, t))
+        .collect()
+}
+
+/// The export as the issue defines it, done the slow and obvious way: every row of every file of
+/// the leaf, those inside the regions, stably sorted by the keys in Sleeper's order.
+pub fn reference_export(schema: &Schema, query: &BulkExportLeafPartitionQuery) -> RecordBatch {
+    let arrow_schema: SchemaRef = schema.arrow_schema();
+    let batches: Vec<RecordBatch> = query.files.iter().map(|f| read_parquet(f)).collect();
+    let all = concat_batches(&arrow_schema, &batches).unwrap();
+    let row_keys = schema.row_key_fields.len();
+    let mut rows: Vec<(Vec<KeyValue>, u32)> = (0..all.num_rows())
+        .map(|row| (keys_of(&all, schema, row), row as u32))
+        .filter(|(keys, _)| {
+            query.partition_region.contains(&keys[..row_keys])
+                && query.regions.iter().any(|r| r.contains(&keys[..row_keys]))
+        })
+        .collect();
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    let indices = UInt32Array::from_iter_values(rows.iter().map(|(_, row)| *row));
+    let columns = all
+        .columns()
+        .iter()
+        .map(|c| take(c, &indices, None).unwrap())
+        .collect();
+    RecordBatch::try_new(arrow_schema, columns).unwrap()
+}
+
+pub fn assert_same_rows(actual: &RecordBatch, expected: &RecordBatch, context: &str) {
+    assert_eq!(
+        actual.num_rows(),
+        expected.num_rows(),
+        "{context}: row count"
+    );
+    assert_eq!(
+        actual.num_columns(),
+        expected.num_columns(),
+        "{context}: column count"
+    );
+    for (i, (a, e)) in actual.columns().iter().zip(expected.columns()).enumerate() {
+        assert_eq!(
+            a.to_data(),
+            e.to_data(),
+            "{context}: column {i} ({})",
+            expected.schema().field(i).name()
+        );
+    }
+}
+
+/// A random schema: 1-2 row keys and 0-1 sort keys of any key type, and values including maps,
+/// lists and nullable columns.
+pub fn random_schema(rng: &mut impl Rng) -> Schema {
+    let key_types = [
+        PrimitiveType::Int,
+        PrimitiveType::Long,
+        PrimitiveType::String,
+        PrimitiveType::ByteArray,
+    ];
+    let pick = |rng: &mut dyn rand::RngCore| key_types[rng.random_range(0..key_types.len())];
+    let row_keys = (0..rng.random_range(1..=2))
+        .map(|i| Field::primitive(format!("row{i}"), pick(rng)))
+        .collect();
+    let sort_keys = (0..rng.random_range(0..=1))
+        .map(|i| Field::primitive(format!("sort{i}"), pick(rng)))
+        .collect();
+    let values = vec![
+        Field::primitive("long_value", PrimitiveType::Long),
+        Field::primitive("text", PrimitiveType::String).nullable(),
+        Field::new(
+            "map",
+            FieldType::Map {
+                key: PrimitiveType::String,
+                value: PrimitiveType::Long,
+            },
+        ),
+        Field::new(
+            "list",
+            FieldType::List {
+                element: PrimitiveType::Int,
+            },
+        )
+        .nullable(),
+    ];
+    Schema::new(row_keys, sort_keys, values).unwrap()
+}
+
+/// Splits random leaves on random dimensions, `splits` times, at keys drawn inside each leaf.
+pub fn random_tree(
+    rng: &mut impl Rng,
+    table_id: &str,
+    schema: &Schema,
+    writer_style: &RowStyle,
+    splits: usize,
+) -> PartitionTree {
+    let mut tree = tree_from_split_points(table_id, schema, &[]).unwrap();
+    let mut generator = sleeper_export::tablegen::RowGenerator::new(
+        schema.clone(),
+        writer_style.clone(),
+        rng.random(),
+    );
+    for n in 0..splits {
+        let leaves: Vec<_> = tree.leaves().into_iter().cloned().collect();
+        let leaf = &leaves[rng.random_range(0..leaves.len())];
+        let dimension = rng.random_range(0..schema.row_key_fields.len());
+        let key = generator.sorted_keys(&leaf.region, 1).remove(0);
+        let _ = tree.split(
+            &leaf.id,
+            dimension,
+            key[dimension].clone(),
+            [format!("p{n}l"), format!("p{n}r")],
+        );
+    }
+    tree
+}
+
+pub struct RandomTable {
+    pub table: SleeperTable,
+    pub dir: tempfile::TempDir,
+}
+
+/// A random table: a random tree, 0-2 files per leaf, files still on non-leaf partitions, and
+/// files referenced by both children of a split, with duplicate keys across files.
+pub async fn random_table(seed: u64) -> RandomTable {
+    use rand::SeedableRng;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let schema = random_schema(&mut rng);
+    let style = RowStyle {
+        key_length: 0..=3,
+        value_length: 0..=6,
+        key_span: 20,
+        tricky_keys: true,
+        null_fraction: 0.3,
+    };
+    let splits = rng.random_range(0..=6);
+    let tree = random_tree(&mut rng, "table-1", &schema, &style, splits);
+    let dir = tempfile::tempdir().unwrap();
+    let location = Stores::default()
+        .resolve(dir.path().to_str().unwrap())
+        .unwrap();
+    let mut properties = TableProperties::new("table-1", "random", schema);
+    properties.parquet.row_group_rows = 50;
+    let mut writer = TableWriter::new(location, properties, tree.clone(), style, rng.random());
+    for partition in tree.all() {
+        let files = if partition.is_leaf {
+            rng.random_range(0..=2)
+        } else {
+            rng.random_range(0..=1)
+        };
+        for _ in 0..files {
+            let rows = rng.random_range(0..200);
+            if !partition.is_leaf && rng.random_bool(0.5) {
+                let children: Vec<&str> = partition.child_ids.iter().map(String::as_str).collect();
+                writer
+                    .write_random_file(&partition.id, rows, &children)
+                    .await
+                    .unwrap();
+            } else {
+                writer
+                    .write_random_file(&partition.id, rows, &[&partition.id])
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+    RandomTable {
+        table: writer.finish().await.unwrap(),
+        dir,
+    }
+}
+
+pub fn everything(schema: &Schema) -> Region {
+    Region::everything(schema)
+}
+
+pub fn arc<T>(value: T) -> Arc<T> {
+    Arc::new(value)
+}

@@ -1,0 +1,432 @@
+//! End-to-end exports of local tables, checked against the naive reference export.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use datafusion::physical_plan::{displayable, ExecutionPlan};
+use proptest::prelude::*;
+use sleeper_export::export::{
+    export_table, leaf_export_plan, run_leaf_query, task_context, ExportOptions,
+};
+use sleeper_export::model::{Field, KeyValue, PrimitiveType, Schema, TableProperties};
+use sleeper_export::query::split_into_leaf_queries;
+use sleeper_export::storage::Stores;
+use sleeper_export::tablegen::{tree_from_split_points, RowStyle, TableWriter};
+use sleeper_export::Error;
+
+/// Exports every leaf of the table with the given batch size and compares each file with the
+/// reference export of the same leaf query.
+async fn check_export_matches_reference(random: &RandomTable, batch_size: usize) {
+    let table = &random.table;
+    let output_dir = tempfile::tempdir().unwrap();
+    let output = Stores::default()
+        .resolve(output_dir.path().to_str().unwrap())
+        .unwrap();
+    let schema = &table.properties.schema;
+    let context = task_context(batch_size);
+    for query in split_into_leaf_queries(table, "export-1") {
+        let result = run_leaf_query(table, &query, &output, Arc::clone(&context))
+            .await
+            .unwrap();
+        let exported = read_parquet(&result.file);
+        let expected = reference_export(schema, &query);
+        let context = format!(
+            "leaf {} of schema {}",
+            query.leaf_partition_id,
+            schema.to_json()
+        );
+        assert_same_rows(&exported, &expected, &context);
+        assert_eq!(result.rows_written, expected.num_rows() as u64, "{context}");
+        assert!(result.rows_read >= result.rows_written, "{context}");
+        let on_disk = std::fs::metadata(result.file.strip_prefix("file://").unwrap())
+            .unwrap()
+            .len();
+        assert_eq!(result.bytes, on_disk, "{context}: reported size");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn export_equals_the_reference_leaf_by_leaf(seed in any::<u64>(), small_batches in any::<bool>()) {
+        let runtime = runtime();
+        runtime.block_on(async {
+            let random = random_table(seed).await;
+            // Small batches put runs of equal keys across batch boundaries.
+            check_export_matches_reference(&random, if small_batches { 7 } else { 8192 }).await;
+        });
+    }
+}
+
+fn string_schema() -> Schema {
+    Schema::new(
+        vec![Field::primitive("key", PrimitiveType::String)],
+        vec![Field::primitive("sort", PrimitiveType::Long)],
+        vec![Field::primitive("value", PrimitiveType::String)],
+    )
+    .unwrap()
+}
+
+async fn single_leaf_table(schema: Schema, dir: &tempfile::TempDir) -> TableWriter {
+    let location = Stores::default()
+        .resolve(dir.path().to_str().unwrap())
+        .unwrap();
+    let tree = tree_from_split_points("t1", &schema, &[]).unwrap();
+    TableWriter::new(
+        location,
+        TableProperties::new("t1", "table one", schema),
+        tree,
+        RowStyle::default(),
+        7,
+    )
+}
+
+fn string_batch(schema: &Schema, keys: &[&str]) -> datafusion::arrow::array::RecordBatch {
+    use datafusion::arrow::array::{Int64Array, StringArray};
+    datafusion::arrow::array::RecordBatch::try_new(
+        schema.arrow_schema(),
+        vec![
+            Arc::new(StringArray::from(keys.to_vec())),
+            Arc::new(Int64Array::from_iter_values(0..keys.len() as i64)),
+            Arc::new(StringArray::from(
+                keys.iter().map(|k| format!("v{k}")).collect::<Vec<_>>(),
+            )),
+        ],
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn strings_are_merged_in_java_order_not_byte_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = string_schema();
+    let mut writer = single_leaf_table(schema.clone(), &dir).await;
+    // Each file is sorted as Java sorts: U+FF21 (fullwidth A) after U+1F600 (an emoji).
+    writer
+        .write_file(
+            "root",
+            vec![string_batch(&schema, &["a", "\u{1f600}", "\u{ff21}"])],
+            &["root"],
+        )
+        .await
+        .unwrap();
+    writer
+        .write_file(
+            "root",
+            vec![string_batch(&schema, &["b", "\u{10000}", "\u{ffff}"])],
+            &["root"],
+        )
+        .await
+        .unwrap();
+    let table = writer.finish().await.unwrap();
+    let output_dir = tempfile::tempdir().unwrap();
+    let output = Stores::default()
+        .resolve(output_dir.path().to_str().unwrap())
+        .unwrap();
+    let summary = export_table(&table, &output, &ExportOptions::default(), |_| {})
+        .await
+        .unwrap();
+    let exported = read_parquet(&summary.leaves[0].file);
+    let keys: Vec<&str> = exported
+        .column(0)
+        .as_any()
+        .downcast_ref::<datafusion::arrow::array::StringArray>()
+        .unwrap()
+        .iter()
+        .map(Option::unwrap)
+        .collect();
+    assert_eq!(
+        keys,
+        ["a", "b", "\u{10000}", "\u{1f600}", "\u{ff21}", "\u{ffff}"]
+    );
+}
+
+#[tokio::test]
+async fn byte_arrays_are_merged_as_signed_bytes() {
+    use datafusion::arrow::array::{BinaryArray, Int64Array, RecordBatch};
+    let dir = tempfile::tempdir().unwrap();
+    let schema = Schema::new(
+        vec![Field::primitive("key", PrimitiveType::ByteArray)],
+        vec![],
+        vec![Field::primitive("n", PrimitiveType::Long)],
+    )
+    .unwrap();
+    let mut writer = single_leaf_table(schema.clone(), &dir).await;
+    let batch = |keys: Vec<&[u8]>| {
+        RecordBatch::try_new(
+            schema.arrow_schema(),
+            vec![
+                Arc::new(BinaryArray::from(keys.clone())),
+                Arc::new(Int64Array::from_iter_values(0..keys.len() as i64)),
+            ],
+        )
+        .unwrap()
+    };
+    // Signed order: 0x80 (-128) < 0xff (-1) < 0x00 < 0x7f.
+    writer
+        .write_file("root", vec![batch(vec![&[0x80], &[0x00]])], &["root"])
+        .await
+        .unwrap();
+    writer
+        .write_file("root", vec![batch(vec![&[0xff], &[0x7f]])], &["root"])
+        .await
+        .unwrap();
+    let table = writer.finish().await.unwrap();
+    let output_dir = tempfile::tempdir().unwrap();
+    let output = Stores::default()
+        .resolve(output_dir.path().to_str().unwrap())
+        .unwrap();
+    let summary = export_table(&table, &output, &ExportOptions::default(), |_| {})
+        .await
+        .unwrap();
+    let exported = read_parquet(&summary.leaves[0].file);
+    let keys: Vec<&[u8]> = exported
+        .column(0)
+        .as_any()
+        .downcast_ref::<BinaryArray>()
+        .unwrap()
+        .iter()
+        .map(Option::unwrap)
+        .collect();
+    assert_eq!(keys, [&[0x80u8][..], &[0xff], &[0x00], &[0x7f]]);
+}
+
+#[tokio::test]
+async fn an_empty_leaf_gives_an_empty_file_with_the_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = string_schema();
+    let location = Stores::default()
+        .resolve(dir.path().to_str().unwrap())
+        .unwrap();
+    let tree = tree_from_split_points("t1", &schema, &[KeyValue::String("m".into())]).unwrap();
+    let mut writer = TableWriter::new(
+        location,
+        TableProperties::new("t1", "t", schema.clone()),
+        tree,
+        RowStyle::default(),
+        3,
+    );
+    let left = writer.tree().leaves()[0].id.clone();
+    writer
+        .write_random_file(&left, 100, &[&left])
+        .await
+        .unwrap();
+    let table = writer.finish().await.unwrap();
+    let output_dir = tempfile::tempdir().unwrap();
+    let output = Stores::default()
+        .resolve(output_dir.path().to_str().unwrap())
+        .unwrap();
+    let summary = export_table(&table, &output, &ExportOptions::default(), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(summary.leaves.len(), 2);
+    let empty = read_parquet(&summary.leaves[1].file);
+    assert_eq!(empty.num_rows(), 0);
+    assert_eq!(empty.schema().fields(), schema.arrow_schema().fields());
+    assert_eq!(read_parquet(&summary.leaves[0].file).num_rows(), 100);
+}
+
+#[tokio::test]
+async fn export_plans_never_sort() {
+    let random = random_table(11).await;
+    let output = Stores::default()
+        .resolve(random.dir.path().join("out").to_str().unwrap())
+        .unwrap();
+    for query in split_into_leaf_queries(&random.table, "e") {
+        let plan = leaf_export_plan(&random.table, &query, &output).unwrap();
+        let shown = displayable(plan.as_ref() as &dyn ExecutionPlan)
+            .indent(true)
+            .to_string();
+        assert!(
+            shown.contains("LeafExportExec") && shown.contains("LeafMergeExec"),
+            "{shown}"
+        );
+        assert!(!shown.contains("Sort"), "an export plan sorts:\n{shown}");
+    }
+}
+
+#[tokio::test]
+async fn files_land_at_sleepers_paths() {
+    let random = random_table(5).await;
+    let output_dir = tempfile::tempdir().unwrap();
+    let output = Stores::default()
+        .resolve(output_dir.path().to_str().unwrap())
+        .unwrap();
+    let options = ExportOptions {
+        export_id: Some("my-export".into()),
+        ..ExportOptions::default()
+    };
+    let summary = export_table(&random.table, &output, &options, |_| {})
+        .await
+        .unwrap();
+    let dir = output_dir.path().join("table-1").join("my-export");
+    let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    let mut expected: Vec<String> = summary
+        .leaves
+        .iter()
+        .map(|l| format!("{}.parquet", l.sub_export_id))
+        .collect();
+    on_disk.sort();
+    expected.sort();
+    assert_eq!(on_disk, expected);
+    assert_eq!(summary.leaves.len(), random.table.partitions.leaves().len());
+}
+
+/// A single-leaf table with two files, for the error tests.
+async fn two_file_table(
+    dir: &tempfile::TempDir,
+) -> (sleeper_export::table::SleeperTable, Vec<String>) {
+    let mut writer = single_leaf_table(string_schema(), dir).await;
+    let first = writer
+        .write_random_file("root", 1000, &["root"])
+        .await
+        .unwrap();
+    let second = writer
+        .write_random_file("root", 1000, &["root"])
+        .await
+        .unwrap();
+    (writer.finish().await.unwrap(), vec![first, second])
+}
+
+async fn export_error(table: &sleeper_export::table::SleeperTable) -> (Error, tempfile::TempDir) {
+    let output_dir = tempfile::tempdir().unwrap();
+    let output = Stores::default()
+        .resolve(output_dir.path().to_str().unwrap())
+        .unwrap();
+    let error = export_table(table, &output, &ExportOptions::default(), |_| {})
+        .await
+        .unwrap_err();
+    (error, output_dir)
+}
+
+fn parquet_files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn a_missing_input_file_is_named_and_leaves_no_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let (table, files) = two_file_table(&dir).await;
+    std::fs::remove_file(files[1].strip_prefix("file://").unwrap()).unwrap();
+    let (error, output) = export_error(&table).await;
+    assert!(matches!(error, Error::MissingInputFile { .. }), "{error:?}");
+    let message = error.to_string();
+    assert!(
+        message.contains(&files[1])
+            && message.contains("partition root")
+            && message.contains("missing"),
+        "{message}"
+    );
+    assert_eq!(
+        parquet_files_under(output.path()),
+        Vec::<std::path::PathBuf>::new()
+    );
+}
+
+#[tokio::test]
+async fn corrupt_parquet_is_named_and_leaves_no_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let (table, files) = two_file_table(&dir).await;
+    let path = files[0].strip_prefix("file://").unwrap();
+    let mut bytes = std::fs::read(path).unwrap();
+    // Keep the footer but break the data pages, so the failure comes mid-stream.
+    for byte in &mut bytes[4..2000] {
+        *byte = !*byte;
+    }
+    std::fs::write(path, bytes).unwrap();
+    let (error, output) = export_error(&table).await;
+    assert!(matches!(error, Error::CorruptInputFile { .. }), "{error:?}");
+    assert!(error.to_string().contains(&files[0]), "{error}");
+    assert_eq!(
+        parquet_files_under(output.path()),
+        Vec::<std::path::PathBuf>::new()
+    );
+
+    std::fs::write(path, b"not parquet at all").unwrap();
+    let (error, _) = export_error(&table).await;
+    assert!(
+        matches!(error, Error::CorruptInputFile { .. }) && error.to_string().contains(&files[0]),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_file_with_another_schema_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let (table, files) = two_file_table(&dir).await;
+    let other = Schema::new(
+        vec![Field::primitive("key", PrimitiveType::Long)],
+        vec![],
+        vec![],
+    )
+    .unwrap();
+    let other_dir = tempfile::tempdir().unwrap();
+    let mut writer = single_leaf_table(other, &other_dir).await;
+    let wrong = writer
+        .write_random_file("root", 10, &["root"])
+        .await
+        .unwrap();
+    std::fs::copy(
+        wrong.strip_prefix("file://").unwrap(),
+        files[1].strip_prefix("file://").unwrap(),
+    )
+    .unwrap();
+    let (error, _) = export_error(&table).await;
+    assert!(
+        matches!(error, Error::InputSchemaMismatch { .. }),
+        "{error:?}"
+    );
+    let message = error.to_string();
+    assert!(
+        message.contains(&files[1]) && message.contains("\"key\""),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn a_leaf_query_for_another_table_is_rejected() {
+    let random = random_table(3).await;
+    let mut query = split_into_leaf_queries(&random.table, "e").remove(0);
+    query.table_id = "nope".into();
+    let output = Stores::default()
+        .resolve(random.dir.path().join("out").to_str().unwrap())
+        .unwrap();
+    let error = leaf_export_plan(&random.table, &query, &output).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        r#"Table could not be found with ID: "nope""#
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_table_location_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let error =
+        sleeper_export::table::SleeperTable::open(dir.path().to_str().unwrap(), &Stores::default())
+            .await
+            .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("no Sleeper table here: table.properties not found"),
+        "{error}"
+    );
+}
