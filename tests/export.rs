@@ -430,3 +430,51 @@ async fn an_unknown_table_location_is_a_clear_error() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn integer_keyed_leaves_read_only_the_row_groups_of_their_region() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = Schema::new(
+        vec![Field::primitive("id", PrimitiveType::Long)],
+        vec![],
+        vec![Field::primitive("v", PrimitiveType::String)],
+    )
+    .unwrap();
+    let splits = [KeyValue::Long(-500), KeyValue::Long(0), KeyValue::Long(500)];
+    let tree = tree_from_split_points("longs", &schema, &splits).unwrap();
+    let location = Stores::default()
+        .resolve(dir.path().to_str().unwrap())
+        .unwrap();
+    let mut properties = TableProperties::new("longs", "longs", schema);
+    properties.parquet.row_group_rows = 100;
+    let style = RowStyle {
+        key_span: 1000,
+        ..RowStyle::default()
+    };
+    let mut writer = TableWriter::new(location, properties, tree, style, 4);
+    let root = writer.tree().root().id.clone();
+    writer
+        .write_random_file(&root, 4000, &[&root])
+        .await
+        .unwrap();
+    let table = writer.finish().await.unwrap();
+    let output = Stores::default()
+        .resolve(dir.path().join("out").to_str().unwrap())
+        .unwrap();
+    let context = task_context(100);
+    let mut written = 0;
+    for query in split_into_leaf_queries(&table, "e") {
+        let result = run_leaf_query(&table, &query, &output, Arc::clone(&context))
+            .await
+            .unwrap();
+        assert_same_rows(
+            &read_parquet(&result.file),
+            &reference_export(&table.properties.schema, &query),
+            &query.leaf_partition_id,
+        );
+        // At most one row group of slack at each end of the leaf's range.
+        assert!(result.rows_read <= result.rows_written + 200, "{result:?}");
+        written += result.rows_written;
+    }
+    assert_eq!(written, 4000);
+}

@@ -163,6 +163,16 @@ impl Range {
         }
     }
 
+    /// Whether some value in the closed interval `[low, high]` may be in the range.
+    pub fn overlaps(&self, low: &KeyValue, high: &KeyValue) -> bool {
+        let high_reaches_min = match high.cmp(&self.min) {
+            Ordering::Greater => true,
+            Ordering::Equal => self.min_inclusive,
+            Ordering::Less => false,
+        };
+        high_reaches_min && self.below_max(low)
+    }
+
     /// Whether the range admits no value at all (min above max, or an empty half-open range).
     pub fn is_empty(&self) -> bool {
         match &self.max {
@@ -368,5 +378,9 @@ mod tests {
         assert!(range.contains(&KeyValue::Int(2)));
         assert!(range.contains(&KeyValue::Int(3)));
         assert!(!range.contains(&KeyValue::Int(4)));
+        assert!(range.overlaps(&KeyValue::Int(-5), &KeyValue::Int(2)));
+        assert!(range.overlaps(&KeyValue::Int(3), &KeyValue::Int(9)));
+        assert!(!range.overlaps(&KeyValue::Int(-5), &KeyValue::Int(1)));
+        assert!(!range.overlaps(&KeyValue::Int(4), &KeyValue::Int(9)));
     }
 }

@@ -23,6 +23,7 @@ use datafusion::parquet::arrow::async_reader::{
 use datafusion::parquet::arrow::ProjectionMask;
 use datafusion::parquet::errors::{ParquetError, Result as ParquetResult};
 use datafusion::parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
+use datafusion::parquet::file::statistics::Statistics as ParquetStatistics;
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr, PhysicalSortExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
@@ -42,7 +43,7 @@ use tokio::sync::mpsc;
 use super::filter::RowFilter;
 use crate::error::{Error, Result};
 use crate::model::order::sleeper_ordered_array;
-use crate::model::{PrimitiveType, Region, Schema};
+use crate::model::{KeyValue, PrimitiveType, Range, Region, Schema};
 use crate::storage::Stores;
 
 /// What one leaf partition's merge reads.
@@ -199,6 +200,8 @@ impl LeafMergeExec {
             &self.schema.row_key_types(),
         ));
         let rows_read = MetricBuilder::new(&self.metrics).counter("rows_read", partition);
+        let row_groups_pruned =
+            MetricBuilder::new(&self.metrics).counter("row_groups_pruned", partition);
         MetricBuilder::new(&self.metrics)
             .counter("input_files", partition)
             .add(leaf.files.len());
@@ -211,7 +214,9 @@ impl LeafMergeExec {
                 key_types: key_types.clone(),
                 converter: Arc::clone(&converter),
                 filter: Arc::clone(&filter),
+                partition_range: leaf.partition_region.ranges[0].clone(),
                 rows_read: rows_read.clone(),
+                row_groups_pruned: row_groups_pruned.clone(),
                 batch_size,
             };
             let opened = reader.open(&self.stores).await?;
@@ -353,7 +358,10 @@ struct FileReader {
     key_types: Vec<PrimitiveType>,
     converter: Arc<RowConverter>,
     filter: Arc<RowFilter>,
+    /// The partition's range on the first row key, for pruning row groups.
+    partition_range: Range,
     rows_read: Count,
+    row_groups_pruned: Count,
     batch_size: usize,
 }
 
@@ -437,12 +445,53 @@ impl FileReader {
             })
             .collect();
         let mask = ProjectionMask::roots(builder.parquet_schema(), selected);
+        let row_groups = self.row_groups_in_region(builder.metadata());
         let stream = builder
             .with_projection(mask)
+            .with_row_groups(row_groups)
             .with_batch_size(self.batch_size)
             .build()
             .map_err(|e| self.corrupt(e))?;
         Ok((stream, ColumnAdapter { positions, casts }))
+    }
+
+    /// Row groups that may hold rows of the partition, judged by the statistics of the first
+    /// row key. Only integer keys are pruned: Parquet's statistics for strings and byte arrays
+    /// are minima and maxima in byte order, which do not bound values in Sleeper's order.
+    fn row_groups_in_region(&self, metadata: &ParquetMetaData) -> Vec<usize> {
+        let all = 0..metadata.num_row_groups();
+        let range = &self.partition_range;
+        let first_key = self.read_schema.field(0).name();
+        let column = metadata
+            .file_metadata()
+            .schema_descr()
+            .columns()
+            .iter()
+            .position(|c| c.path().parts() == [first_key.as_str()]);
+        let Some(column) = column else {
+            return all.collect();
+        };
+        let kept: Vec<usize> = all
+            .filter(|&i| {
+                let bounds = match metadata.row_group(i).column(column).statistics() {
+                    Some(ParquetStatistics::Int32(s)) => s
+                        .min_opt()
+                        .zip(s.max_opt())
+                        .map(|(l, h)| (KeyValue::Int(*l), KeyValue::Int(*h))),
+                    Some(ParquetStatistics::Int64(s)) => s
+                        .min_opt()
+                        .zip(s.max_opt())
+                        .map(|(l, h)| (KeyValue::Long(*l), KeyValue::Long(*h))),
+                    _ => None,
+                };
+                bounds.is_none_or(|(low, high)| {
+                    low.key_type() != range.min.key_type() || range.overlaps(&low, &high)
+                })
+            })
+            .collect();
+        self.row_groups_pruned
+            .add(metadata.num_row_groups() - kept.len());
+        kept
     }
 
     async fn run(
