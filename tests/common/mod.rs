@@ -181,6 +181,21 @@ pub struct RandomTable {
 /// A random table: a random tree, 0-2 files per leaf, files still on non-leaf partitions, and
 /// files referenced by both children of a split, with duplicate keys across files.
 pub async fn random_table(seed: u64) -> RandomTable {
+    let dir = tempfile::tempdir().unwrap();
+    let location = Stores::default()
+        .resolve(dir.path().to_str().unwrap())
+        .unwrap();
+    RandomTable {
+        table: random_table_at(location, seed).await,
+        dir,
+    }
+}
+
+/// The random table of `seed`, written at any location (the same rows wherever it is written).
+pub async fn random_table_at(
+    location: sleeper_export::storage::Location,
+    seed: u64,
+) -> SleeperTable {
     use rand::SeedableRng;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let schema = random_schema(&mut rng);
@@ -193,10 +208,6 @@ pub async fn random_table(seed: u64) -> RandomTable {
     };
     let splits = rng.random_range(0..=6);
     let tree = random_tree(&mut rng, "table-1", &schema, &style, splits);
-    let dir = tempfile::tempdir().unwrap();
-    let location = Stores::default()
-        .resolve(dir.path().to_str().unwrap())
-        .unwrap();
     let mut properties = TableProperties::new("table-1", "random", schema);
     properties.parquet.row_group_rows = 50;
     let mut writer = TableWriter::new(location, properties, tree.clone(), style, rng.random());
@@ -222,10 +233,38 @@ pub async fn random_table(seed: u64) -> RandomTable {
             }
         }
     }
-    RandomTable {
-        table: writer.finish().await.unwrap(),
-        dir,
-    }
+    writer.finish().await.unwrap()
+}
+
+/// A fresh bucket on the local S3 server that `scripts/test.sh` starts.
+pub fn create_bucket(prefix: &str) -> String {
+    use std::io::{Read, Write};
+    let endpoint = std::env::var("AWS_ENDPOINT_URL")
+        .expect("AWS_ENDPOINT_URL is not set: run the tests with scripts/test.sh, which starts the local S3 server");
+    let address = endpoint
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let bucket = format!("{prefix}-{}", uuid::Uuid::new_v4().simple());
+    let mut stream = std::net::TcpStream::connect(&address)
+        .unwrap_or_else(|e| panic!("connecting to {address}: {e}"));
+    write!(
+        stream,
+        "PUT /{bucket} HTTP/1.1
+Host: {address}
+Content-Length: 0
+Connection: close
+
+"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(
+        response.starts_with("HTTP/1.1 200"),
+        "creating bucket {bucket}: {response}"
+    );
+    bucket
 }
 
 pub fn everything(schema: &Schema) -> Region {

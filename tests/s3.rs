@@ -1,0 +1,145 @@
+//! Tables and exports on S3, against the real local S3 server that `scripts/test.sh` starts.
+
+mod common;
+
+use common::*;
+use futures::TryStreamExt;
+use object_store::ObjectStoreExt;
+use sleeper_export::export::{export_table, run_leaf_query, task_context, ExportOptions};
+use sleeper_export::storage::Stores;
+use sleeper_export::Error;
+
+async fn read_s3_parquet(stores: &Stores, url: &str) -> datafusion::arrow::array::RecordBatch {
+    use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let location = stores.resolve(url).unwrap();
+    let bytes = location
+        .store
+        .get(&location.prefix)
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .unwrap()
+        .build()
+        .unwrap();
+    let schema = datafusion::arrow::record_batch::RecordBatchReader::schema(&reader);
+    let batches: Vec<_> = reader.map(Result::unwrap).collect();
+    datafusion::arrow::compute::concat_batches(&schema, &batches).unwrap()
+}
+
+async fn objects_under(stores: &Stores, url: &str) -> Vec<String> {
+    let location = stores.resolve(url).unwrap();
+    let listed: Vec<_> = location
+        .store
+        .list(Some(&location.prefix))
+        .try_collect()
+        .await
+        .unwrap();
+    listed
+        .into_iter()
+        .map(|meta| meta.location.to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_table_on_s3_exports_to_s3_as_the_same_table_does_locally() {
+    let bucket = create_bucket("export");
+    let stores = Stores::default();
+    let on_s3 = random_table_at(
+        stores.resolve(&format!("s3://{bucket}/tables/t1")).unwrap(),
+        77,
+    )
+    .await;
+    let local = random_table(77).await;
+    assert!(!on_s3.files.is_empty());
+    assert!(on_s3.files.iter().all(|f| f
+        .filename
+        .starts_with(&format!("s3://{bucket}/tables/t1/data/"))));
+
+    let options = ExportOptions {
+        export_id: Some("e1".into()),
+        ..ExportOptions::default()
+    };
+    let s3_output = stores.resolve(&format!("s3://{bucket}/exports")).unwrap();
+    let s3_summary = export_table(&on_s3, &s3_output, &options, |_| {})
+        .await
+        .unwrap();
+    let local_output_dir = tempfile::tempdir().unwrap();
+    let local_output = stores
+        .resolve(local_output_dir.path().to_str().unwrap())
+        .unwrap();
+    let local_summary = export_table(&local.table, &local_output, &options, |_| {})
+        .await
+        .unwrap();
+
+    assert_eq!(s3_summary.leaves.len(), local_summary.leaves.len());
+    let mut expected_keys = Vec::new();
+    for (s3_leaf, local_leaf) in s3_summary.leaves.iter().zip(&local_summary.leaves) {
+        assert_eq!(s3_leaf.leaf_partition_id, local_leaf.leaf_partition_id);
+        assert_eq!(
+            s3_leaf.file,
+            format!(
+                "s3://{bucket}/exports/table-1/e1/{}.parquet",
+                s3_leaf.sub_export_id
+            )
+        );
+        expected_keys.push(format!(
+            "exports/table-1/e1/{}.parquet",
+            s3_leaf.sub_export_id
+        ));
+        let from_s3 = read_s3_parquet(&stores, &s3_leaf.file).await;
+        assert_same_rows(
+            &from_s3,
+            &read_parquet(&local_leaf.file),
+            &s3_leaf.leaf_partition_id,
+        );
+    }
+    let mut listed = objects_under(&stores, &format!("s3://{bucket}/exports")).await;
+    listed.sort();
+    expected_keys.sort();
+    assert_eq!(
+        listed, expected_keys,
+        "exactly one object per leaf, nothing else"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_input_on_s3_fails_the_export_and_leaves_no_object() {
+    let bucket = create_bucket("missing");
+    let stores = Stores::default();
+    let location = stores
+        .resolve(&format!("s3://{bucket}/tables/demo"))
+        .unwrap();
+    let table = sleeper_export::tablegen::write_demo_table(location, 4, 200, 1)
+        .await
+        .unwrap();
+    let victim = table
+        .files
+        .last()
+        .expect("the demo table has files")
+        .filename
+        .clone();
+    let location = stores.resolve(&victim).unwrap();
+    location.store.delete(&location.prefix).await.unwrap();
+
+    let query = sleeper_export::query::split_into_leaf_queries(&table, "e2")
+        .into_iter()
+        .find(|q| q.files.contains(&victim))
+        .expect("a leaf reads the deleted file");
+    let output = stores.resolve(&format!("s3://{bucket}/exports")).unwrap();
+    let error = run_leaf_query(&table, &query, &output, task_context(16))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::MissingInputFile { .. }), "{error:?}");
+    let message = error.to_string();
+    assert!(
+        message.contains(&victim) && message.contains(&query.leaf_partition_id),
+        "{message}"
+    );
+    assert_eq!(
+        objects_under(&stores, &format!("s3://{bucket}/exports")).await,
+        Vec::<String>::new()
+    );
+}
