@@ -4,4 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
-cargo run --quiet --bin sleeper-export -- demo --dir "${DEMO_DIR:-$CARGO_TARGET_DIR/demo}" "$@"
+# Built as the test command builds it (dev-dependencies included), so that the demo and the
+# tests share one build instead of compiling the dependencies twice with different features.
+cargo build --quiet --tests --bins
+"$CARGO_TARGET_DIR/debug/sleeper-export" demo --dir "${DEMO_DIR:-$CARGO_TARGET_DIR/demo}" "$@"
