@@ -21,9 +21,7 @@ use sleeper_export::Error;
 async fn check_export_matches_reference(random: &RandomTable, batch_size: usize) {
     let table = &random.table;
     let output_dir = tempfile::tempdir().unwrap();
-    let output = Stores::default()
-        .resolve(output_dir.path().to_str().unwrap())
-        .unwrap();
+    let output = local(output_dir.path());
     let schema = &table.properties.schema;
     let context = task_context(batch_size);
     for query in split_into_leaf_queries(table, "export-1") {
@@ -61,6 +59,22 @@ proptest! {
     }
 }
 
+async fn export_only_leaf(
+    table: &sleeper_export::table::SleeperTable,
+) -> datafusion::arrow::array::RecordBatch {
+    let output_dir = tempfile::tempdir().unwrap();
+    let summary = export_table(
+        table,
+        &local(output_dir.path()),
+        &ExportOptions::default(),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(summary.leaves.len(), 1);
+    read_parquet(&summary.leaves[0].file)
+}
+
 fn string_schema() -> Schema {
     Schema::new(
         vec![Field::primitive("key", PrimitiveType::String)],
@@ -71,9 +85,7 @@ fn string_schema() -> Schema {
 }
 
 async fn single_leaf_table(schema: Schema, dir: &tempfile::TempDir) -> TableWriter {
-    let location = Stores::default()
-        .resolve(dir.path().to_str().unwrap())
-        .unwrap();
+    let location = local(dir.path());
     let tree = tree_from_split_points("t1", &schema, &[]).unwrap();
     TableWriter::new(
         location,
@@ -121,15 +133,7 @@ async fn strings_are_merged_in_java_order_not_byte_order() {
         )
         .await
         .unwrap();
-    let table = writer.finish().await.unwrap();
-    let output_dir = tempfile::tempdir().unwrap();
-    let output = Stores::default()
-        .resolve(output_dir.path().to_str().unwrap())
-        .unwrap();
-    let summary = export_table(&table, &output, &ExportOptions::default(), |_| {})
-        .await
-        .unwrap();
-    let exported = read_parquet(&summary.leaves[0].file);
+    let exported = export_only_leaf(&writer.finish().await.unwrap()).await;
     let keys: Vec<&str> = exported
         .column(0)
         .as_any()
@@ -174,15 +178,7 @@ async fn byte_arrays_are_merged_as_signed_bytes() {
         .write_file("root", vec![batch(vec![&[0xff], &[0x7f]])], &["root"])
         .await
         .unwrap();
-    let table = writer.finish().await.unwrap();
-    let output_dir = tempfile::tempdir().unwrap();
-    let output = Stores::default()
-        .resolve(output_dir.path().to_str().unwrap())
-        .unwrap();
-    let summary = export_table(&table, &output, &ExportOptions::default(), |_| {})
-        .await
-        .unwrap();
-    let exported = read_parquet(&summary.leaves[0].file);
+    let exported = export_only_leaf(&writer.finish().await.unwrap()).await;
     let keys: Vec<&[u8]> = exported
         .column(0)
         .as_any()
@@ -198,9 +194,7 @@ async fn byte_arrays_are_merged_as_signed_bytes() {
 async fn an_empty_leaf_gives_an_empty_file_with_the_schema() {
     let dir = tempfile::tempdir().unwrap();
     let schema = string_schema();
-    let location = Stores::default()
-        .resolve(dir.path().to_str().unwrap())
-        .unwrap();
+    let location = local(dir.path());
     let tree = tree_from_split_points("t1", &schema, &[KeyValue::String("m".into())]).unwrap();
     let mut writer = TableWriter::new(
         location,
@@ -216,9 +210,7 @@ async fn an_empty_leaf_gives_an_empty_file_with_the_schema() {
         .unwrap();
     let table = writer.finish().await.unwrap();
     let output_dir = tempfile::tempdir().unwrap();
-    let output = Stores::default()
-        .resolve(output_dir.path().to_str().unwrap())
-        .unwrap();
+    let output = local(output_dir.path());
     let summary = export_table(&table, &output, &ExportOptions::default(), |_| {})
         .await
         .unwrap();
@@ -232,9 +224,7 @@ async fn an_empty_leaf_gives_an_empty_file_with_the_schema() {
 #[tokio::test]
 async fn export_plans_never_sort() {
     let random = random_table(11).await;
-    let output = Stores::default()
-        .resolve(random.dir.path().join("out").to_str().unwrap())
-        .unwrap();
+    let output = local(&random.dir.path().join("out"));
     for query in split_into_leaf_queries(&random.table, "e") {
         let plan = leaf_export_plan(&random.table, &query, &output).unwrap();
         let shown = displayable(plan.as_ref() as &dyn ExecutionPlan)
@@ -252,9 +242,7 @@ async fn export_plans_never_sort() {
 async fn files_land_at_sleepers_paths() {
     let random = random_table(5).await;
     let output_dir = tempfile::tempdir().unwrap();
-    let output = Stores::default()
-        .resolve(output_dir.path().to_str().unwrap())
-        .unwrap();
+    let output = local(output_dir.path());
     let options = ExportOptions {
         export_id: Some("my-export".into()),
         ..ExportOptions::default()
@@ -296,9 +284,7 @@ async fn two_file_table(
 
 async fn export_error(table: &sleeper_export::table::SleeperTable) -> (Error, tempfile::TempDir) {
     let output_dir = tempfile::tempdir().unwrap();
-    let output = Stores::default()
-        .resolve(output_dir.path().to_str().unwrap())
-        .unwrap();
+    let output = local(output_dir.path());
     let error = export_table(table, &output, &ExportOptions::default(), |_| {})
         .await
         .unwrap_err();
@@ -406,9 +392,7 @@ async fn a_leaf_query_for_another_table_is_rejected() {
     let random = random_table(3).await;
     let mut query = split_into_leaf_queries(&random.table, "e").remove(0);
     query.table_id = "nope".into();
-    let output = Stores::default()
-        .resolve(random.dir.path().join("out").to_str().unwrap())
-        .unwrap();
+    let output = local(&random.dir.path().join("out"));
     let error = leaf_export_plan(&random.table, &query, &output).unwrap_err();
     assert_eq!(
         error.to_string(),
@@ -434,33 +418,8 @@ async fn an_unknown_table_location_is_a_clear_error() {
 #[tokio::test]
 async fn integer_keyed_leaves_read_only_the_row_groups_of_their_region() {
     let dir = tempfile::tempdir().unwrap();
-    let schema = Schema::new(
-        vec![Field::primitive("id", PrimitiveType::Long)],
-        vec![],
-        vec![Field::primitive("v", PrimitiveType::String)],
-    )
-    .unwrap();
-    let splits = [KeyValue::Long(-500), KeyValue::Long(0), KeyValue::Long(500)];
-    let tree = tree_from_split_points("longs", &schema, &splits).unwrap();
-    let location = Stores::default()
-        .resolve(dir.path().to_str().unwrap())
-        .unwrap();
-    let mut properties = TableProperties::new("longs", "longs", schema);
-    properties.parquet.row_group_rows = 100;
-    let style = RowStyle {
-        key_span: 1000,
-        ..RowStyle::default()
-    };
-    let mut writer = TableWriter::new(location, properties, tree, style, 4);
-    let root = writer.tree().root().id.clone();
-    writer
-        .write_random_file(&root, 4000, &[&root])
-        .await
-        .unwrap();
-    let table = writer.finish().await.unwrap();
-    let output = Stores::default()
-        .resolve(dir.path().join("out").to_str().unwrap())
-        .unwrap();
+    let table = long_key_table(local(dir.path()), 100, 4000).await;
+    let output = local(&dir.path().join("out"));
     let context = task_context(100);
     let mut written = 0;
     for query in split_into_leaf_queries(&table, "e") {

@@ -1,49 +1,18 @@
 //! The table provider: one execution partition per leaf, usable from DataFusion SQL.
 
+mod common;
+
 use std::sync::Arc;
 
+use common::{local, long_key_table};
 use datafusion::physical_plan::{displayable, ExecutionPlanProperties};
 use datafusion::prelude::SessionContext;
-use sleeper_export::model::{Field, KeyValue, PrimitiveType, Schema, TableProperties};
 use sleeper_export::plan::SleeperTableProvider;
-use sleeper_export::storage::Stores;
-use sleeper_export::tablegen::{tree_from_split_points, RowStyle, TableWriter};
-
-async fn long_key_table(dir: &tempfile::TempDir) -> sleeper_export::table::SleeperTable {
-    let schema = Schema::new(
-        vec![Field::primitive("id", PrimitiveType::Long)],
-        vec![],
-        vec![Field::primitive("name", PrimitiveType::String)],
-    )
-    .unwrap();
-    let splits = [KeyValue::Long(-100), KeyValue::Long(0), KeyValue::Long(100)];
-    let tree = tree_from_split_points("longs", &schema, &splits).unwrap();
-    let location = Stores::default()
-        .resolve(dir.path().to_str().unwrap())
-        .unwrap();
-    let style = RowStyle {
-        key_span: 300,
-        ..RowStyle::default()
-    };
-    let mut writer = TableWriter::new(
-        location,
-        TableProperties::new("longs", "longs", schema),
-        tree,
-        style,
-        9,
-    );
-    let root = writer.tree().root().id.clone();
-    writer
-        .write_random_file(&root, 2000, &[&root])
-        .await
-        .unwrap();
-    writer.finish().await.unwrap()
-}
 
 #[tokio::test]
 async fn the_scan_has_one_partition_per_leaf_and_sql_sees_every_row_once() {
     let dir = tempfile::tempdir().unwrap();
-    let table = long_key_table(&dir).await;
+    let table = long_key_table(local(dir.path()), 100_000, 2000).await;
     let provider = SleeperTableProvider::new(table.clone());
     let plan: Arc<dyn datafusion::physical_plan::ExecutionPlan> =
         Arc::new(provider.merge_plan(None));
@@ -70,7 +39,7 @@ async fn the_scan_has_one_partition_per_leaf_and_sql_sees_every_row_once() {
 #[tokio::test]
 async fn ordering_by_integer_row_keys_needs_no_sort() {
     let dir = tempfile::tempdir().unwrap();
-    let table = long_key_table(&dir).await;
+    let table = long_key_table(local(dir.path()), 100_000, 2000).await;
     let ctx = SessionContext::new();
     ctx.register_table("t", Arc::new(SleeperTableProvider::new(table)))
         .unwrap();

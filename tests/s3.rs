@@ -10,7 +10,6 @@ use sleeper_export::storage::Stores;
 use sleeper_export::Error;
 
 async fn read_s3_parquet(stores: &Stores, url: &str) -> datafusion::arrow::array::RecordBatch {
-    use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     let location = stores.resolve(url).unwrap();
     let bytes = location
         .store
@@ -20,13 +19,7 @@ async fn read_s3_parquet(stores: &Stores, url: &str) -> datafusion::arrow::array
         .bytes()
         .await
         .unwrap();
-    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
-        .unwrap()
-        .build()
-        .unwrap();
-    let schema = datafusion::arrow::record_batch::RecordBatchReader::schema(&reader);
-    let batches: Vec<_> = reader.map(Result::unwrap).collect();
-    datafusion::arrow::compute::concat_batches(&schema, &batches).unwrap()
+    parquet_bytes_to_batch(bytes)
 }
 
 async fn objects_under(stores: &Stores, url: &str) -> Vec<String> {

@@ -23,6 +23,10 @@ pub fn shared(path: &str) -> std::path::PathBuf {
         .join(path)
 }
 
+pub fn local(path: &Path) -> sleeper_export::storage::Location {
+    Stores::default().resolve(path.to_str().unwrap()).unwrap()
+}
+
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -34,8 +38,12 @@ pub fn runtime() -> tokio::runtime::Runtime {
 /// Reads a whole local Parquet file (a `file://` URL or a path) into one batch.
 pub fn read_parquet(url_or_path: &str) -> RecordBatch {
     let path = url_or_path.strip_prefix("file://").unwrap_or(url_or_path);
-    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
+    parquet_bytes_to_batch(bytes.into())
+}
+
+pub fn parquet_bytes_to_batch(bytes: bytes::Bytes) -> RecordBatch {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
         .unwrap()
         .build()
         .unwrap();
@@ -182,9 +190,7 @@ pub struct RandomTable {
 /// files referenced by both children of a split, with duplicate keys across files.
 pub async fn random_table(seed: u64) -> RandomTable {
     let dir = tempfile::tempdir().unwrap();
-    let location = Stores::default()
-        .resolve(dir.path().to_str().unwrap())
-        .unwrap();
+    let location = local(dir.path());
     RandomTable {
         table: random_table_at(location, seed).await,
         dir,
@@ -233,6 +239,36 @@ pub async fn random_table_at(
             }
         }
     }
+    writer.finish().await.unwrap()
+}
+
+/// A table keyed by a long `id` in -1000..1000, split at -500, 0 and 500, whose rows all sit in
+/// one file on the root partition: every leaf reads a slice of that file.
+pub async fn long_key_table(
+    location: sleeper_export::storage::Location,
+    row_group_rows: usize,
+    rows: usize,
+) -> SleeperTable {
+    let schema = Schema::new(
+        vec![Field::primitive("id", PrimitiveType::Long)],
+        vec![],
+        vec![Field::primitive("name", PrimitiveType::String)],
+    )
+    .unwrap();
+    let splits = [KeyValue::Long(-500), KeyValue::Long(0), KeyValue::Long(500)];
+    let tree = tree_from_split_points("longs", &schema, &splits).unwrap();
+    let mut properties = TableProperties::new("longs", "longs", schema);
+    properties.parquet.row_group_rows = row_group_rows;
+    let style = RowStyle {
+        key_span: 1000,
+        ..RowStyle::default()
+    };
+    let mut writer = TableWriter::new(location, properties, tree, style, 4);
+    let root = writer.tree().root().id.clone();
+    writer
+        .write_random_file(&root, rows, &[&root])
+        .await
+        .unwrap();
     writer.finish().await.unwrap()
 }
 
