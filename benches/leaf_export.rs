@@ -15,7 +15,7 @@
 use std::time::{Duration, Instant};
 
 use datafusion::prelude::{SessionConfig, SessionContext};
-use sleeper_export::export::{run_leaf_query, task_context};
+use sleeper_export::export::{run_leaf_query, ExportOptions};
 use sleeper_export::model::{Field, KeyValue, PrimitiveType, Schema, TableProperties};
 use sleeper_export::plan::filter::RowFilter;
 use sleeper_export::query::split_into_leaf_queries;
@@ -131,7 +131,7 @@ fn ours(table: &SleeperTable, out: &std::path::Path, threads: usize) -> u64 {
             .into_iter()
             .find(|q| q.partition_region.ranges[0].max.is_some())
             .expect("the 80 % leaf");
-        run_leaf_query(table, &query, &output, task_context(8192))
+        run_leaf_query(table, &query, &output, &ExportOptions::default())
             .await
             .unwrap()
             .rows_written

@@ -15,6 +15,7 @@ use futures::StreamExt;
 use object_store::path::Path;
 
 use crate::error::{Error, Result};
+use crate::model::CompactionRules;
 use crate::plan::{ExportTarget, LeafExportExec, LeafInput, LeafMergeExec};
 use crate::query::{split_into_leaf_queries, BulkExportLeafPartitionQuery};
 use crate::storage::Location;
@@ -28,6 +29,11 @@ pub struct ExportOptions {
     pub parallelism: usize,
     /// Rows per batch inside the merge.
     pub batch_size: usize,
+    /// Export the stored rows as they are: no filters, no aggregation.
+    pub raw: bool,
+    /// The time age-off filters count back from; the clock at each leaf's start when not given.
+    /// Pinning it makes a re-run of a leaf give the same rows.
+    pub age_off_clock_millis: Option<i64>,
 }
 
 impl Default for ExportOptions {
@@ -36,6 +42,8 @@ impl Default for ExportOptions {
             export_id: None,
             parallelism: std::thread::available_parallelism().map_or(2, |n| n.get()),
             batch_size: 8192,
+            raw: false,
+            age_off_clock_millis: None,
         }
     }
 }
@@ -48,6 +56,8 @@ pub struct LeafExportResult {
     pub rows_read: u64,
     pub rows_written: u64,
     pub bytes: u64,
+    /// The clock that age-off filters were applied against, when the table has any.
+    pub age_off_clock_millis: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -89,11 +99,14 @@ impl From<&BulkExportLeafPartitionQuery> for LeafInput {
     }
 }
 
-/// The physical plan of one leaf query: the leaf merge feeding the Parquet sink.
+/// The physical plan of one leaf query: the leaf merge feeding the Parquet sink. Unless
+/// `options.raw`, the table's filters and aggregations are applied, as Sleeper's DataFusion
+/// compaction does.
 pub fn leaf_export_plan(
     table: &SleeperTable,
     query: &BulkExportLeafPartitionQuery,
     output: &Location,
+    options: &ExportOptions,
 ) -> Result<Arc<LeafExportExec>> {
     if query.table_id != table.id() {
         return Err(Error::TableNotFound {
@@ -106,8 +119,14 @@ pub fn leaf_export_plan(
         Arc::new(table.properties.schema.clone()),
         vec![LeafInput::from(query)],
         None,
+        if options.raw {
+            CompactionRules::default()
+        } else {
+            table.properties.compaction_rules()?
+        },
         table.stores.clone(),
-    );
+    )
+    .with_age_off_clock(options.age_off_clock_millis);
     let path = output_path(
         output,
         &query.table_id,
@@ -128,7 +147,7 @@ pub fn leaf_export_plan(
     )?))
 }
 
-pub fn task_context(batch_size: usize) -> Arc<TaskContext> {
+fn task_context(batch_size: usize) -> Arc<TaskContext> {
     SessionContext::new_with_config(SessionConfig::new().with_batch_size(batch_size)).task_ctx()
 }
 
@@ -137,10 +156,14 @@ pub async fn run_leaf_query(
     table: &SleeperTable,
     query: &BulkExportLeafPartitionQuery,
     output: &Location,
-    context: Arc<TaskContext>,
+    options: &ExportOptions,
 ) -> Result<LeafExportResult> {
-    let plan = leaf_export_plan(table, query, output)?;
-    let batches = collect(Arc::clone(&plan) as Arc<dyn ExecutionPlan>, context).await?;
+    let plan = leaf_export_plan(table, query, output, options)?;
+    let batches = collect(
+        Arc::clone(&plan) as Arc<dyn ExecutionPlan>,
+        task_context(options.batch_size),
+    )
+    .await?;
     let summary = batches
         .first()
         .filter(|b| b.num_rows() == 1)
@@ -149,17 +172,16 @@ pub async fn run_leaf_query(
             message: "the export plan returned no summary".into(),
         })?;
     let number = |column: usize| summary.column(column).as_primitive::<UInt64Type>().value(0);
-    let rows_read = plan.children()[0]
-        .metrics()
-        .and_then(|m| m.sum_by_name("rows_read"))
-        .map_or(0, |v| v.as_usize() as u64);
+    let merge_metrics = plan.children()[0].metrics().unwrap_or_default();
+    let merge_metric = |name: &str| merge_metrics.sum_by_name(name).map(|v| v.as_usize() as u64);
     Ok(LeafExportResult {
         leaf_partition_id: query.leaf_partition_id.clone(),
         sub_export_id: query.sub_export_id.clone(),
         file: plan.targets()[0].url.clone(),
-        rows_read,
+        rows_read: merge_metric("rows_read").unwrap_or(0),
         rows_written: number(3),
         bytes: number(4),
+        age_off_clock_millis: merge_metric("age_off_clock_millis"),
     })
 }
 
@@ -178,14 +200,14 @@ pub async fn export_table(
         .clone()
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let queries = split_into_leaf_queries(table, &export_id);
-    let context = task_context(options.batch_size);
+
     let mut leaves = Vec::with_capacity(queries.len());
     // Each leaf runs as its own task so that merges of different leaves use different cores.
     let mut running = futures::stream::iter(queries.into_iter().enumerate())
         .map(|(position, query)| {
-            let (table, output, context) = (table.clone(), output.clone(), Arc::clone(&context));
+            let (table, output, options) = (table.clone(), output.clone(), options.clone());
             SpawnedTask::spawn(async move {
-                let result = run_leaf_query(&table, &query, &output, context).await;
+                let result = run_leaf_query(&table, &query, &output, &options).await;
                 result.map(|leaf| (position, leaf))
             })
             .join()

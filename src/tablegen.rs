@@ -4,10 +4,7 @@
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{
-    ArrayRef, BinaryArray, Int32Array, Int64Array, ListArray, MapArray, RecordBatch, StringArray,
-    StructArray,
-};
+use datafusion::arrow::array::{ArrayRef, ListArray, MapArray, RecordBatch, StructArray};
 use datafusion::arrow::buffer::{NullBuffer, OffsetBuffer};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::parquet::arrow::AsyncArrowWriter;
@@ -208,7 +205,7 @@ impl RowGenerator {
         let key_count = self.schema.key_fields().count();
         let mut columns: Vec<ArrayRef> = (0..key_count)
             .map(|i| {
-                primitive_array(
+                KeyValue::array_of(
                     keys.iter().map(|k| Some(k[i].clone())),
                     self.schema.key_types()[i],
                 )
@@ -257,7 +254,7 @@ impl RowGenerator {
                 let values: Vec<Option<KeyValue>> = (0..rows)
                     .map(|i| Some(self.random_value(*t)).filter(|_| is_valid(i)))
                     .collect();
-                primitive_array(values.into_iter(), *t)
+                KeyValue::array_of(values, *t)
             }
             FieldType::List { element } => {
                 let lengths: Vec<usize> = (0..rows)
@@ -270,7 +267,7 @@ impl RowGenerator {
                     })
                     .collect();
                 let total = lengths.iter().sum();
-                let values = primitive_array(
+                let values = KeyValue::array_of(
                     (0..total).map(|_| Some(self.random_value(*element))),
                     *element,
                 );
@@ -300,11 +297,11 @@ impl RowGenerator {
                     lengths.push(entry_keys.len());
                     keys.extend(entry_keys);
                 }
-                let values = primitive_array(
+                let values = KeyValue::array_of(
                     (0..keys.len()).map(|_| Some(self.random_value(*value))),
                     *value,
                 );
-                let keys = primitive_array(keys.into_iter().map(Some), *key);
+                let keys = KeyValue::array_of(keys.into_iter().map(Some), *key);
                 let DataType::Map(entries, _) = field.field_type.arrow_type() else {
                     unreachable!("a map type")
                 };
@@ -321,30 +318,6 @@ impl RowGenerator {
                 ))
             }
         }
-    }
-}
-
-fn primitive_array(
-    values: impl Iterator<Item = Option<KeyValue>>,
-    key_type: PrimitiveType,
-) -> ArrayRef {
-    match key_type {
-        PrimitiveType::Int => Arc::new(Int32Array::from_iter(values.map(|v| match v {
-            Some(KeyValue::Int(i)) => Some(i),
-            _ => None,
-        }))),
-        PrimitiveType::Long => Arc::new(Int64Array::from_iter(values.map(|v| match v {
-            Some(KeyValue::Long(l)) => Some(l),
-            _ => None,
-        }))),
-        PrimitiveType::String => Arc::new(StringArray::from_iter(values.map(|v| match v {
-            Some(KeyValue::String(s)) => Some(s),
-            _ => None,
-        }))),
-        PrimitiveType::ByteArray => Arc::new(BinaryArray::from_iter(values.map(|v| match v {
-            Some(KeyValue::Bytes(b)) => Some(b),
-            _ => None,
-        }))),
     }
 }
 

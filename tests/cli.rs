@@ -68,3 +68,58 @@ fn a_bad_table_location_fails_with_a_clear_message() {
         "{stderr}"
     );
 }
+
+#[test]
+fn raw_exports_skip_the_tables_aggregation() {
+    use sleeper_export::model::{Field, PrimitiveType, Schema, TableProperties};
+    use sleeper_export::storage::Stores;
+    use sleeper_export::tablegen::{tree_from_split_points, RowStyle, TableWriter};
+    let dir = tempfile::tempdir().unwrap();
+    let table_dir = dir.path().join("table");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let schema = Schema::new(
+            vec![Field::primitive("k", PrimitiveType::Long)],
+            vec![],
+            vec![Field::primitive("count", PrimitiveType::Long)],
+        )
+        .unwrap();
+        let mut properties = TableProperties::new("agg", "agg", schema.clone());
+        properties.aggregations = Some("sum(count)".into());
+        let tree = tree_from_split_points("agg", &schema, &[]).unwrap();
+        let location = Stores::default()
+            .resolve(table_dir.to_str().unwrap())
+            .unwrap();
+        let style = RowStyle {
+            key_span: 10,
+            ..RowStyle::default()
+        };
+        let mut writer = TableWriter::new(location, properties, tree, style, 5);
+        writer
+            .write_random_file("root", 1000, &["root"])
+            .await
+            .unwrap();
+        writer.finish().await.unwrap();
+    });
+    let export = |extra: &[&str]| {
+        let output = sleeper_export()
+            .args(["export", "--table"])
+            .arg(&table_dir)
+            .arg("--output")
+            .arg(dir.path().join("out"))
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    // Keys come from -10..10: 1000 rows hold all 20 of them, one row each once summed.
+    let aggregated = export(&[]);
+    assert!(aggregated.contains("1 leaf files, 20 rows"), "{aggregated}");
+    let raw = export(&["--raw"]);
+    assert!(raw.contains("1 leaf files, 1000 rows"), "{raw}");
+}

@@ -7,9 +7,7 @@ use std::sync::Arc;
 use common::*;
 use datafusion::physical_plan::{displayable, ExecutionPlan};
 use proptest::prelude::*;
-use sleeper_export::export::{
-    export_table, leaf_export_plan, run_leaf_query, task_context, ExportOptions,
-};
+use sleeper_export::export::{export_table, leaf_export_plan, run_leaf_query, ExportOptions};
 use sleeper_export::model::{Field, KeyValue, PrimitiveType, Schema, TableProperties};
 use sleeper_export::query::split_into_leaf_queries;
 use sleeper_export::storage::Stores;
@@ -23,9 +21,12 @@ async fn check_export_matches_reference(random: &RandomTable, batch_size: usize)
     let output_dir = tempfile::tempdir().unwrap();
     let output = local(output_dir.path());
     let schema = &table.properties.schema;
-    let context = task_context(batch_size);
+    let options = ExportOptions {
+        batch_size,
+        ..ExportOptions::default()
+    };
     for query in split_into_leaf_queries(table, "export-1") {
-        let result = run_leaf_query(table, &query, &output, Arc::clone(&context))
+        let result = run_leaf_query(table, &query, &output, &options)
             .await
             .unwrap();
         let exported = read_parquet(&result.file);
@@ -226,7 +227,8 @@ async fn export_plans_never_sort() {
     let random = random_table(11).await;
     let output = local(&random.dir.path().join("out"));
     for query in split_into_leaf_queries(&random.table, "e") {
-        let plan = leaf_export_plan(&random.table, &query, &output).unwrap();
+        let plan =
+            leaf_export_plan(&random.table, &query, &output, &ExportOptions::default()).unwrap();
         let shown = displayable(plan.as_ref() as &dyn ExecutionPlan)
             .indent(true)
             .to_string();
@@ -393,7 +395,8 @@ async fn a_leaf_query_for_another_table_is_rejected() {
     let mut query = split_into_leaf_queries(&random.table, "e").remove(0);
     query.table_id = "nope".into();
     let output = local(&random.dir.path().join("out"));
-    let error = leaf_export_plan(&random.table, &query, &output).unwrap_err();
+    let error =
+        leaf_export_plan(&random.table, &query, &output, &ExportOptions::default()).unwrap_err();
     assert_eq!(
         error.to_string(),
         r#"Table could not be found with ID: "nope""#
@@ -420,10 +423,13 @@ async fn integer_keyed_leaves_read_only_the_row_groups_of_their_region() {
     let dir = tempfile::tempdir().unwrap();
     let table = long_key_table(local(dir.path()), 100, 4000).await;
     let output = local(&dir.path().join("out"));
-    let context = task_context(100);
+    let options = ExportOptions {
+        batch_size: 100,
+        ..ExportOptions::default()
+    };
     let mut written = 0;
     for query in split_into_leaf_queries(&table, "e") {
-        let result = run_leaf_query(&table, &query, &output, Arc::clone(&context))
+        let result = run_leaf_query(&table, &query, &output, &options)
             .await
             .unwrap();
         assert_same_rows(

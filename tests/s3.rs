@@ -5,7 +5,7 @@ mod common;
 use common::*;
 use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
-use sleeper_export::export::{export_table, run_leaf_query, task_context, ExportOptions};
+use sleeper_export::export::{export_table, run_leaf_query, ExportOptions};
 use sleeper_export::storage::Stores;
 use sleeper_export::Error;
 
@@ -122,9 +122,17 @@ async fn a_missing_input_on_s3_fails_the_export_and_leaves_no_object() {
         .find(|q| q.files.contains(&victim))
         .expect("a leaf reads the deleted file");
     let output = stores.resolve(&format!("s3://{bucket}/exports")).unwrap();
-    let error = run_leaf_query(&table, &query, &output, task_context(16))
-        .await
-        .unwrap_err();
+    let error = run_leaf_query(
+        &table,
+        &query,
+        &output,
+        &ExportOptions {
+            batch_size: 16,
+            ..ExportOptions::default()
+        },
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(error, Error::MissingInputFile { .. }), "{error:?}");
     let message = error.to_string();
     assert!(

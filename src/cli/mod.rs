@@ -47,6 +47,9 @@ pub struct ExportArgs {
     /// Leaves exported at once (default: the number of cores).
     #[arg(long)]
     pub parallelism: Option<usize>,
+    /// Export the stored rows as they are, without the table's filters and aggregations.
+    #[arg(long)]
+    pub raw: bool,
 }
 
 #[derive(Debug, Args)]
@@ -80,14 +83,14 @@ pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Export(args) => {
             let table = SleeperTable::open(&args.table, &stores).await?;
-            export_with_progress(
-                &table,
-                &args.output,
-                args.export_id,
-                args.parallelism,
-                &stores,
-            )
-            .await?;
+            let defaults = ExportOptions::default();
+            let options = ExportOptions {
+                export_id: args.export_id,
+                parallelism: args.parallelism.unwrap_or(defaults.parallelism),
+                raw: args.raw,
+                ..defaults
+            };
+            export_with_progress(&table, &args.output, &options, &stores).await?;
         }
         Command::Generate(args) => {
             let table = write_demo_table(
@@ -121,14 +124,12 @@ pub async fn run(cli: Cli) -> Result<()> {
                 args.leaves, location
             );
             let table = write_demo_table(location, args.leaves, args.rows_per_file, 42).await?;
-            export_with_progress(
-                &table,
-                &output_dir.to_string_lossy(),
-                None,
-                args.parallelism,
-                &stores,
-            )
-            .await?;
+            let defaults = ExportOptions::default();
+            let options = ExportOptions {
+                parallelism: args.parallelism.unwrap_or(defaults.parallelism),
+                ..defaults
+            };
+            export_with_progress(&table, &output_dir.to_string_lossy(), &options, &stores).await?;
         }
     }
     Ok(())
@@ -137,17 +138,10 @@ pub async fn run(cli: Cli) -> Result<()> {
 async fn export_with_progress(
     table: &SleeperTable,
     output: &str,
-    export_id: Option<String>,
-    parallelism: Option<usize>,
+    options: &ExportOptions,
     stores: &Stores,
 ) -> Result<ExportSummary> {
     let output = stores.resolve(output)?;
-    let defaults = ExportOptions::default();
-    let options = ExportOptions {
-        export_id,
-        parallelism: parallelism.unwrap_or(defaults.parallelism),
-        ..defaults
-    };
     let leaves = table.partitions.leaves().len() as u64;
     let progress = if std::io::stderr().is_terminal() {
         ProgressBar::new(leaves)
@@ -161,7 +155,7 @@ async fn export_with_progress(
         .expect("a valid progress template"),
     );
     let (mut rows, mut bytes) = (0u64, 0u64);
-    let summary = export_table(table, &output, &options, |leaf| {
+    let summary = export_table(table, &output, options, |leaf| {
         rows += leaf.rows_written;
         bytes += leaf.bytes;
         progress.inc(1);

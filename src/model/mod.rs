@@ -1,11 +1,13 @@
 //! Sleeper's data model: schemas, key order, regions, partitions, file references, properties.
 
+pub mod compaction;
 pub mod order;
 pub mod partition;
 pub mod properties;
 pub mod region;
 pub mod schema;
 
+pub use compaction::{AgeOff, Aggregation, AggregationOp, CompactionRules};
 pub use partition::{FileReference, Partition, PartitionTree};
 pub use properties::{JavaProperties, ParquetOptions, TableProperties};
 pub use region::{KeyValue, Range, Region};

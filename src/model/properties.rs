@@ -6,6 +6,7 @@ use datafusion::parquet::basic::{BrotliLevel, Compression, GzipLevel, ZstdLevel}
 use datafusion::parquet::file::properties::{WriterProperties, WriterVersion};
 use datafusion::parquet::schema::types::ColumnPath;
 
+use super::compaction::CompactionRules;
 use super::schema::Schema;
 use crate::error::{Error, Result};
 
@@ -268,6 +269,7 @@ impl TableProperties {
             raw,
         };
         properties.writer_properties()?;
+        properties.compaction_rules()?;
         Ok(properties)
     }
 
@@ -299,6 +301,15 @@ impl TableProperties {
             raw.set(AGGREGATIONS, aggregations);
         }
         raw
+    }
+
+    /// The table's filters and aggregations, validated against its schema.
+    pub fn compaction_rules(&self) -> Result<CompactionRules> {
+        CompactionRules::parse(
+            self.filters.as_deref(),
+            self.aggregations.as_deref(),
+            &self.schema,
+        )
     }
 
     /// The Parquet writer settings Sleeper would use for this table's files.

@@ -2,9 +2,15 @@
 
 use std::cmp::Ordering;
 use std::fmt;
+use std::sync::Arc;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BinaryArray, Int32Array, Int64Array, StringArray,
+};
+use datafusion::arrow::datatypes::{DataType, Int32Type, Int64Type};
+use datafusion::arrow::error::ArrowError;
 use serde_json::{json, Map, Value};
 
 use super::order::{compare_byte_arrays, compare_strings};
@@ -28,6 +34,47 @@ impl KeyValue {
             PrimitiveType::Long => KeyValue::Long(i64::MIN),
             PrimitiveType::String => KeyValue::String(String::new()),
             PrimitiveType::ByteArray => KeyValue::Bytes(Vec::new()),
+        }
+    }
+
+    /// The value at `row` of an Int32, Int64, Utf8 or Binary array.
+    pub fn from_array(array: &dyn Array, row: usize) -> Result<Self, ArrowError> {
+        Ok(match array.data_type() {
+            DataType::Int32 => KeyValue::Int(array.as_primitive::<Int32Type>().value(row)),
+            DataType::Int64 => KeyValue::Long(array.as_primitive::<Int64Type>().value(row)),
+            DataType::Utf8 => KeyValue::String(array.as_string::<i32>().value(row).to_owned()),
+            DataType::Binary => KeyValue::Bytes(array.as_binary::<i32>().value(row).to_vec()),
+            other => {
+                return Err(ArrowError::InvalidArgumentError(format!(
+                    "{other} values are not Sleeper keys"
+                )))
+            }
+        })
+    }
+
+    /// An array of `key_type` holding `values` (values of another type become nulls).
+    pub fn array_of(
+        values: impl IntoIterator<Item = Option<KeyValue>>,
+        key_type: PrimitiveType,
+    ) -> ArrayRef {
+        let values = values.into_iter();
+        match key_type {
+            PrimitiveType::Int => Arc::new(Int32Array::from_iter(values.map(|v| match v {
+                Some(KeyValue::Int(i)) => Some(i),
+                _ => None,
+            }))),
+            PrimitiveType::Long => Arc::new(Int64Array::from_iter(values.map(|v| match v {
+                Some(KeyValue::Long(l)) => Some(l),
+                _ => None,
+            }))),
+            PrimitiveType::String => Arc::new(StringArray::from_iter(values.map(|v| match v {
+                Some(KeyValue::String(s)) => Some(s),
+                _ => None,
+            }))),
+            PrimitiveType::ByteArray => Arc::new(BinaryArray::from_iter(values.map(|v| match v {
+                Some(KeyValue::Bytes(b)) => Some(b),
+                _ => None,
+            }))),
         }
     }
 

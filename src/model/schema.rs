@@ -40,6 +40,16 @@ impl PrimitiveType {
         })
     }
 
+    pub fn from_arrow(data_type: &DataType) -> Option<Self> {
+        Some(match data_type {
+            DataType::Int32 => PrimitiveType::Int,
+            DataType::Int64 => PrimitiveType::Long,
+            DataType::Utf8 => PrimitiveType::String,
+            DataType::Binary => PrimitiveType::ByteArray,
+            _ => return None,
+        })
+    }
+
     pub fn arrow_type(self) -> DataType {
         match self {
             PrimitiveType::Int => DataType::Int32,

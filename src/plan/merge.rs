@@ -7,9 +7,12 @@ use std::fmt;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, RecordBatchOptions};
+use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch};
+use datafusion::arrow::compute::kernels::boolean::and;
+use datafusion::arrow::compute::kernels::cmp::gt_eq;
 use datafusion::arrow::compute::{cast, filter_record_batch, interleave};
 use datafusion::arrow::datatypes::{DataType, Schema as ArrowSchema, SchemaRef};
+use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::row::{RowConverter, Rows, SortField};
 use datafusion::common::runtime::SpawnedTask;
 use datafusion::common::tree_node::TreeNodeRecursion;
@@ -40,10 +43,11 @@ use futures::{FutureExt, StreamExt};
 use object_store::ObjectStoreExt;
 use tokio::sync::mpsc;
 
+use super::aggregate::RowAggregator;
 use super::filter::RowFilter;
 use crate::error::{Error, Result};
 use crate::model::order::sleeper_ordered_array;
-use crate::model::{KeyValue, PrimitiveType, Range, Region, Schema};
+use crate::model::{CompactionRules, KeyValue, PrimitiveType, Range, Region, Schema};
 use crate::storage::Stores;
 
 /// What one leaf partition's merge reads.
@@ -71,6 +75,10 @@ pub struct LeafMergeExec {
     read_schema: SchemaRef,
     output_schema: SchemaRef,
     leaves: Arc<Vec<LeafInput>>,
+    /// Filters and aggregations; empty for a raw export.
+    rules: Arc<CompactionRules>,
+    /// A fixed clock for age-off filters, instead of reading it at each leaf's start.
+    age_off_clock: Option<i64>,
     stores: Stores,
     metrics: ExecutionPlanMetricsSet,
     cache: Arc<PlanProperties>,
@@ -78,12 +86,13 @@ pub struct LeafMergeExec {
 
 impl LeafMergeExec {
     /// `projection` indexes the table's columns (row keys, sort keys, values), as DataFusion's
-    /// scans do; `None` is every column.
+    /// scans do; `None` is every column. `rules` are applied as Sleeper's compaction would.
     pub fn new(
         table_id: impl Into<String>,
         schema: Arc<Schema>,
         leaves: Vec<LeafInput>,
         projection: Option<&[usize]>,
+        rules: CompactionRules,
         stores: Stores,
     ) -> Self {
         let table_schema = schema.arrow_schema();
@@ -92,8 +101,15 @@ impl LeafMergeExec {
             || (0..table_schema.fields().len()).collect(),
             <[usize]>::to_vec,
         );
+        let column_index = |name: &str| {
+            table_schema
+                .index_of(name)
+                .expect("validated: filter columns exist")
+        };
         let mut read_columns: Vec<usize> = (0..key_count).collect();
-        read_columns.extend(projection.iter().copied().filter(|&c| c >= key_count));
+        read_columns.extend(projection.iter().copied());
+        read_columns.extend(rules.age_offs.iter().map(|a| column_index(&a.column)));
+        read_columns.sort_unstable();
         read_columns.dedup();
         let output_columns: Vec<usize> = projection
             .iter()
@@ -127,10 +143,17 @@ impl LeafMergeExec {
             read_schema,
             output_schema,
             leaves: Arc::new(leaves),
+            rules: Arc::new(rules),
+            age_off_clock: None,
             stores,
             metrics: ExecutionPlanMetricsSet::new(),
             cache,
         }
+    }
+
+    pub fn with_age_off_clock(mut self, millis: Option<i64>) -> Self {
+        self.age_off_clock = millis;
+        self
     }
 
     pub fn leaves(&self) -> &[LeafInput] {
@@ -173,6 +196,33 @@ impl LeafMergeExec {
         )
     }
 
+    /// For each age-off filter, its column in the read schema and the oldest time kept, from one
+    /// clock read per leaf, which the `age_off_clock_millis` metric records.
+    fn age_off_cutoffs(&self, partition: usize) -> Vec<(usize, i64)> {
+        if self.rules.age_offs.is_empty() {
+            return vec![];
+        }
+        let now = self.age_off_clock.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64)
+        });
+        MetricBuilder::new(&self.metrics)
+            .gauge("age_off_clock_millis", partition)
+            .set(now as usize);
+        self.rules
+            .age_offs
+            .iter()
+            .map(|age_off| {
+                let column = self
+                    .read_schema
+                    .index_of(&age_off.column)
+                    .expect("age-off columns are read");
+                (column, now.saturating_sub(age_off.max_age_millis))
+            })
+            .collect()
+    }
+
     async fn merge_leaf(&self, partition: usize, batch_size: usize) -> Result<LeafMerge> {
         let leaf = &self.leaves[partition];
         let key_types = self.schema.key_types();
@@ -199,6 +249,7 @@ impl LeafMergeExec {
             &leaf.query_regions,
             &self.schema.row_key_types(),
         ));
+        let age_offs = Arc::new(self.age_off_cutoffs(partition));
         let rows_read = MetricBuilder::new(&self.metrics).counter("rows_read", partition);
         let row_groups_pruned =
             MetricBuilder::new(&self.metrics).counter("row_groups_pruned", partition);
@@ -214,6 +265,7 @@ impl LeafMergeExec {
                 key_types: key_types.clone(),
                 converter: Arc::clone(&converter),
                 filter: Arc::clone(&filter),
+                age_offs: Arc::clone(&age_offs),
                 partition_range: leaf.partition_region.ranges[0].clone(),
                 rows_read: rows_read.clone(),
                 row_groups_pruned: row_groups_pruned.clone(),
@@ -227,14 +279,22 @@ impl LeafMergeExec {
                 _task: task,
             });
         }
+        let aggregator = (!self.rules.aggregations.is_empty()).then(|| {
+            RowAggregator::new(
+                Arc::clone(&self.read_schema),
+                self.schema.key_fields().count(),
+                &self.rules.aggregations,
+            )
+        });
         let mut merge = LeafMerge {
             inputs,
+            aggregator,
             cursors: Vec::new(),
             heap: Vec::new(),
             slots: Vec::new(),
             indices: Vec::with_capacity(batch_size),
+            read_schema: Arc::clone(&self.read_schema),
             output_columns: self.output_columns.clone(),
-            output_schema: Arc::clone(&self.output_schema),
             batch_size,
         };
         merge.start().await?;
@@ -358,6 +418,8 @@ struct FileReader {
     key_types: Vec<PrimitiveType>,
     converter: Arc<RowConverter>,
     filter: Arc<RowFilter>,
+    /// Age-off filters: a column and the oldest time it may hold.
+    age_offs: Arc<Vec<(usize, i64)>>,
     /// The partition's range on the first row key, for pruning row groups.
     partition_range: Range,
     rows_read: Count,
@@ -521,6 +583,23 @@ impl FileReader {
         }
     }
 
+    /// Which rows pass the region and the age-off filters; `None` when all do.
+    ///
+    /// Age-off keeps `t >= now - maxAge`, as Sleeper's DataFusion compaction does (its Java path
+    /// keeps `now - t < maxAge`, dropping the row exactly at the boundary): exports follow the
+    /// DataFusion path, the one that applies filters. Null times compare as null and are dropped.
+    fn keep(&self, batch: &RecordBatch) -> std::result::Result<Option<BooleanArray>, ArrowError> {
+        let mut mask = self.filter.evaluate(batch)?;
+        for &(column, cutoff) in self.age_offs.iter() {
+            let recent = gt_eq(batch.column(column), &Int64Array::new_scalar(cutoff))?;
+            mask = Some(match mask {
+                Some(previous) => and(&previous, &recent)?,
+                None => recent,
+            });
+        }
+        Ok(mask)
+    }
+
     /// Adapts, filters and encodes one batch; also says whether the file has passed the region.
     fn prepare(
         &self,
@@ -551,7 +630,7 @@ impl FileReader {
             .filter
             .past_partition_end(&batch)
             .map_err(arrow_error)?;
-        let batch = match self.filter.evaluate(&batch).map_err(arrow_error)? {
+        let batch = match self.keep(&batch).map_err(arrow_error)? {
             Some(mask) => filter_record_batch(&batch, &mask).map_err(arrow_error)?,
             None => batch,
         };
@@ -642,13 +721,15 @@ impl Cursor {
 /// current row; ties go to the earlier input, so equal keys keep the order of the leaf's files.
 struct LeafMerge {
     inputs: Vec<Input>,
+    /// Collapses equal keys after the merge, when the table aggregates.
+    aggregator: Option<RowAggregator>,
     cursors: Vec<Option<Cursor>>,
     heap: Vec<usize>,
     /// Batches that rows of the output under construction, or live cursors, point into.
     slots: Vec<RecordBatch>,
     indices: Vec<(usize, usize)>,
+    read_schema: SchemaRef,
     output_columns: Vec<usize>,
-    output_schema: SchemaRef,
     batch_size: usize,
 }
 
@@ -726,7 +807,36 @@ impl LeafMerge {
         }
     }
 
+    /// The next output batch: merged, aggregated when the table aggregates, projected.
     async fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+        let arrow_error = |source| Error::Arrow {
+            context: "aggregating merged rows".into(),
+            source,
+        };
+        loop {
+            let merged = self.next_merged().await?;
+            let ready = match (&mut self.aggregator, merged) {
+                (None, merged) => merged,
+                (Some(aggregator), Some(merged)) => {
+                    match aggregator.push(merged).map_err(arrow_error)? {
+                        Some(ready) => Some(ready),
+                        None => continue,
+                    }
+                }
+                (Some(aggregator), None) => aggregator.finish(),
+            };
+            return ready
+                .map(|batch| batch.project(&self.output_columns))
+                .transpose()
+                .map_err(|source| Error::Arrow {
+                    context: "projecting merged rows".into(),
+                    source,
+                });
+        }
+    }
+
+    /// The next batch of merged rows, with every column read.
+    async fn next_merged(&mut self) -> Result<Option<RecordBatch>> {
         while let Some(&top) = self.heap.first() {
             let cursor = self.cursors[top]
                 .as_mut()
@@ -758,20 +868,16 @@ impl LeafMerge {
             context: "assembling merged rows".into(),
             source,
         };
-        let columns = self
-            .output_columns
-            .iter()
-            .map(|&c| {
+        let columns = (0..self.read_schema.fields().len())
+            .map(|c| {
                 let sources: Vec<&dyn Array> =
                     self.slots.iter().map(|b| b.column(c).as_ref()).collect();
                 interleave(&sources, &self.indices)
             })
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(arrow_error)?;
-        let options = RecordBatchOptions::new().with_row_count(Some(self.indices.len()));
         let batch =
-            RecordBatch::try_new_with_options(Arc::clone(&self.output_schema), columns, &options)
-                .map_err(arrow_error)?;
+            RecordBatch::try_new(Arc::clone(&self.read_schema), columns).map_err(arrow_error)?;
         self.indices.clear();
         self.release_consumed_batches();
         Ok(batch)

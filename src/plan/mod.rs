@@ -1,5 +1,6 @@
 //! DataFusion plans: the table provider, the leaf merge, and the Parquet export sink.
 
+pub mod aggregate;
 pub mod filter;
 pub mod merge;
 

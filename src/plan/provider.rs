@@ -12,6 +12,7 @@ use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 
 use super::merge::{LeafInput, LeafMergeExec};
+use crate::error::Result;
 use crate::query::splitter::leaf_files;
 use crate::table::SleeperTable;
 
@@ -31,8 +32,9 @@ impl SleeperTableProvider {
         &self.table
     }
 
-    /// The merge over every leaf of the table, in leaf order.
-    pub fn merge_plan(&self, projection: Option<&[usize]>) -> LeafMergeExec {
+    /// The merge over every leaf of the table, in leaf order, with the table's filters and
+    /// aggregations (what Sleeper's queries and compactions see).
+    pub fn merge_plan(&self, projection: Option<&[usize]>) -> Result<LeafMergeExec> {
         let leaves = self
             .table
             .partitions
@@ -45,13 +47,14 @@ impl SleeperTableProvider {
                 files: leaf_files(&self.table, &leaf.id),
             })
             .collect();
-        LeafMergeExec::new(
+        Ok(LeafMergeExec::new(
             self.table.id(),
             Arc::new(self.table.properties.schema.clone()),
             leaves,
             projection,
+            self.table.properties.compaction_rules()?,
             self.table.stores.clone(),
-        )
+        ))
     }
 }
 
@@ -72,6 +75,6 @@ impl TableProvider for SleeperTableProvider {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
-        Ok(Arc::new(self.merge_plan(projection.map(Vec::as_slice))))
+        Ok(Arc::new(self.merge_plan(projection.map(Vec::as_slice))?))
     }
 }

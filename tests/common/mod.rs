@@ -205,16 +205,41 @@ pub async fn random_table_at(
     use rand::SeedableRng;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let schema = random_schema(&mut rng);
-    let style = RowStyle {
+    write_random_table(
+        location,
+        &mut rng,
+        TableProperties::new("table-1", "random", schema),
+    )
+    .await
+}
+
+/// Rows that make merging hard: short keys from characters and bytes where Sleeper's order
+/// differs from Arrow's, and integer keys from a small span, so keys repeat across files.
+pub fn hard_rows() -> RowStyle {
+    RowStyle {
         key_length: 0..=3,
         value_length: 0..=6,
         key_span: 20,
         tricky_keys: true,
         null_fraction: 0.3,
-    };
+    }
+}
+
+/// A random tree and random files for a table with the given properties.
+pub async fn write_random_table(
+    location: sleeper_export::storage::Location,
+    rng: &mut rand::rngs::StdRng,
+    mut properties: TableProperties,
+) -> SleeperTable {
+    let style = hard_rows();
     let splits = rng.random_range(0..=6);
-    let tree = random_tree(&mut rng, "table-1", &schema, &style, splits);
-    let mut properties = TableProperties::new("table-1", "random", schema);
+    let tree = random_tree(
+        rng,
+        &properties.table_id,
+        &properties.schema,
+        &style,
+        splits,
+    );
     properties.parquet.row_group_rows = 50;
     let mut writer = TableWriter::new(location, properties, tree.clone(), style, rng.random());
     for partition in tree.all() {
