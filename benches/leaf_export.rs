@@ -8,7 +8,11 @@
 //!   `SortPreservingMergeExec`, Parquet sink (`COPY … TO`), 2 threads;
 //! - (b) the floor: the same rows filtered and copied file after file, no merge, 1 thread;
 //!
-//! and prints the ratios the issue sets targets for, with the peak RSS of each run.
+//! - ours with Sleeper aggregations (sum, max, min) on every value column, 1 and 2 threads;
+//! - reading and filtering alone, to show how the floor's time splits;
+//!
+//! each variant in its own process, and prints the ratios the issues set targets for, with the
+//! peak RSS of each variant.
 //! `SLEEPER_BENCH_ROWS` overrides the rows per file (default 2,500,000); `SLEEPER_BENCH_RUNS`
 //! the runs per variant (default 3, the median is reported).
 
@@ -105,25 +109,6 @@ struct Measured {
     rows: u64,
 }
 
-fn measure(runs: usize, mut run: impl FnMut() -> u64) -> Measured {
-    let mut times = Vec::new();
-    let mut peak = 0.0f64;
-    let mut rows = 0;
-    for _ in 0..runs {
-        peak_rss_reset();
-        let started = Instant::now();
-        rows = run();
-        times.push(started.elapsed());
-        peak = peak.max(peak_rss_mib());
-    }
-    times.sort();
-    Measured {
-        time: times[times.len() / 2],
-        peak_rss_mib: peak,
-        rows,
-    }
-}
-
 fn ours(table: &SleeperTable, out: &std::path::Path, threads: usize) -> u64 {
     runtime(threads).block_on(async {
         let output = Stores::default().resolve(out.to_str().unwrap()).unwrap();
@@ -164,8 +149,9 @@ fn datafusion_merge(table: &SleeperTable, out: &std::path::Path) -> u64 {
     })
 }
 
-/// Filter-and-copy with no merge: the cost of reading, filtering and writing the same rows.
-fn floor(table: &SleeperTable, out: &std::path::Path) -> u64 {
+/// Filter-and-copy with no merge: the cost of reading, filtering and (when `write`) writing the
+/// same rows.
+fn floor(table: &SleeperTable, out: &std::path::Path, write: bool) -> u64 {
     use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     use datafusion::parquet::arrow::ArrowWriter;
     let query = split_into_leaf_queries(table, "bench")
@@ -202,59 +188,158 @@ fn floor(table: &SleeperTable, out: &std::path::Path) -> u64 {
                 None => batch,
             };
             rows += batch.num_rows() as u64;
-            writer.write(&batch).unwrap();
+            if write {
+                writer.write(&batch).unwrap();
+            }
         }
     }
     writer.close().unwrap();
     rows
 }
 
+/// Runs one variant in this process, `runs` times, printing `RESULT seconds peak_rss_mib rows`
+/// per run. Each variant runs in its own process so that its peak RSS is its own.
+fn run_variant(name: &str, table: &SleeperTable, runs: usize) {
+    let out = tempfile::tempdir().unwrap();
+    for _ in 0..runs {
+        peak_rss_reset();
+        let started = Instant::now();
+        let rows = match name {
+            "floor" => floor(table, out.path(), true),
+            "read" => floor(table, out.path(), false),
+            "ours-1" => ours(table, out.path(), 1),
+            "ours-2" => ours(table, out.path(), 2),
+            "ours-agg-1" => ours(&aggregating(table), out.path(), 1),
+            "ours-agg-2" => ours(&aggregating(table), out.path(), 2),
+            "datafusion-2" => datafusion_merge(table, out.path()),
+            other => panic!("unknown variant {other}"),
+        };
+        println!(
+            "RESULT {} {} {rows}",
+            started.elapsed().as_secs_f64(),
+            peak_rss_mib()
+        );
+    }
+}
+
+/// The same table with Sleeper aggregations on every value column.
+fn aggregating(table: &SleeperTable) -> SleeperTable {
+    let mut properties = (*table.properties).clone();
+    properties.aggregations = Some("sum(count), max(text), min(measure)".into());
+    table.with_properties(properties).unwrap()
+}
+
+fn measure(variant: &str, runs: usize) -> Measured {
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--variant", variant, "--runs", &runs.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{variant}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut results: Vec<(f64, f64, u64)> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| line.strip_prefix("RESULT "))
+        .map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            (
+                fields[0].parse().unwrap(),
+                fields[1].parse().unwrap(),
+                fields[2].parse().unwrap(),
+            )
+        })
+        .collect();
+    results.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (seconds, _, rows) = results[results.len() / 2];
+    Measured {
+        time: Duration::from_secs_f64(seconds),
+        peak_rss_mib: results.iter().map(|r| r.1).fold(0.0, f64::max),
+        rows,
+    }
+}
+
 fn main() {
-    // `cargo bench` passes `--bench`; any other argument is a filter we do not support.
+    let args: Vec<String> = std::env::args().collect();
     let rows_per_file = env_number("SLEEPER_BENCH_ROWS", 2_500_000);
     let runs = env_number("SLEEPER_BENCH_RUNS", 3);
     let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
     let dir = std::path::Path::new(&target).join("bench-data/leaf_export");
     let table = runtime(2).block_on(create_table(&dir, rows_per_file));
-    let out = tempfile::tempdir().unwrap();
-
-    let floor_run = measure(runs, || floor(&table, out.path()));
-    let ours_1 = measure(runs, || ours(&table, out.path(), 1));
-    let ours_2 = measure(runs, || ours(&table, out.path(), 2));
-    let df = measure(runs, || datafusion_merge(&table, out.path()));
-    assert_eq!(
-        ours_1.rows, floor_run.rows,
-        "ours and the floor export the same rows"
-    );
-    assert_eq!(
-        df.rows, floor_run.rows,
-        "DataFusion and the floor export the same rows"
-    );
-
-    let input_rows = rows_per_file * FILES;
-    println!("leaf export: {FILES} files × {rows_per_file} rows, {} rows kept ({:.1} %), median of {runs}", floor_run.rows, 100.0 * floor_run.rows as f64 / input_rows as f64);
-    for (name, m) in [
-        ("(b) floor, filter+copy, 1 thread", &floor_run),
-        ("ours, 1 thread", &ours_1),
-        ("ours, 2 threads", &ours_2),
-        ("(a) DataFusion SPM + sink, 2 threads", &df),
-    ] {
-        println!(
-            "  {name:<40} {:>8.3} s  peak RSS {:>7.1} MiB",
-            m.time.as_secs_f64(),
-            m.peak_rss_mib
+    if let Some(position) = args.iter().position(|a| a == "--variant") {
+        let runs = args
+            .get(position + 3)
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(1);
+        run_variant(&args[position + 1], &table, runs);
+        return;
+    }
+    let variants = [
+        "floor",
+        "read",
+        "ours-1",
+        "ours-2",
+        "ours-agg-1",
+        "ours-agg-2",
+        "datafusion-2",
+    ];
+    let measured: Vec<(&str, Measured)> = variants.iter().map(|v| (*v, measure(v, runs))).collect();
+    let get = |name: &str| &measured.iter().find(|(v, _)| *v == name).unwrap().1;
+    for name in ["ours-1", "ours-2", "datafusion-2"] {
+        assert_eq!(
+            get(name).rows,
+            get("floor").rows,
+            "{name} and the floor export the same rows"
         );
     }
+    let input_rows = rows_per_file * FILES;
     println!(
-        "  ours 1 thread / floor          = {:.3} (target ≤ 1.05)",
-        ours_1.time.as_secs_f64() / floor_run.time.as_secs_f64()
+        "leaf export: {FILES} files × {rows_per_file} rows, {} rows kept ({:.1} %), median of {runs} runs, each variant in its own process",
+        get("floor").rows,
+        100.0 * get("floor").rows as f64 / input_rows as f64
+    );
+    let described = [
+        ("floor", "(b) floor: filter + copy, no merge, 1 thread"),
+        ("read", "     read + filter only, 1 thread"),
+        ("ours-1", "ours, 1 thread"),
+        ("ours-2", "ours, 2 threads"),
+        ("ours-agg-1", "ours, sum/max/min aggregation, 1 thread"),
+        ("ours-agg-2", "ours, sum/max/min aggregation, 2 threads"),
+        (
+            "datafusion-2",
+            "(a) DataFusion SPM + Parquet sink, 2 threads",
+        ),
+    ];
+    for (name, description) in described {
+        let m = get(name);
+        println!(
+            "  {description:<48} {:>8.3} s  peak RSS {:>7.1} MiB  {:>9} rows out",
+            m.time.as_secs_f64(),
+            m.peak_rss_mib,
+            m.rows
+        );
+    }
+    let ratio = |a: &str, b: &str| get(a).time.as_secs_f64() / get(b).time.as_secs_f64();
+    println!(
+        "  ours 1 thread / floor            = {:.3} (target ≤ 1.05)",
+        ratio("ours-1", "floor")
     );
     println!(
-        "  DataFusion / ours 2 threads    = {:.3} (target ≥ 1.3)",
-        df.time.as_secs_f64() / ours_2.time.as_secs_f64()
+        "  DataFusion / ours 2 threads      = {:.3} (target ≥ 1.3)",
+        ratio("datafusion-2", "ours-2")
     );
     println!(
-        "  ours peak RSS                  = {:.1} MiB (target < 512)",
-        ours_1.peak_rss_mib.max(ours_2.peak_rss_mib)
+        "  aggregated / plain, 1 thread     = {:.3} (target < 1.15)",
+        ratio("ours-agg-1", "ours-1")
     );
+    println!(
+        "  aggregated / plain, 2 threads    = {:.3} (target < 1.15)",
+        ratio("ours-agg-2", "ours-2")
+    );
+    let peak = ["ours-1", "ours-2", "ours-agg-1", "ours-agg-2"]
+        .iter()
+        .map(|v| get(v).peak_rss_mib)
+        .fold(0.0, f64::max);
+    println!("  ours peak RSS                    = {peak:.1} MiB (target < 512)");
 }

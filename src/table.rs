@@ -88,6 +88,22 @@ impl SleeperTable {
         })
     }
 
+    /// The same table and state seen with other properties (for instance other filters or
+    /// aggregations); the schema must stay the same.
+    pub fn with_properties(&self, properties: TableProperties) -> Result<Self> {
+        if properties.schema != self.properties.schema {
+            return Err(Error::TableProperty {
+                property: crate::model::properties::SCHEMA.into(),
+                message: format!("table {} cannot change its schema", self.id()),
+            });
+        }
+        properties.compaction_rules()?;
+        Ok(SleeperTable {
+            properties: Arc::new(properties),
+            ..self.clone()
+        })
+    }
+
     pub fn id(&self) -> &str {
         &self.properties.table_id
     }

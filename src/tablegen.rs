@@ -7,8 +7,6 @@ use std::sync::Arc;
 use datafusion::arrow::array::{ArrayRef, ListArray, MapArray, RecordBatch, StructArray};
 use datafusion::arrow::buffer::{NullBuffer, OffsetBuffer};
 use datafusion::arrow::datatypes::DataType;
-use datafusion::parquet::arrow::AsyncArrowWriter;
-use object_store::buffered::BufWriter;
 use object_store::ObjectStoreExt;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -18,6 +16,7 @@ use crate::model::{
     Field, FieldType, FileReference, KeyValue, Partition, PartitionTree, PrimitiveType, Range,
     Region, Schema, TableProperties,
 };
+use crate::plan::parquet_writer::ParallelParquetWriter;
 use crate::statestore::{snapshot, SNAPSHOTS_DIR};
 use crate::storage::Location;
 use crate::table::SleeperTable;
@@ -470,19 +469,19 @@ impl TableWriter {
             path: url.clone(),
             message: e.to_string(),
         };
-        let upload = BufWriter::new(std::sync::Arc::clone(&self.location.store), path);
-        let mut writer = AsyncArrowWriter::try_new(
-            upload,
+        let mut writer = ParallelParquetWriter::try_new(
+            Arc::clone(&self.location.store),
+            path,
             self.properties.schema.arrow_schema(),
-            Some(self.properties.writer_properties()?),
+            self.properties.writer_properties()?,
         )
         .map_err(|e| output_error(&e))?;
         let mut rows = 0;
-        for batch in &batches {
+        for batch in batches {
             rows += batch.num_rows() as u64;
             writer.write(batch).await.map_err(|e| output_error(&e))?;
         }
-        writer.close().await.map_err(|e| output_error(&e))?;
+        writer.finish().await.map_err(|e| output_error(&e))?;
         for partition_id in referenced_by {
             self.partition(partition_id)?;
             self.files.push(FileReference {

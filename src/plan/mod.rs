@@ -3,6 +3,7 @@
 pub mod aggregate;
 pub mod filter;
 pub mod merge;
+pub mod parquet_writer;
 
 pub use merge::{LeafInput, LeafMergeExec};
 pub mod sink;

@@ -1,20 +1,17 @@
 //! `LeafExportExec`: writes each input partition (one leaf) as one Parquet file through
 //! `object_store`, and returns one summary row per leaf.
 //!
-//! A file becomes visible only when it is complete: small files are a single PUT, large ones a
-//! multipart upload completed at the end (on a local disk, a staging file renamed at the end).
-//! On any failure the upload is aborted, so no partial file is ever at the final path.
+//! A file becomes visible only when it is complete (see [`ParallelParquetWriter`]); on any
+//! failure the upload is aborted, so no partial file is ever at the final path.
 
 use std::fmt;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{RecordBatch, StringArray, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema as ArrowSchema, SchemaRef};
-use datafusion::common::runtime::SpawnedTask;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result as DFResult};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::parquet::arrow::AsyncArrowWriter;
 use datafusion::parquet::file::properties::WriterProperties;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
@@ -27,11 +24,10 @@ use datafusion::physical_plan::{
     Partitioning, PlanProperties, ReplaceChildrenOptions,
 };
 use futures::StreamExt;
-use object_store::buffered::BufWriter;
 use object_store::path::Path;
 use object_store::ObjectStore;
-use tokio::sync::mpsc;
 
+use super::parquet_writer::ParallelParquetWriter;
 use crate::error::{Error, Result};
 
 /// Where one leaf's file goes.
@@ -43,9 +39,6 @@ pub struct ExportTarget {
     /// The full URL of the file, for messages and summaries.
     pub url: String,
 }
-
-/// Batches queued between the merge and the encoder: the two run on different threads.
-const ENCODE_QUEUE_BATCHES: usize = 4;
 
 pub struct LeafExportExec {
     input: Arc<dyn ExecutionPlan>,
@@ -217,12 +210,6 @@ struct LeafWriter {
     bytes_written: Count,
 }
 
-enum Encode {
-    Batch(RecordBatch),
-    /// Sent once the input ended cleanly; without it the upload is aborted.
-    Commit,
-}
-
 impl LeafWriter {
     fn output_error(&self, message: impl fmt::Display) -> Error {
         Error::Output {
@@ -232,41 +219,28 @@ impl LeafWriter {
     }
 
     async fn write(self, mut input: SendableRecordBatchStream) -> Result<RecordBatch> {
-        let (sender, receiver) = mpsc::channel(ENCODE_QUEUE_BATCHES);
-        let schema = input.schema();
-        let upload = BufWriter::new(Arc::clone(&self.store), self.target.path.clone());
-        let writer =
-            AsyncArrowWriter::try_new(upload, schema, Some(self.writer_properties.clone()))
-                .map_err(|e| self.output_error(e))?;
-        let encoder = SpawnedTask::spawn(encode(writer, receiver));
+        let mut writer = ParallelParquetWriter::try_new(
+            Arc::clone(&self.store),
+            self.target.path.clone(),
+            input.schema(),
+            self.writer_properties.clone(),
+        )
+        .map_err(|e| self.output_error(e))?;
         let mut rows = 0u64;
-        let mut failure = None;
         while let Some(batch) = input.next().await {
-            match batch {
+            let written = match batch {
                 Ok(batch) => {
                     rows += batch.num_rows() as u64;
-                    if sender.send(Encode::Batch(batch)).await.is_err() {
-                        break;
-                    }
+                    writer.write(batch).await.map_err(|e| self.output_error(e))
                 }
-                Err(error) => {
-                    failure = Some(Error::from(error));
-                    break;
-                }
+                Err(error) => Err(Error::from(error)),
+            };
+            if let Err(error) = written {
+                writer.abort().await;
+                return Err(error);
             }
         }
-        if failure.is_none() {
-            let _ = sender.send(Encode::Commit).await;
-        }
-        drop(sender);
-        let encoded = encoder
-            .join()
-            .await
-            .map_err(|e| self.output_error(format!("the encoder stopped: {e}")))?;
-        if let Some(failure) = failure {
-            return Err(failure);
-        }
-        let bytes = encoded.map_err(|e| self.output_error(e))?;
+        let bytes = writer.finish().await.map_err(|e| self.output_error(e))?;
         self.rows_written.add(rows as usize);
         self.bytes_written.add(bytes as usize);
         RecordBatch::try_new(
@@ -283,47 +257,5 @@ impl LeafWriter {
             context: "building the export summary".into(),
             source,
         })
-    }
-}
-
-/// Encodes and uploads batches until told to commit; returns the file size. Any other ending
-/// (an error here, the input failing, the export being cancelled) aborts the upload.
-async fn encode(
-    mut writer: AsyncArrowWriter<BufWriter>,
-    mut receiver: mpsc::Receiver<Encode>,
-) -> std::result::Result<u64, String> {
-    let mut committed = false;
-    let mut failure = None;
-    while let Some(message) = receiver.recv().await {
-        match message {
-            Encode::Batch(batch) => {
-                if let Err(e) = writer.write(&batch).await {
-                    failure = Some(e.to_string());
-                    break;
-                }
-            }
-            Encode::Commit => {
-                committed = true;
-                break;
-            }
-        }
-    }
-    if committed && failure.is_none() {
-        return match writer.finish().await {
-            Ok(_) => Ok(writer.bytes_written() as u64),
-            Err(e) => {
-                abort(writer).await;
-                Err(e.to_string())
-            }
-        };
-    }
-    abort(writer).await;
-    Err(failure.unwrap_or_else(|| "the export was stopped before the file was complete".into()))
-}
-
-async fn abort(writer: AsyncArrowWriter<BufWriter>) {
-    let mut upload = writer.into_inner();
-    if let Err(e) = upload.abort().await {
-        log::warn!("could not abort an unfinished upload: {e}");
     }
 }

@@ -1,0 +1,229 @@
+//! Writes one Parquet file to an object store, encoding the columns of each row group on
+//! separate tasks: encoding is most of an export's work, and one thread would cap the export at
+//! one core however many the runner has.
+//!
+//! The file becomes visible only at `finish`: small files are one PUT, large ones a multipart
+//! upload completed at the end (locally, a staged file renamed at the end). `abort` or dropping
+//! the writer leaves nothing at the path.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use datafusion::arrow::array::{ArrayRef, RecordBatch};
+use datafusion::arrow::datatypes::{DataType, FieldRef, SchemaRef};
+use datafusion::common::runtime::SpawnedTask;
+use datafusion::parquet::arrow::arrow_writer::{
+    compute_leaves, ArrowColumnChunk, ArrowColumnWriter, ArrowRowGroupWriterFactory,
+};
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::errors::ParquetError;
+use datafusion::parquet::file::properties::WriterProperties;
+use datafusion::parquet::file::writer::SerializedFileWriter;
+use object_store::buffered::BufWriter;
+use object_store::path::Path;
+use object_store::ObjectStore;
+use tokio::io::AsyncWriteExt;
+
+/// Row groups encoding at once: one being filled while up to this many encode keeps every core
+/// busy without holding more than a few row groups in memory.
+const ROW_GROUPS_IN_FLIGHT: usize = 2;
+
+#[derive(Clone, Default)]
+struct SharedBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl SharedBuffer {
+    fn take(&self) -> Vec<u8> {
+        std::mem::take(&mut *self.0.lock().expect("buffer lock"))
+    }
+}
+
+impl Write for SharedBuffer {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("buffer lock").extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+type EncodedColumns = SpawnedTask<Result<Vec<ArrowColumnChunk>, ParquetError>>;
+
+pub struct ParallelParquetWriter {
+    schema: SchemaRef,
+    file: SerializedFileWriter<SharedBuffer>,
+    factory: ArrowRowGroupWriterFactory,
+    buffer: SharedBuffer,
+    upload: BufWriter,
+    row_group_rows: usize,
+    pending: Vec<RecordBatch>,
+    pending_rows: usize,
+    row_groups_started: usize,
+    in_flight: VecDeque<Vec<EncodedColumns>>,
+    bytes_written: u64,
+}
+
+impl ParallelParquetWriter {
+    pub fn try_new(
+        store: Arc<dyn ObjectStore>,
+        path: Path,
+        schema: SchemaRef,
+        properties: WriterProperties,
+    ) -> Result<Self, ParquetError> {
+        let row_group_rows = properties
+            .max_row_group_row_count()
+            .unwrap_or(1024 * 1024)
+            .max(1);
+        let buffer = SharedBuffer::default();
+        // ArrowWriter sets up the file (with the Arrow schema in its metadata, so types such as
+        // map and list field names read back exactly); we then write row groups ourselves.
+        let (file, factory) =
+            ArrowWriter::try_new(buffer.clone(), Arc::clone(&schema), Some(properties))?
+                .into_serialized_writer()?;
+        Ok(ParallelParquetWriter {
+            schema,
+            file,
+            factory,
+            buffer,
+            upload: BufWriter::new(store, path),
+            row_group_rows,
+            pending: Vec::new(),
+            pending_rows: 0,
+            row_groups_started: 0,
+            in_flight: VecDeque::new(),
+            bytes_written: 0,
+        })
+    }
+
+    pub async fn write(&mut self, batch: RecordBatch) -> Result<(), ParquetError> {
+        let mut batch = batch;
+        while self.pending_rows + batch.num_rows() >= self.row_group_rows {
+            let fits = self.row_group_rows - self.pending_rows;
+            self.pending.push(batch.slice(0, fits));
+            batch = batch.slice(fits, batch.num_rows() - fits);
+            self.pending_rows = self.row_group_rows;
+            self.start_row_group()?;
+            while self.in_flight.len() > ROW_GROUPS_IN_FLIGHT {
+                self.write_oldest_row_group().await?;
+            }
+        }
+        if batch.num_rows() > 0 {
+            self.pending_rows += batch.num_rows();
+            self.pending.push(batch);
+        }
+        Ok(())
+    }
+
+    /// Hands the pending rows to one encoding task per column.
+    fn start_row_group(&mut self) -> Result<(), ParquetError> {
+        let batches = std::mem::take(&mut self.pending);
+        self.pending_rows = 0;
+        let mut writers = self
+            .factory
+            .create_column_writers(self.row_groups_started)?
+            .into_iter();
+        self.row_groups_started += 1;
+        let mut tasks = Vec::with_capacity(self.schema.fields().len());
+        for (index, field) in self.schema.fields().iter().enumerate() {
+            let column_writers: Vec<ArrowColumnWriter> = writers
+                .by_ref()
+                .take(leaf_count(field.data_type()))
+                .collect();
+            let columns: Vec<ArrayRef> = batches
+                .iter()
+                .map(|b| ArrayRef::clone(b.column(index)))
+                .collect();
+            let field = FieldRef::clone(field);
+            tasks.push(SpawnedTask::spawn(async move {
+                encode_column(&field, &columns, column_writers)
+            }));
+        }
+        self.in_flight.push_back(tasks);
+        Ok(())
+    }
+
+    async fn write_oldest_row_group(&mut self) -> Result<(), ParquetError> {
+        let Some(tasks) = self.in_flight.pop_front() else {
+            return Ok(());
+        };
+        let mut row_group = self.file.next_row_group()?;
+        for task in tasks {
+            let chunks = task
+                .join()
+                .await
+                .map_err(|e| ParquetError::External(Box::new(e)))??;
+            for chunk in chunks {
+                chunk.append_to_row_group(&mut row_group)?;
+            }
+        }
+        row_group.close()?;
+        self.upload_buffered().await
+    }
+
+    async fn upload_buffered(&mut self) -> Result<(), ParquetError> {
+        let bytes = self.buffer.take();
+        self.bytes_written += bytes.len() as u64;
+        self.upload
+            .put(bytes.into())
+            .await
+            .map_err(|e| ParquetError::External(Box::new(e)))
+    }
+
+    /// Writes what is left and the footer, and completes the upload; returns the file size.
+    pub async fn finish(mut self) -> Result<u64, ParquetError> {
+        match self.finish_file().await {
+            Ok(()) => Ok(self.bytes_written),
+            Err(error) => {
+                self.abort().await;
+                Err(error)
+            }
+        }
+    }
+
+    async fn finish_file(&mut self) -> Result<(), ParquetError> {
+        if self.pending_rows > 0 {
+            self.start_row_group()?;
+        }
+        while !self.in_flight.is_empty() {
+            self.write_oldest_row_group().await?;
+        }
+        self.file.finish()?;
+        self.upload_buffered().await?;
+        self.upload
+            .shutdown()
+            .await
+            .map_err(|e| ParquetError::External(Box::new(e)))
+    }
+
+    pub async fn abort(mut self) {
+        self.in_flight.clear();
+        if let Err(e) = self.upload.abort().await {
+            log::warn!("could not abort an unfinished upload: {e}");
+        }
+    }
+}
+
+/// Parquet leaf columns under an Arrow field: the writers a field's values are spread over.
+fn leaf_count(data_type: &DataType) -> usize {
+    match data_type {
+        DataType::Map(entries, _) => leaf_count(entries.data_type()),
+        DataType::Struct(fields) => fields.iter().map(|f| leaf_count(f.data_type())).sum(),
+        DataType::List(item) | DataType::LargeList(item) => leaf_count(item.data_type()),
+        _ => 1,
+    }
+}
+
+fn encode_column(
+    field: &FieldRef,
+    columns: &[ArrayRef],
+    mut writers: Vec<ArrowColumnWriter>,
+) -> Result<Vec<ArrowColumnChunk>, ParquetError> {
+    for column in columns {
+        for (writer, leaf) in writers.iter_mut().zip(compute_leaves(field, column)?) {
+            writer.write(&leaf)?;
+        }
+    }
+    writers.into_iter().map(ArrowColumnWriter::close).collect()
+}
