@@ -408,7 +408,42 @@ impl ExecutionPlan for LeafMergeExec {
 /// A batch that passed the region filter, with its keys in Sleeper-ordered row format.
 struct KeyedBatch {
     batch: RecordBatch,
-    keys: Rows,
+    keys: SortKeys,
+}
+
+/// Row-format keys, and the first eight bytes of each as a big-endian integer: comparing two
+/// integers settles almost every comparison without touching the rows.
+struct SortKeys {
+    rows: Rows,
+    prefixes: Vec<u64>,
+}
+
+impl SortKeys {
+    fn new(rows: Rows) -> Self {
+        let prefixes = rows
+            .iter()
+            .map(|row| {
+                let bytes = row.as_ref();
+                let mut prefix = [0u8; 8];
+                let length = bytes.len().min(8);
+                prefix[..length].copy_from_slice(&bytes[..length]);
+                u64::from_be_bytes(prefix)
+            })
+            .collect();
+        SortKeys { rows, prefixes }
+    }
+
+    fn len(&self) -> usize {
+        self.prefixes.len()
+    }
+
+    /// Row order: the prefixes decide unless equal (zero padding only ever makes a shorter row
+    /// tie with or sort before a longer one, which the full comparison then settles).
+    fn compare(&self, row: usize, other: &SortKeys, other_row: usize) -> Ordering {
+        self.prefixes[row]
+            .cmp(&other.prefixes[other_row])
+            .then_with(|| self.rows.row(row).cmp(&other.rows.row(other_row)))
+    }
 }
 
 struct FileReader {
@@ -644,7 +679,13 @@ impl FileReader {
             .map(|(i, &t)| sleeper_ordered_array(t, batch.column(i)))
             .collect();
         let keys = self.converter.convert_columns(&keys).map_err(arrow_error)?;
-        Ok((Some(KeyedBatch { batch, keys }), past_end))
+        Ok((
+            Some(KeyedBatch {
+                batch,
+                keys: SortKeys::new(keys),
+            }),
+            past_end,
+        ))
     }
 }
 
@@ -706,15 +747,9 @@ struct Input {
 }
 
 struct Cursor {
-    keys: Rows,
+    keys: SortKeys,
     slot: usize,
     position: usize,
-}
-
-impl Cursor {
-    fn current(&self) -> datafusion::arrow::row::Row<'_> {
-        self.keys.row(self.position)
-    }
 }
 
 /// The k-way merge of one leaf. A binary min-heap of input indices orders the inputs by their
@@ -771,7 +806,7 @@ impl LeafMerge {
             ca.expect("heap inputs have cursors"),
             cb.expect("heap inputs have cursors"),
         );
-        match ca.current().cmp(&cb.current()) {
+        match ca.keys.compare(ca.position, &cb.keys, cb.position) {
             Ordering::Less => true,
             Ordering::Equal => a < b,
             Ordering::Greater => false,
@@ -843,7 +878,7 @@ impl LeafMerge {
                 .expect("heap inputs have cursors");
             self.indices.push((cursor.slot, cursor.position));
             cursor.position += 1;
-            if cursor.position == cursor.keys.num_rows() && !self.advance(top).await? {
+            if cursor.position == cursor.keys.len() && !self.advance(top).await? {
                 let last = self.heap.pop().expect("heap is not empty");
                 if !self.heap.is_empty() {
                     self.heap[0] = last;
