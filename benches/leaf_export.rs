@@ -27,6 +27,10 @@ use sleeper_export::storage::Stores;
 use sleeper_export::table::SleeperTable;
 use sleeper_export::tablegen::{tree_from_split_points, RowStyle, TableWriter};
 
+/// The allocator the `sleeper-export` binary uses, for every variant alike.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const FILES: usize = 8;
 /// About 80 % of uniformly random lowercase keys sort below this.
 const SPLIT: &str = "uuuu";
