@@ -443,3 +443,42 @@ async fn integer_keyed_leaves_read_only_the_row_groups_of_their_region() {
     }
     assert_eq!(written, 4000);
 }
+
+#[tokio::test]
+async fn exported_files_use_the_tables_row_group_size() {
+    use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
+    let dir = tempfile::tempdir().unwrap();
+    let schema = string_schema();
+    let mut properties = TableProperties::new("t1", "t", schema.clone());
+    properties.parquet.row_group_rows = 100;
+    let tree = tree_from_split_points("t1", &schema, &[]).unwrap();
+    let mut writer = TableWriter::new(local(dir.path()), properties, tree, RowStyle::default(), 2);
+    writer
+        .write_random_file("root", 150, &["root"])
+        .await
+        .unwrap();
+    writer
+        .write_random_file("root", 100, &["root"])
+        .await
+        .unwrap();
+    let table = writer.finish().await.unwrap();
+    let output_dir = tempfile::tempdir().unwrap();
+    let options = ExportOptions {
+        batch_size: 64,
+        ..ExportOptions::default()
+    };
+    let summary = export_table(&table, &local(output_dir.path()), &options, |_| {})
+        .await
+        .unwrap();
+    let path = summary.leaves[0].file.strip_prefix("file://").unwrap();
+    let reader = SerializedFileReader::new(std::fs::File::open(path).unwrap()).unwrap();
+    let sizes: Vec<i64> = reader
+        .metadata()
+        .row_groups()
+        .iter()
+        .map(|g| g.num_rows())
+        .collect();
+    assert_eq!(sizes, [100, 100, 50]);
+    let codec = reader.metadata().row_group(0).column(0).compression();
+    assert!(codec.to_string().starts_with("ZSTD"), "{codec}");
+}
