@@ -68,6 +68,13 @@ pub enum Error {
         message: String,
     },
 
+    /// A message asked for something it may not: a path outside the table, an unsafe id.
+    #[error("rejected: {0}")]
+    Untrusted(String),
+
+    #[error("queue {queue}: {message}")]
+    Queue { queue: String, message: String },
+
     #[error("writing export file {path}: {message}")]
     Output { path: String, message: String },
 

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod export;
 pub mod plan;
 pub mod query;
+pub mod queue;
 pub mod statestore;
 pub mod storage;
 pub mod table;

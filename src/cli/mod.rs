@@ -6,10 +6,21 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use crate::error::Result;
 use crate::export::{export_table, ExportOptions, ExportSummary};
+use crate::query::BulkExportQuery;
+use crate::queue::config::{self as queue_config, BulkExportConfig};
+use crate::queue::manifest::ExportRecords;
+use crate::queue::planner::{Outcome, Planner};
+use crate::queue::runner::Runner;
+use crate::queue::sqs::SqsQueue;
+use crate::queue::MessageQueue;
 use crate::storage::Stores;
 use crate::table::SleeperTable;
+use crate::table::TableIndex;
 use crate::tablegen::write_demo_table;
 
 #[derive(Debug, Parser)]
@@ -31,6 +42,150 @@ pub enum Command {
     Demo(DemoArgs),
     /// Create a demo Sleeper table (Sleeper's layout, random rows) without exporting it.
     Generate(GenerateArgs),
+    /// Send a bulk export query to the export queue; prints the export id.
+    Submit(SubmitArgs),
+    /// The planner: split bulk export queries into leaf-partition queries.
+    Plan(PlanArgs),
+    /// The runner (an ECS task): export leaf partitions taken from the leaf-partition queue.
+    Run(RunArgs),
+    /// Which leaves of an export are done, pending or failed, and whether it is complete.
+    Status(StatusArgs),
+}
+
+/// Where the queues and the export bucket are: Sleeper's instance properties, overridden by options.
+#[derive(Debug, Args)]
+pub struct QueueArgs {
+    /// An instance.properties file (local path or s3://) with Sleeper's bulk-export properties.
+    #[arg(long, env = "SLEEPER_INSTANCE_PROPERTIES")]
+    pub instance_properties: Option<String>,
+    /// sleeper.bulk.export.queue.url
+    #[arg(long, env = "SLEEPER_BULK_EXPORT_QUEUE_URL")]
+    pub queue_url: Option<String>,
+    /// sleeper.bulk.export.queue.dlq.url
+    #[arg(long, env = "SLEEPER_BULK_EXPORT_QUEUE_DLQ_URL")]
+    pub queue_dlq_url: Option<String>,
+    /// sleeper.bulk.export.leaf.partition.queue.url
+    #[arg(long, env = "SLEEPER_BULK_EXPORT_LEAF_PARTITION_QUEUE_URL")]
+    pub leaf_queue_url: Option<String>,
+    /// sleeper.bulk.export.leaf.partition.queue.dlq.url
+    #[arg(long, env = "SLEEPER_BULK_EXPORT_LEAF_PARTITION_QUEUE_DLQ_URL")]
+    pub leaf_queue_dlq_url: Option<String>,
+    /// Where exports go (default s3://<sleeper.bulk.export.s3.bucket>).
+    #[arg(long, env = "SLEEPER_BULK_EXPORT_OUTPUT")]
+    pub output: Option<String>,
+    /// Long-poll wait in seconds (sleeper.bulk.export.task.wait.time.seconds).
+    #[arg(long)]
+    pub wait_seconds: Option<u64>,
+    /// sleeper.bulk.export.keepalive.period.seconds
+    #[arg(long)]
+    pub keepalive_seconds: Option<u64>,
+    /// sleeper.bulk.export.queue.visibility.timeout.seconds
+    #[arg(long)]
+    pub visibility_seconds: Option<u64>,
+    /// sleeper.bulk.export.job.failed.visibility.timeout.seconds
+    #[arg(long)]
+    pub failed_visibility_seconds: Option<u64>,
+}
+
+impl QueueArgs {
+    async fn config(&self, stores: &Stores) -> Result<BulkExportConfig> {
+        let mut config = match &self.instance_properties {
+            Some(location) => BulkExportConfig::load(location, stores).await?,
+            None => BulkExportConfig::default(),
+        };
+        let overrides = [
+            (&self.queue_url, &mut config.queue_url),
+            (&self.queue_dlq_url, &mut config.queue_dlq_url),
+            (&self.leaf_queue_url, &mut config.leaf_queue_url),
+            (&self.leaf_queue_dlq_url, &mut config.leaf_queue_dlq_url),
+            (&self.output, &mut config.output),
+        ];
+        for (given, setting) in overrides {
+            if given.is_some() {
+                setting.clone_from(given);
+            }
+        }
+        let durations = [
+            (self.wait_seconds, &mut config.wait),
+            (self.keepalive_seconds, &mut config.keepalive),
+            (self.visibility_seconds, &mut config.visibility),
+            (
+                self.failed_visibility_seconds,
+                &mut config.failed_visibility,
+            ),
+        ];
+        for (given, setting) in durations {
+            if let Some(seconds) = given {
+                *setting = Duration::from_secs(seconds);
+            }
+        }
+        Ok(config)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    pub queues: QueueArgs,
+    #[arg(
+        long,
+        conflicts_with = "table_name",
+        required_unless_present = "table_name"
+    )]
+    pub table_id: Option<String>,
+    #[arg(long)]
+    pub table_name: Option<String>,
+    /// The export id (a random UUID when left out).
+    #[arg(long)]
+    pub export_id: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub queues: QueueArgs,
+    /// The tables queries may name: directories or s3:// prefixes (repeat the option).
+    #[arg(
+        long = "table",
+        required = true,
+        env = "SLEEPER_EXPORT_TABLES",
+        value_delimiter = ','
+    )]
+    pub tables: Vec<String>,
+    /// Exit after this many seconds without a message (default: run until stopped).
+    #[arg(long)]
+    pub idle_exit_seconds: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub queues: QueueArgs,
+    /// The tables leaf queries may name: directories or s3:// prefixes (repeat the option).
+    #[arg(
+        long = "table",
+        required = true,
+        env = "SLEEPER_EXPORT_TABLES",
+        value_delimiter = ','
+    )]
+    pub tables: Vec<String>,
+    /// Leaf queries exported at once.
+    #[arg(long, default_value_t = 1)]
+    pub concurrency: usize,
+    /// Exit after this many seconds with no message and nothing running, so that a scaler can
+    /// start runners by queue depth (default: run until stopped).
+    #[arg(long)]
+    pub idle_exit_seconds: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub queues: QueueArgs,
+    #[arg(long)]
+    pub table_id: String,
+    #[arg(long)]
+    pub export_id: String,
 }
 
 #[derive(Debug, Args)]
@@ -131,8 +286,154 @@ pub async fn run(cli: Cli) -> Result<()> {
             };
             export_with_progress(&table, &output_dir.to_string_lossy(), &options, &stores).await?;
         }
+        Command::Submit(args) => {
+            let config = args.queues.config(&stores).await?;
+            let url = BulkExportConfig::required(&config.queue_url, queue_config::QUEUE_URL)?;
+            let query = BulkExportQuery {
+                table_id: args.table_id,
+                table_name: args.table_name,
+                export_id: args.export_id,
+            }
+            .with_export_id();
+            query.validate()?;
+            SqsQueue::new(SqsQueue::client().await, url)
+                .send_all(vec![query.to_json()])
+                .await?;
+            println!("{}", query.export_id.expect("with_export_id sets it"));
+        }
+        Command::Plan(args) => {
+            let config = args.queues.config(&stores).await?;
+            let client = SqsQueue::client().await;
+            let queue = SqsQueue::new(
+                client.clone(),
+                BulkExportConfig::required(&config.queue_url, queue_config::QUEUE_URL)?,
+            );
+            let leaf_queue = SqsQueue::new(
+                client.clone(),
+                BulkExportConfig::required(&config.leaf_queue_url, queue_config::LEAF_QUEUE_URL)?,
+            );
+            let dead_letters = config
+                .queue_dlq_url
+                .as_ref()
+                .map(|url| SqsQueue::new(client.clone(), url));
+            let planner = Planner {
+                tables: open_tables(&args.tables, &stores).await?,
+                output: stores.resolve(BulkExportConfig::required(
+                    &config.output,
+                    queue_config::BUCKET,
+                )?)?,
+            };
+            let outcomes = planner
+                .run(
+                    &queue,
+                    dead_letters.as_ref().map(|q| q as &dyn MessageQueue),
+                    &leaf_queue,
+                    config.wait,
+                    config.visibility,
+                    args.idle_exit_seconds.map(Duration::from_secs),
+                )
+                .await?;
+            println!(
+                "planned {} queries",
+                outcomes
+                    .iter()
+                    .filter(|o| matches!(o, Outcome::Done(_)))
+                    .count()
+            );
+        }
+        Command::Run(args) => {
+            let config = args.queues.config(&stores).await?;
+            let client = SqsQueue::client().await;
+            let leaf_queue: Arc<dyn MessageQueue> = Arc::new(SqsQueue::new(
+                client.clone(),
+                BulkExportConfig::required(&config.leaf_queue_url, queue_config::LEAF_QUEUE_URL)?,
+            ));
+            let dead_letters = config
+                .leaf_queue_dlq_url
+                .as_ref()
+                .map(|url| Arc::new(SqsQueue::new(client.clone(), url)) as Arc<dyn MessageQueue>);
+            let runner = Arc::new(Runner {
+                tables: open_tables(&args.tables, &stores).await?,
+                output: stores.resolve(BulkExportConfig::required(
+                    &config.output,
+                    queue_config::BUCKET,
+                )?)?,
+                export: ExportOptions::default(),
+                config,
+                concurrency: args.concurrency.max(1),
+                idle_exit: args.idle_exit_seconds.map(Duration::from_secs),
+            });
+            let report = runner
+                .run(leaf_queue, dead_letters, shutdown_signal())
+                .await?;
+            println!(
+                "exported {} leaves ({} rows); {} failed, {} rejected",
+                report.done.len(),
+                report.done.iter().map(|l| l.rows_written).sum::<u64>(),
+                report.failed,
+                report.rejected
+            );
+        }
+        Command::Status(args) => {
+            let config = args.queues.config(&stores).await?;
+            let output = stores.resolve(BulkExportConfig::required(
+                &config.output,
+                queue_config::BUCKET,
+            )?)?;
+            let status = ExportRecords::new(&output, &args.table_id, &args.export_id)
+                .status()
+                .await?;
+            println!(
+                "export {} of table {}: {} leaves, {} done, {} pending, {} failed: {}",
+                args.export_id,
+                args.table_id,
+                status.manifest.sub_exports.len(),
+                status.done.len(),
+                status.pending.len(),
+                status.failed.len(),
+                if status.is_complete() {
+                    "complete"
+                } else {
+                    "not complete"
+                }
+            );
+            for failure in &status.failed {
+                println!(
+                    "  failed: leaf {} ({}): {}",
+                    failure.leaf_partition_id, failure.sub_export_id, failure.error
+                );
+            }
+            for problem in &status.problems {
+                println!("  problem: {problem}");
+            }
+        }
     }
     Ok(())
+}
+
+async fn open_tables(locations: &[String], stores: &Stores) -> Result<TableIndex> {
+    let mut tables = Vec::with_capacity(locations.len());
+    for location in locations {
+        tables.push(SleeperTable::open(location, stores).await?);
+    }
+    Ok(TableIndex::new(tables))
+}
+
+/// Completes on SIGTERM (ECS stopping the task) or Ctrl-C.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+    log::info!("stopping: no new work is taken; running exports finish");
 }
 
 async fn export_with_progress(

@@ -23,6 +23,7 @@ use datafusion::parquet::file::writer::SerializedFileWriter;
 use object_store::buffered::BufWriter;
 use object_store::path::Path;
 use object_store::ObjectStore;
+use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 /// Row groups encoding at once: one being filled while up to this many encode keeps every core
@@ -63,6 +64,14 @@ pub struct ParallelParquetWriter {
     row_groups_started: usize,
     in_flight: VecDeque<Vec<EncodedColumns>>,
     bytes_written: u64,
+    checksum: Sha256,
+}
+
+/// A finished file: its size and the SHA-256 of its bytes, for manifests a reader can verify.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrittenFile {
+    pub bytes: u64,
+    pub sha256: String,
 }
 
 impl ParallelParquetWriter {
@@ -94,6 +103,7 @@ impl ParallelParquetWriter {
             row_groups_started: 0,
             in_flight: VecDeque::new(),
             bytes_written: 0,
+            checksum: Sha256::new(),
         })
     }
 
@@ -165,16 +175,20 @@ impl ParallelParquetWriter {
     async fn upload_buffered(&mut self) -> Result<(), ParquetError> {
         let bytes = self.buffer.take();
         self.bytes_written += bytes.len() as u64;
+        self.checksum.update(&bytes);
         self.upload
             .put(bytes.into())
             .await
             .map_err(|e| ParquetError::External(Box::new(e)))
     }
 
-    /// Writes what is left and the footer, and completes the upload; returns the file size.
-    pub async fn finish(mut self) -> Result<u64, ParquetError> {
+    /// Writes what is left and the footer, and completes the upload.
+    pub async fn finish(mut self) -> Result<WrittenFile, ParquetError> {
         match self.finish_file().await {
-            Ok(()) => Ok(self.bytes_written),
+            Ok(()) => Ok(WrittenFile {
+                bytes: self.bytes_written,
+                sha256: hex::encode(self.checksum.clone().finalize()),
+            }),
             Err(error) => {
                 self.abort().await;
                 Err(error)

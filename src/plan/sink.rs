@@ -64,6 +64,7 @@ pub fn summary_schema() -> SchemaRef {
         Field::new("file", DataType::Utf8, false),
         Field::new("rows", DataType::UInt64, false),
         Field::new("bytes", DataType::UInt64, false),
+        Field::new("sha256", DataType::Utf8, false),
     ]))
 }
 
@@ -240,9 +241,9 @@ impl LeafWriter {
                 return Err(error);
             }
         }
-        let bytes = writer.finish().await.map_err(|e| self.output_error(e))?;
+        let written = writer.finish().await.map_err(|e| self.output_error(e))?;
         self.rows_written.add(rows as usize);
-        self.bytes_written.add(bytes as usize);
+        self.bytes_written.add(written.bytes as usize);
         RecordBatch::try_new(
             summary_schema(),
             vec![
@@ -250,7 +251,8 @@ impl LeafWriter {
                 Arc::new(StringArray::from(vec![self.target.sub_export_id.as_str()])),
                 Arc::new(StringArray::from(vec![self.target.url.as_str()])),
                 Arc::new(UInt64Array::from(vec![rows])),
-                Arc::new(UInt64Array::from(vec![bytes])),
+                Arc::new(UInt64Array::from(vec![written.bytes])),
+                Arc::new(StringArray::from(vec![written.sha256])),
             ],
         )
         .map_err(|source| Error::Arrow {

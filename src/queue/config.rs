@@ -1,0 +1,138 @@
+//! Bulk-export settings under Sleeper's own property names, with Sleeper's defaults, read from
+//! an `instance.properties` file (a local path or `s3://…`).
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::model::JavaProperties;
+use crate::statestore::read_all;
+use crate::storage::Stores;
+
+pub const QUEUE_URL: &str = "sleeper.bulk.export.queue.url";
+pub const QUEUE_DLQ_URL: &str = "sleeper.bulk.export.queue.dlq.url";
+pub const LEAF_QUEUE_URL: &str = "sleeper.bulk.export.leaf.partition.queue.url";
+pub const LEAF_QUEUE_DLQ_URL: &str = "sleeper.bulk.export.leaf.partition.queue.dlq.url";
+pub const BUCKET: &str = "sleeper.bulk.export.s3.bucket";
+const WAIT_SECONDS: &str = "sleeper.bulk.export.task.wait.time.seconds";
+const KEEPALIVE_SECONDS: &str = "sleeper.bulk.export.keepalive.period.seconds";
+const VISIBILITY_SECONDS: &str = "sleeper.bulk.export.queue.visibility.timeout.seconds";
+const FAILED_VISIBILITY_SECONDS: &str = "sleeper.bulk.export.job.failed.visibility.timeout.seconds";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BulkExportConfig {
+    pub queue_url: Option<String>,
+    pub queue_dlq_url: Option<String>,
+    pub leaf_queue_url: Option<String>,
+    pub leaf_queue_dlq_url: Option<String>,
+    /// Where exports are written: `s3://<sleeper.bulk.export.s3.bucket>`, or any location.
+    pub output: Option<String>,
+    /// Long-poll wait of a receive (SQS allows at most 20 s).
+    pub wait: Duration,
+    /// How often a runner renews the invisibility of a message it is working on.
+    pub keepalive: Duration,
+    /// The invisibility a runner asks for when it receives or renews a message.
+    pub visibility: Duration,
+    /// The invisibility left on a message whose export failed, before it is offered again.
+    pub failed_visibility: Duration,
+}
+
+impl Default for BulkExportConfig {
+    fn default() -> Self {
+        BulkExportConfig {
+            queue_url: None,
+            queue_dlq_url: None,
+            leaf_queue_url: None,
+            leaf_queue_dlq_url: None,
+            output: None,
+            wait: Duration::from_secs(20),
+            keepalive: Duration::from_secs(300),
+            visibility: Duration::from_secs(900),
+            failed_visibility: Duration::from_secs(60),
+        }
+    }
+}
+
+impl BulkExportConfig {
+    pub fn from_properties(properties: &JavaProperties) -> Result<Self> {
+        let defaults = BulkExportConfig::default();
+        let seconds = |key: &str, default: Duration| -> Result<Duration> {
+            properties.get(key).map_or(Ok(default), |v| {
+                v.trim()
+                    .parse()
+                    .map(Duration::from_secs)
+                    .map_err(|_| Error::TableProperty {
+                        property: key.into(),
+                        message: format!("{v:?} is not a whole number of seconds"),
+                    })
+            })
+        };
+        let text = |key: &str| {
+            properties
+                .get(key)
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+        };
+        let wait = seconds(WAIT_SECONDS, defaults.wait)?;
+        if wait > Duration::from_secs(20) {
+            return Err(Error::TableProperty {
+                property: WAIT_SECONDS.into(),
+                message: "SQS long polls wait at most 20 seconds".into(),
+            });
+        }
+        Ok(BulkExportConfig {
+            queue_url: text(QUEUE_URL),
+            queue_dlq_url: text(QUEUE_DLQ_URL),
+            leaf_queue_url: text(LEAF_QUEUE_URL),
+            leaf_queue_dlq_url: text(LEAF_QUEUE_DLQ_URL),
+            output: text(BUCKET).map(|bucket| format!("s3://{bucket}")),
+            wait,
+            keepalive: seconds(KEEPALIVE_SECONDS, defaults.keepalive)?,
+            visibility: seconds(VISIBILITY_SECONDS, defaults.visibility)?,
+            failed_visibility: seconds(FAILED_VISIBILITY_SECONDS, defaults.failed_visibility)?,
+        })
+    }
+
+    /// Reads `instance.properties` from a local path or an `s3://` URL.
+    pub async fn load(location: &str, stores: &Stores) -> Result<Self> {
+        let file = stores.resolve(location)?;
+        let bytes = read_all(file.store.as_ref(), &file.prefix)
+            .await
+            .map_err(|e| Error::object_store(location, e))?;
+        let text = String::from_utf8(bytes.to_vec()).map_err(|_| Error::Location {
+            location: location.into(),
+            message: "instance properties are not UTF-8".into(),
+        })?;
+        Self::from_properties(&JavaProperties::parse(&text))
+    }
+
+    pub fn required<'a>(value: &'a Option<String>, property: &str) -> Result<&'a str> {
+        value.as_deref().ok_or_else(|| Error::TableProperty {
+            property: property.into(),
+            message: "is required here: set it in instance.properties or pass it as an option"
+                .into(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_sleepers_property_names_with_defaults() {
+        let properties = JavaProperties::parse(
+            "sleeper.bulk.export.queue.url=http://q/1\nsleeper.bulk.export.s3.bucket=exports\n\
+             sleeper.bulk.export.keepalive.period.seconds=30\n",
+        );
+        let config = BulkExportConfig::from_properties(&properties).unwrap();
+        assert_eq!(config.queue_url.as_deref(), Some("http://q/1"));
+        assert_eq!(config.output.as_deref(), Some("s3://exports"));
+        assert_eq!(config.keepalive, Duration::from_secs(30));
+        assert_eq!(config.visibility, Duration::from_secs(900));
+        assert_eq!(config.failed_visibility, Duration::from_secs(60));
+        assert_eq!(config.wait, Duration::from_secs(20));
+        let too_long = JavaProperties::parse("sleeper.bulk.export.task.wait.time.seconds=21\n");
+        assert!(BulkExportConfig::from_properties(&too_long).is_err());
+    }
+}

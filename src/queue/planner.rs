@@ -1,0 +1,153 @@
+//! The planner: turns each `BulkExportQuery` into one leaf query per leaf partition.
+
+use std::time::Duration;
+
+use super::manifest::ExportRecords;
+use super::trust::check_id;
+use super::{Message, MessageQueue};
+use crate::error::{Error, Result};
+use crate::query::{split_into_leaf_queries, BulkExportQuery, TableSelector};
+use crate::storage::Location;
+use crate::table::TableIndex;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedExport {
+    pub table_id: String,
+    pub export_id: String,
+    pub leaves: usize,
+}
+
+/// What became of one message.
+#[derive(Debug)]
+pub enum Outcome<T> {
+    Done(T),
+    /// The message itself is bad; it went to the dead-letter queue (or, with none, was left to
+    /// the queue's redrive policy).
+    Rejected(Error),
+    /// Something else failed; the message will be offered again.
+    Failed(Error),
+}
+
+impl Error {
+    /// Errors that retrying the same message cannot fix.
+    pub fn is_bad_message(&self) -> bool {
+        matches!(
+            self,
+            Error::Json { .. }
+                | Error::QueryValidation { .. }
+                | Error::TableNotFound { .. }
+                | Error::Region(_)
+                | Error::Untrusted(_)
+        )
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Planner {
+    pub tables: TableIndex,
+    pub output: Location,
+}
+
+impl Planner {
+    /// Validates and splits one query, writes the export's manifest, then sends the leaf queries.
+    pub async fn plan(&self, body: &str, leaf_queue: &dyn MessageQueue) -> Result<PlannedExport> {
+        let query = BulkExportQuery::from_json(body)?.with_export_id();
+        let export_id = query.export_id.clone().expect("with_export_id sets it");
+        check_id("exportId", &export_id)?;
+        let table = match query.validate()? {
+            TableSelector::Id(id) => self.tables.by_id(id)?,
+            TableSelector::Name(name) => self.tables.by_name(name)?,
+        };
+        let leaf_queries = split_into_leaf_queries(table, &export_id);
+        ExportRecords::new(&self.output, table.id(), &export_id)
+            .write_manifest(&leaf_queries)
+            .await?;
+        let schema = &table.properties.schema;
+        let bodies = leaf_queries
+            .iter()
+            .map(|q| q.to_json(schema, false))
+            .collect();
+        leaf_queue.send_all(bodies).await?;
+        Ok(PlannedExport {
+            table_id: table.id().to_owned(),
+            export_id,
+            leaves: leaf_queries.len(),
+        })
+    }
+
+    /// Plans one received message and settles it: deleted when planned, dead-lettered when bad.
+    pub async fn handle(
+        &self,
+        message: &Message,
+        queue: &dyn MessageQueue,
+        dead_letters: Option<&dyn MessageQueue>,
+        leaf_queue: &dyn MessageQueue,
+    ) -> Result<Outcome<PlannedExport>> {
+        match self.plan(&message.body, leaf_queue).await {
+            Ok(planned) => {
+                log::info!(
+                    "planned export {} of table {}: {} leaf queries",
+                    planned.export_id,
+                    planned.table_id,
+                    planned.leaves
+                );
+                queue.delete(&message.receipt).await?;
+                Ok(Outcome::Done(planned))
+            }
+            Err(error) if error.is_bad_message() => {
+                reject(message, &error, queue, dead_letters).await?;
+                Ok(Outcome::Rejected(error))
+            }
+            Err(error) => {
+                log::warn!("planning failed, the query will be retried: {error}");
+                Ok(Outcome::Failed(error))
+            }
+        }
+    }
+
+    /// Receives and plans queries until `idle` passes with none (forever when `None`).
+    pub async fn run(
+        &self,
+        queue: &dyn MessageQueue,
+        dead_letters: Option<&dyn MessageQueue>,
+        leaf_queue: &dyn MessageQueue,
+        wait: Duration,
+        visibility: Duration,
+        idle: Option<Duration>,
+    ) -> Result<Vec<Outcome<PlannedExport>>> {
+        let mut outcomes = Vec::new();
+        let mut idle_since = std::time::Instant::now();
+        loop {
+            let messages = queue.receive(10, wait, visibility).await?;
+            if messages.is_empty() {
+                if idle.is_some_and(|idle| idle_since.elapsed() >= idle) {
+                    return Ok(outcomes);
+                }
+                continue;
+            }
+            for message in &messages {
+                outcomes.push(
+                    self.handle(message, queue, dead_letters, leaf_queue)
+                        .await?,
+                );
+            }
+            idle_since = std::time::Instant::now();
+        }
+    }
+}
+
+/// Moves a bad message to the dead-letter queue with the reason logged. With no dead-letter
+/// queue configured the message is left alone, for the queue's own redrive policy: never lost.
+pub async fn reject(
+    message: &Message,
+    error: &Error,
+    queue: &dyn MessageQueue,
+    dead_letters: Option<&dyn MessageQueue>,
+) -> Result<()> {
+    log::error!("rejected message: {error}; message body: {}", message.body);
+    if let Some(dead_letters) = dead_letters {
+        dead_letters.send_all(vec![message.body.clone()]).await?;
+        queue.delete(&message.receipt).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,193 @@
+//! The runner (Sleeper's ECS bulk-export task): executes leaf queries from the queue, keeping
+//! each message invisible while its export runs, deleting it on success, and leaving it to be
+//! offered again (and, after the queue's receive limit, dead-lettered) on failure.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinSet;
+
+use super::config::BulkExportConfig;
+use super::manifest::ExportRecords;
+use super::planner::{reject, Outcome};
+use super::trust::check_leaf_query;
+use super::{Message, MessageQueue};
+use crate::error::Result;
+use crate::export::{run_leaf_query, ExportOptions, LeafExportResult};
+use crate::query::BulkExportLeafPartitionQuery;
+use crate::storage::Location;
+use crate::table::TableIndex;
+
+#[derive(Debug, Clone)]
+pub struct Runner {
+    pub tables: TableIndex,
+    pub output: Location,
+    pub export: ExportOptions,
+    pub config: BulkExportConfig,
+    /// Leaf queries run at once.
+    pub concurrency: usize,
+    /// Exit once no message has arrived, and none has been running, for this long.
+    pub idle_exit: Option<Duration>,
+}
+
+/// What a runner did before it stopped.
+#[derive(Debug, Default)]
+pub struct RunnerReport {
+    pub done: Vec<LeafExportResult>,
+    pub failed: usize,
+    pub rejected: usize,
+}
+
+impl Runner {
+    /// Receives and runs leaf queries until idle or until `shutdown` completes; then it takes no
+    /// more work, finishes what it holds, and returns.
+    pub async fn run(
+        self: Arc<Self>,
+        queue: Arc<dyn MessageQueue>,
+        dead_letters: Option<Arc<dyn MessageQueue>>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<RunnerReport> {
+        tokio::pin!(shutdown);
+        let mut running: JoinSet<Result<Outcome<LeafExportResult>>> = JoinSet::new();
+        let mut report = RunnerReport::default();
+        let mut idle_since = Instant::now();
+        loop {
+            while let Some(finished) = running.try_join_next() {
+                record(&mut report, finished);
+            }
+            if running.len() >= self.concurrency {
+                tokio::select! {
+                    finished = running.join_next() => record(&mut report, finished.expect("tasks are running")),
+                    () = &mut shutdown => break,
+                }
+                continue;
+            }
+            if !running.is_empty() {
+                idle_since = Instant::now();
+            }
+            let free = (self.concurrency - running.len()).min(10);
+            let messages = tokio::select! {
+                messages = queue.receive(free, self.config.wait, self.config.visibility) => messages?,
+                () = &mut shutdown => break,
+            };
+            if messages.is_empty() {
+                if running.is_empty()
+                    && self
+                        .idle_exit
+                        .is_some_and(|idle| idle_since.elapsed() >= idle)
+                {
+                    break;
+                }
+                continue;
+            }
+            idle_since = Instant::now();
+            for message in messages {
+                let (runner, queue, dead_letters) =
+                    (Arc::clone(&self), Arc::clone(&queue), dead_letters.clone());
+                running.spawn(async move {
+                    runner
+                        .handle(&message, queue.as_ref(), dead_letters.as_deref())
+                        .await
+                });
+            }
+        }
+        while let Some(finished) = running.join_next().await {
+            record(&mut report, finished);
+        }
+        Ok(report)
+    }
+
+    fn decode(&self, body: &str) -> Result<BulkExportLeafPartitionQuery> {
+        let table_id = BulkExportLeafPartitionQuery::table_id_of(body)?;
+        let table = self.tables.by_id(&table_id)?;
+        let query =
+            BulkExportLeafPartitionQuery::from_json(body, |_| Ok(table.properties.schema.clone()))?;
+        check_leaf_query(&query, table)?;
+        Ok(query)
+    }
+
+    /// Runs one leaf query and settles its message.
+    pub async fn handle(
+        &self,
+        message: &Message,
+        queue: &dyn MessageQueue,
+        dead_letters: Option<&dyn MessageQueue>,
+    ) -> Result<Outcome<LeafExportResult>> {
+        let query = match self.decode(&message.body) {
+            Ok(query) => query,
+            Err(error) => {
+                reject(message, &error, queue, dead_letters).await?;
+                return Ok(Outcome::Rejected(error));
+            }
+        };
+        let table = self.tables.by_id(&query.table_id)?;
+        let records = ExportRecords::new(&self.output, &query.table_id, &query.export_id);
+        let exported = {
+            let export = run_leaf_query(table, &query, &self.output, &self.export);
+            tokio::pin!(export);
+            let mut keepalive = tokio::time::interval_at(
+                tokio::time::Instant::now() + self.config.keepalive,
+                self.config.keepalive,
+            );
+            loop {
+                tokio::select! {
+                    result = &mut export => break result,
+                    _ = keepalive.tick() => {
+                        if let Err(e) = queue.change_visibility(&message.receipt, self.config.visibility).await {
+                            log::warn!("could not extend the visibility of leaf {}: {e}", query.leaf_partition_id);
+                        }
+                    }
+                }
+            }
+        };
+        match exported {
+            Ok(result) => {
+                records.record_completion(&result).await?;
+                queue.delete(&message.receipt).await?;
+                log::info!(
+                    "exported leaf {} of export {}: {} rows to {}",
+                    result.leaf_partition_id,
+                    query.export_id,
+                    result.rows_written,
+                    result.file
+                );
+                Ok(Outcome::Done(result))
+            }
+            Err(error) if error.is_bad_message() => {
+                reject(message, &error, queue, dead_letters).await?;
+                Ok(Outcome::Rejected(error))
+            }
+            Err(error) => {
+                log::error!(
+                    "leaf {} of export {} failed: {error}",
+                    query.leaf_partition_id,
+                    query.export_id
+                );
+                records.record_failure(&query, &error).await?;
+                queue
+                    .change_visibility(&message.receipt, self.config.failed_visibility)
+                    .await?;
+                Ok(Outcome::Failed(error))
+            }
+        }
+    }
+}
+
+fn record(
+    report: &mut RunnerReport,
+    finished: std::result::Result<Result<Outcome<LeafExportResult>>, tokio::task::JoinError>,
+) {
+    match finished {
+        Ok(Ok(Outcome::Done(result))) => report.done.push(result),
+        Ok(Ok(Outcome::Rejected(_))) => report.rejected += 1,
+        Ok(Ok(Outcome::Failed(_))) => report.failed += 1,
+        Ok(Err(error)) => {
+            log::error!("a leaf query could not be settled: {error}");
+            report.failed += 1;
+        }
+        Err(error) => {
+            log::error!("a leaf query's task stopped: {error}");
+            report.failed += 1;
+        }
+    }
+}

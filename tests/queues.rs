@@ -1,0 +1,462 @@
+//! The distributed export over real SQS and S3 (the local moto server `scripts/test.sh` starts):
+//! planner, runners, dead-letter queues and export status.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_sqs::types::QueueAttributeName;
+use common::*;
+use futures::TryStreamExt;
+use sleeper_export::export::ExportOptions;
+use sleeper_export::query::BulkExportQuery;
+use sleeper_export::queue::config::BulkExportConfig;
+use sleeper_export::queue::manifest::ExportRecords;
+use sleeper_export::queue::planner::{Outcome, Planner};
+use sleeper_export::queue::runner::Runner;
+use sleeper_export::queue::sqs::SqsQueue;
+use sleeper_export::queue::MessageQueue;
+use sleeper_export::storage::Stores;
+use sleeper_export::table::{SleeperTable, TableIndex};
+use sleeper_export::tablegen::write_demo_table;
+
+/// A queue and its dead-letter queue, with a redrive policy after `max_receives`.
+async fn queue_pair(
+    client: &aws_sdk_sqs::Client,
+    name: &str,
+    max_receives: u32,
+    visibility_seconds: u32,
+) -> (SqsQueue, SqsQueue) {
+    let unique = uuid::Uuid::new_v4().simple().to_string();
+    let dlq_url = client
+        .create_queue()
+        .queue_name(format!("{name}-dlq-{unique}"))
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    let dlq_arn = client
+        .get_queue_attributes()
+        .queue_url(&dlq_url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap()[&QueueAttributeName::QueueArn]
+        .clone();
+    let redrive =
+        format!(r#"{{"deadLetterTargetArn":"{dlq_arn}","maxReceiveCount":"{max_receives}"}}"#);
+    let url = client
+        .create_queue()
+        .queue_name(format!("{name}-{unique}"))
+        .attributes(QueueAttributeName::RedrivePolicy, redrive)
+        .attributes(
+            QueueAttributeName::VisibilityTimeout,
+            visibility_seconds.to_string(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    (
+        SqsQueue::new(client.clone(), url),
+        SqsQueue::new(client.clone(), dlq_url),
+    )
+}
+
+async fn drain(queue: &SqsQueue) -> Vec<String> {
+    let mut bodies = Vec::new();
+    loop {
+        let messages = queue
+            .receive(10, Duration::from_secs(1), Duration::from_secs(30))
+            .await
+            .unwrap();
+        if messages.is_empty() {
+            return bodies;
+        }
+        bodies.extend(messages.into_iter().map(|m| m.body));
+    }
+}
+
+struct Setup {
+    client: aws_sdk_sqs::Client,
+    stores: Stores,
+    bucket: String,
+    table: SleeperTable,
+}
+
+async fn setup(leaves: usize) -> Setup {
+    let bucket = create_bucket("queues");
+    let stores = Stores::default();
+    let location = stores
+        .resolve(&format!("s3://{bucket}/tables/demo"))
+        .unwrap();
+    let table = write_demo_table(location, leaves, 300, 3).await.unwrap();
+    Setup {
+        client: SqsQueue::client().await,
+        stores,
+        bucket,
+        table,
+    }
+}
+
+impl Setup {
+    fn output(&self) -> sleeper_export::storage::Location {
+        self.stores
+            .resolve(&format!("s3://{}/exports", self.bucket))
+            .unwrap()
+    }
+
+    fn planner(&self) -> Planner {
+        Planner {
+            tables: TableIndex::new(vec![self.table.clone()]),
+            output: self.output(),
+        }
+    }
+
+    fn runner(&self, idle_seconds: u64) -> Arc<Runner> {
+        Arc::new(Runner {
+            tables: TableIndex::new(vec![self.table.clone()]),
+            output: self.output(),
+            export: ExportOptions {
+                parallelism: 1,
+                ..ExportOptions::default()
+            },
+            config: BulkExportConfig {
+                wait: Duration::from_secs(1),
+                keepalive: Duration::from_secs(2),
+                visibility: Duration::from_secs(30),
+                failed_visibility: Duration::from_secs(1),
+                ..BulkExportConfig::default()
+            },
+            concurrency: 2,
+            idle_exit: Some(Duration::from_secs(idle_seconds)),
+        })
+    }
+
+    async fn parquet_objects(&self, export_id: &str) -> Vec<String> {
+        list_parquet(&self.output(), self.table.id(), export_id).await
+    }
+}
+
+fn total_rows(table: &SleeperTable) -> u64 {
+    // Demo tables: every row of every file falls in exactly one leaf.
+    table.files.iter().map(|f| f.number_of_rows).sum::<u64>()
+}
+
+#[tokio::test]
+async fn submitted_queries_are_planned_and_exported_by_two_runners() {
+    let setup = setup(5).await;
+    let (queue, dead_letters) = queue_pair(&setup.client, "export", 1, 30).await;
+    let (leaf_queue, leaf_dead_letters) = queue_pair(&setup.client, "leaf", 3, 30).await;
+    let query = BulkExportQuery {
+        table_id: None,
+        table_name: Some("demo".into()),
+        export_id: Some("e1".into()),
+    };
+    queue.send_all(vec![query.to_json()]).await.unwrap();
+
+    let planner = setup.planner();
+    let outcomes = planner
+        .run(
+            &queue,
+            Some(&dead_letters),
+            &leaf_queue,
+            Duration::from_secs(1),
+            Duration::from_secs(30),
+            Some(Duration::from_secs(1)),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcomes.as_slice(), [Outcome::Done(planned)] if planned.leaves == 5),
+        "{outcomes:?}"
+    );
+
+    let leaf_queue: Arc<dyn MessageQueue> = Arc::new(leaf_queue);
+    let dlq: Arc<dyn MessageQueue> = Arc::new(leaf_dead_letters.clone());
+    let first = setup.runner(2).run(
+        Arc::clone(&leaf_queue),
+        Some(Arc::clone(&dlq)),
+        std::future::pending(),
+    );
+    let second = setup.runner(2).run(
+        Arc::clone(&leaf_queue),
+        Some(Arc::clone(&dlq)),
+        std::future::pending(),
+    );
+    let (first, second) = tokio::join!(first, second);
+    let (first, second) = (first.unwrap(), second.unwrap());
+    assert_eq!(
+        first.done.len() + second.done.len(),
+        5,
+        "{first:?} {second:?}"
+    );
+    let rows: u64 = first
+        .done
+        .iter()
+        .chain(&second.done)
+        .map(|l| l.rows_written)
+        .sum();
+    assert_eq!(rows, total_rows(&setup.table));
+
+    let status = ExportRecords::new(&setup.output(), setup.table.id(), "e1")
+        .status()
+        .await
+        .unwrap();
+    assert!(status.is_complete(), "{status:?}");
+    assert_eq!(status.done.len(), 5);
+    assert_eq!(setup.parquet_objects("e1").await.len(), 5);
+    assert!(drain(&dead_letters).await.is_empty());
+    assert!(drain(&leaf_dead_letters).await.is_empty());
+}
+
+#[tokio::test]
+async fn bad_messages_go_to_the_dead_letter_queues_and_good_ones_still_run() {
+    let setup = setup(2).await;
+    let (queue, dead_letters) = queue_pair(&setup.client, "export", 1, 30).await;
+    let (leaf_queue, leaf_dead_letters) = queue_pair(&setup.client, "leaf", 3, 30).await;
+    let good = BulkExportQuery {
+        table_id: Some(setup.table.id().into()),
+        table_name: None,
+        export_id: Some("good".into()),
+    };
+    let unknown = r#"{"tableName":"no-such-table","exportId":"x"}"#;
+    queue
+        .send_all(vec![
+            "this is not JSON".into(),
+            unknown.into(),
+            good.to_json(),
+        ])
+        .await
+        .unwrap();
+    let outcomes = setup
+        .planner()
+        .run(
+            &queue,
+            Some(&dead_letters),
+            &leaf_queue,
+            Duration::from_secs(1),
+            Duration::from_secs(30),
+            Some(Duration::from_secs(1)),
+        )
+        .await
+        .unwrap();
+    let rejected: Vec<String> = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            Outcome::Rejected(e) => Some(e.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rejected.len(), 2, "{outcomes:?}");
+    assert!(
+        rejected
+            .iter()
+            .any(|e| e.contains(r#"Table could not be found with name: "no-such-table""#)),
+        "{rejected:?}"
+    );
+    let mut dead = drain(&dead_letters).await;
+    dead.sort();
+    let mut expected = vec![unknown.to_owned(), "this is not JSON".to_owned()];
+    expected.sort();
+    assert_eq!(dead, expected);
+
+    // A leaf query reading outside its table, and one with an unsafe id, are rejected too.
+    let planned = drain(&leaf_queue).await;
+    assert_eq!(planned.len(), 2);
+    let outside = planned[0].replace("tables/demo/data/", "tables/other/data/");
+    let unsafe_id = planned[0].replacen("\"exportId\":\"good\"", "\"exportId\":\"../escape\"", 1);
+    leaf_queue
+        .send_all(vec![
+            outside,
+            unsafe_id,
+            planned[0].clone(),
+            planned[1].clone(),
+        ])
+        .await
+        .unwrap();
+    let leaf_queue: Arc<dyn MessageQueue> = Arc::new(leaf_queue);
+    let report = setup
+        .runner(2)
+        .run(
+            leaf_queue,
+            Some(Arc::new(leaf_dead_letters.clone())),
+            std::future::pending(),
+        )
+        .await
+        .unwrap();
+    assert_eq!((report.done.len(), report.rejected), (2, 2), "{report:?}");
+    assert_eq!(drain(&leaf_dead_letters).await.len(), 2);
+    assert!(
+        ExportRecords::new(&setup.output(), setup.table.id(), "good")
+            .status()
+            .await
+            .unwrap()
+            .is_complete()
+    );
+}
+
+#[tokio::test]
+async fn a_duplicate_delivery_leaves_one_file() {
+    let setup = setup(1).await;
+    let (leaf_queue, leaf_dead_letters) = queue_pair(&setup.client, "leaf", 3, 30).await;
+    let planner = setup.planner();
+    let query = BulkExportQuery {
+        table_id: Some(setup.table.id().into()),
+        table_name: None,
+        export_id: Some("dup".into()),
+    };
+    let planned = planner.plan(&query.to_json(), &leaf_queue).await.unwrap();
+    assert_eq!(planned.leaves, 1);
+    let body = drain(&leaf_queue).await.remove(0);
+    leaf_queue.send_all(vec![body.clone(), body]).await.unwrap();
+    let leaf_queue: Arc<dyn MessageQueue> = Arc::new(leaf_queue);
+    let report = setup
+        .runner(2)
+        .run(
+            leaf_queue,
+            Some(Arc::new(leaf_dead_letters)),
+            std::future::pending(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.done.len(), 2, "both deliveries ran");
+    assert_eq!(report.done[0].file, report.done[1].file);
+    assert_eq!(setup.parquet_objects("dup").await.len(), 1);
+    let status = ExportRecords::new(&setup.output(), setup.table.id(), "dup")
+        .status()
+        .await
+        .unwrap();
+    assert!(status.is_complete(), "{status:?}");
+}
+
+async fn in_flight(client: &aws_sdk_sqs::Client, queue: &SqsQueue) -> usize {
+    let attributes = client
+        .get_queue_attributes()
+        .queue_url(queue.url())
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap();
+    attributes[&QueueAttributeName::ApproximateNumberOfMessagesNotVisible]
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_killed_runners_leaf_is_redelivered_and_exported_once() {
+    let bucket = create_bucket("killed");
+    let stores = Stores::default();
+    let location = stores
+        .resolve(&format!("s3://{bucket}/tables/big"))
+        .unwrap();
+    // One leaf of three files of 300,000 rows: long enough to be killed in the middle.
+    let table = write_demo_table(location, 1, 300_000, 9).await.unwrap();
+    let client = SqsQueue::client().await;
+    let (leaf_queue, leaf_dead_letters) = queue_pair(&client, "leaf", 3, 3).await;
+    let output = stores.resolve(&format!("s3://{bucket}/exports")).unwrap();
+    let planner = Planner {
+        tables: TableIndex::new(vec![table.clone()]),
+        output: output.clone(),
+    };
+    let query = BulkExportQuery {
+        table_id: Some(table.id().into()),
+        table_name: None,
+        export_id: Some("k".into()),
+    };
+    planner.plan(&query.to_json(), &leaf_queue).await.unwrap();
+
+    let mut runner = std::process::Command::new(env!("CARGO_BIN_EXE_sleeper-export"))
+        .args([
+            "run",
+            "--table",
+            &format!("s3://{bucket}/tables/big"),
+            "--output",
+            &format!("s3://{bucket}/exports"),
+        ])
+        .args([
+            "--leaf-queue-url",
+            leaf_queue.url(),
+            "--wait-seconds",
+            "1",
+            "--visibility-seconds",
+            "3",
+            "--keepalive-seconds",
+            "1",
+        ])
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while in_flight(&client, &leaf_queue).await == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the runner never took the message"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    runner.kill().unwrap();
+    runner.wait().unwrap();
+    let records = ExportRecords::new(&output, table.id(), "k");
+    let status = records.status().await.unwrap();
+    assert_eq!(
+        (status.done.len(), status.pending.len()),
+        (0, 1),
+        "killed mid-export: {status:?}"
+    );
+    assert!(
+        list_parquet(&output, table.id(), "k").await.is_empty(),
+        "a killed export leaves no file"
+    );
+
+    let runner = Arc::new(Runner {
+        tables: TableIndex::new(vec![table.clone()]),
+        output: output.clone(),
+        export: ExportOptions::default(),
+        config: BulkExportConfig {
+            wait: Duration::from_secs(1),
+            visibility: Duration::from_secs(30),
+            ..BulkExportConfig::default()
+        },
+        concurrency: 1,
+        idle_exit: Some(Duration::from_secs(6)),
+    });
+    let report = runner
+        .run(
+            Arc::new(leaf_queue),
+            Some(Arc::new(leaf_dead_letters)),
+            std::future::pending(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.done.len(), 1, "{report:?}");
+    assert_eq!(report.done[0].rows_written, total_rows(&table));
+    assert_eq!(list_parquet(&output, table.id(), "k").await.len(), 1);
+    assert!(records.status().await.unwrap().is_complete());
+}
+
+async fn list_parquet(
+    output: &sleeper_export::storage::Location,
+    table_id: &str,
+    export_id: &str,
+) -> Vec<String> {
+    let prefix = output.child(&format!("{table_id}/{export_id}"));
+    let listed: Vec<_> = output
+        .store
+        .list(Some(&prefix))
+        .try_collect()
+        .await
+        .unwrap();
+    listed
+        .into_iter()
+        .map(|m| m.location.to_string())
+        .filter(|p| p.ends_with(".parquet"))
+        .collect()
+}
