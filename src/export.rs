@@ -1,25 +1,27 @@
 //! Running exports: one plan per leaf query (the unit a queue runner receives), and whole-table
 //! exports that run those plans concurrently.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::AsArray;
 use datafusion::arrow::datatypes::UInt64Type;
-use datafusion::common::runtime::SpawnedTask;
-use datafusion::error::DataFusionError;
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::{collect, ExecutionPlan};
 use datafusion::prelude::{SessionConfig, SessionContext};
-use futures::StreamExt;
 use object_store::path::Path;
 
 use crate::error::{Error, Result};
 use crate::model::CompactionRules;
 use crate::plan::{ExportTarget, LeafExportExec, LeafInput, LeafMergeExec};
-use crate::query::{split_into_leaf_queries, BulkExportLeafPartitionQuery};
+use crate::query::{BulkExportLeafPartitionQuery, BulkExportQuery};
+use crate::queue::config::BulkExportConfig;
+use crate::queue::local::LocalQueue;
+use crate::queue::planner::Planner;
+use crate::queue::runner::Runner;
 use crate::storage::Location;
-use crate::table::SleeperTable;
+use crate::table::{SleeperTable, TableIndex};
 
 #[derive(Debug, Clone)]
 pub struct ExportOptions {
@@ -189,41 +191,65 @@ pub async fn run_leaf_query(
 }
 
 /// Exports every leaf of `table` under `output`, `options.parallelism` leaves at a time, calling
-/// `on_leaf` as each finishes. The first failure stops the export; leaves in flight are
-/// cancelled, which aborts their uploads.
+/// `on_leaf` as each finishes. It schedules exactly as the distributed export does (the same
+/// planner and runner, over an in-process queue), so it also writes the export's manifest and
+/// status records. Every leaf runs; the first failure, if any, is the error returned.
 pub async fn export_table(
     table: &SleeperTable,
     output: &Location,
     options: &ExportOptions,
-    mut on_leaf: impl FnMut(&LeafExportResult),
+    on_leaf: impl FnMut(&LeafExportResult),
 ) -> Result<ExportSummary> {
     let started = Instant::now();
     let export_id = options
         .export_id
         .clone()
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let queries = split_into_leaf_queries(table, &export_id);
-
-    let mut leaves = Vec::with_capacity(queries.len());
-    // Each leaf runs as its own task so that merges of different leaves use different cores.
-    let mut running = futures::stream::iter(queries.into_iter().enumerate())
-        .map(|(position, query)| {
-            let (table, output, options) = (table.clone(), output.clone(), options.clone());
-            SpawnedTask::spawn(async move {
-                let result = run_leaf_query(&table, &query, &output, &options).await;
-                result.map(|leaf| (position, leaf))
-            })
-            .join()
-        })
-        .buffer_unordered(options.parallelism.max(1));
-    while let Some(joined) = running.next().await {
-        let (position, leaf) = joined
-            .map_err(|e| Error::DataFusion(DataFusionError::ExecutionJoin(Box::new(e))))??;
-        on_leaf(&leaf);
-        leaves.push((position, leaf));
+    let tables = TableIndex::new(vec![table.clone()]);
+    // Like Sleeper's queues, a leaf whose export fails is not retried.
+    let dead_letters: Arc<LocalQueue> = Arc::default();
+    let leaf_queue = Arc::new(LocalQueue::with_dead_letters(Arc::clone(&dead_letters), 1));
+    let planner = Planner {
+        tables: tables.clone(),
+        output: output.clone(),
+    };
+    let query = BulkExportQuery {
+        table_id: Some(table.id().to_owned()),
+        table_name: None,
+        export_id: Some(export_id.clone()),
+    };
+    planner.plan(&query.to_json(), leaf_queue.as_ref()).await?;
+    let runner = Arc::new(Runner {
+        tables,
+        output: output.clone(),
+        export: options.clone(),
+        config: BulkExportConfig {
+            wait: LOCAL_QUEUE_WAIT,
+            ..BulkExportConfig::default()
+        },
+        concurrency: options.parallelism.max(1),
+        idle_exit: Some(Duration::ZERO),
+    });
+    let report = runner
+        .run_reporting(
+            leaf_queue,
+            Some(dead_letters),
+            std::future::pending(),
+            on_leaf,
+        )
+        .await?;
+    if let Some(error) = report.failed.into_iter().chain(report.rejected).next() {
+        return Err(error);
     }
-    leaves.sort_by_key(|(position, _)| *position);
-    let leaves = leaves.into_iter().map(|(_, leaf)| leaf).collect();
+    let order: HashMap<&str, usize> = table
+        .partitions
+        .leaves()
+        .into_iter()
+        .enumerate()
+        .map(|(position, leaf)| (leaf.id.as_str(), position))
+        .collect();
+    let mut leaves = report.done;
+    leaves.sort_by_key(|leaf| order.get(leaf.leaf_partition_id.as_str()).copied());
     Ok(ExportSummary {
         table_id: table.id().to_owned(),
         export_id,
@@ -231,3 +257,6 @@ pub async fn export_table(
         elapsed: started.elapsed(),
     })
 }
+
+/// How long an idle local runner waits for work before it sees it has none.
+const LOCAL_QUEUE_WAIT: Duration = Duration::from_millis(10);

@@ -25,10 +25,21 @@ fn demo_writes_one_file_per_leaf_and_export_re_exports_it() {
     let export_root = dir.path().join("export/demo0001");
     let exports: Vec<_> = std::fs::read_dir(&export_root).unwrap().collect();
     assert_eq!(exports.len(), 1);
-    let files = std::fs::read_dir(exports[0].as_ref().unwrap().path())
-        .unwrap()
-        .count();
-    assert_eq!(files, 5);
+    let export_dir = exports[0].as_ref().unwrap().path();
+    let parquet_files = |dir: &std::path::Path| {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".parquet")
+            })
+            .count()
+    };
+    assert_eq!(parquet_files(&export_dir), 5);
+    assert!(export_dir.join("manifest.json").exists());
 
     let again = sleeper_export()
         .args(["export", "--export-id", "second", "--table"])
@@ -43,12 +54,7 @@ fn demo_writes_one_file_per_leaf_and_export_re_exports_it() {
         stdout.contains("as export second: 5 leaf files, 6000 rows"),
         "{stdout}"
     );
-    assert_eq!(
-        std::fs::read_dir(export_root.join("second"))
-            .unwrap()
-            .count(),
-        5
-    );
+    assert_eq!(parquet_files(&export_root.join("second")), 5);
 }
 
 #[test]

@@ -256,6 +256,7 @@ async fn files_land_at_sleepers_paths() {
     let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.ends_with(".parquet"))
         .collect();
     let mut expected: Vec<String> = summary
         .leaves
@@ -266,6 +267,16 @@ async fn files_land_at_sleepers_paths() {
     expected.sort();
     assert_eq!(on_disk, expected);
     assert_eq!(summary.leaves.len(), random.table.partitions.leaves().len());
+    let status = sleeper_export::queue::manifest::ExportRecords::new(
+        &local(output_dir.path()),
+        "table-1",
+        "my-export",
+    )
+    .status()
+    .await
+    .unwrap();
+    assert!(status.is_complete(), "{status:?}");
+    assert_eq!(status.done.len(), summary.leaves.len());
 }
 
 /// A single-leaf table with two files, for the error tests.
@@ -301,7 +312,7 @@ fn parquet_files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
             let path = entry.unwrap().path();
             if path.is_dir() {
                 pending.push(path);
-            } else {
+            } else if path.extension().is_some_and(|e| e == "parquet") {
                 found.push(path);
             }
         }
@@ -326,6 +337,27 @@ async fn a_missing_input_file_is_named_and_leaves_no_output() {
     assert_eq!(
         parquet_files_under(output.path()),
         Vec::<std::path::PathBuf>::new()
+    );
+    let export_dir = std::fs::read_dir(output.path().join("t1"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    let export_id = export_dir.file_name().into_string().unwrap();
+    let status = sleeper_export::queue::manifest::ExportRecords::new(
+        &local(output.path()),
+        "t1",
+        &export_id,
+    )
+    .status()
+    .await
+    .unwrap();
+    assert!(!status.is_complete());
+    assert_eq!(status.failed.len(), 1);
+    assert!(
+        status.failed[0].error.contains("is missing"),
+        "{:?}",
+        status.failed
     );
 }
 

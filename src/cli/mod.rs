@@ -370,8 +370,8 @@ pub async fn run(cli: Cli) -> Result<()> {
                 "exported {} leaves ({} rows); {} failed, {} rejected",
                 report.done.len(),
                 report.done.iter().map(|l| l.rows_written).sum::<u64>(),
-                report.failed,
-                report.rejected
+                report.failed.len(),
+                report.rejected.len()
             );
         }
         Command::Status(args) => {

@@ -12,7 +12,7 @@ use super::manifest::ExportRecords;
 use super::planner::{reject, Outcome};
 use super::trust::check_leaf_query;
 use super::{Message, MessageQueue};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::export::{run_leaf_query, ExportOptions, LeafExportResult};
 use crate::query::BulkExportLeafPartitionQuery;
 use crate::storage::Location;
@@ -34,8 +34,10 @@ pub struct Runner {
 #[derive(Debug, Default)]
 pub struct RunnerReport {
     pub done: Vec<LeafExportResult>,
-    pub failed: usize,
-    pub rejected: usize,
+    /// Exports that failed; their messages are offered again (or dead-lettered by the queue).
+    pub failed: Vec<Error>,
+    /// Messages that were bad, and went to the dead-letter queue.
+    pub rejected: Vec<Error>,
 }
 
 impl Runner {
@@ -47,17 +49,29 @@ impl Runner {
         dead_letters: Option<Arc<dyn MessageQueue>>,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<RunnerReport> {
+        self.run_reporting(queue, dead_letters, shutdown, |_| {})
+            .await
+    }
+
+    /// As [`Runner::run`], calling `on_done` as each leaf finishes (for progress displays).
+    pub async fn run_reporting(
+        self: Arc<Self>,
+        queue: Arc<dyn MessageQueue>,
+        dead_letters: Option<Arc<dyn MessageQueue>>,
+        shutdown: impl std::future::Future<Output = ()>,
+        mut on_done: impl FnMut(&LeafExportResult),
+    ) -> Result<RunnerReport> {
         tokio::pin!(shutdown);
         let mut running: JoinSet<Result<Outcome<LeafExportResult>>> = JoinSet::new();
         let mut report = RunnerReport::default();
         let mut idle_since = Instant::now();
         loop {
             while let Some(finished) = running.try_join_next() {
-                record(&mut report, finished);
+                record(&mut report, finished, &mut on_done);
             }
             if running.len() >= self.concurrency {
                 tokio::select! {
-                    finished = running.join_next() => record(&mut report, finished.expect("tasks are running")),
+                    finished = running.join_next() => record(&mut report, finished.expect("tasks are running"), &mut on_done),
                     () = &mut shutdown => break,
                 }
                 continue;
@@ -92,7 +106,7 @@ impl Runner {
             }
         }
         while let Some(finished) = running.join_next().await {
-            record(&mut report, finished);
+            record(&mut report, finished, &mut on_done);
         }
         Ok(report)
     }
@@ -176,18 +190,24 @@ impl Runner {
 fn record(
     report: &mut RunnerReport,
     finished: std::result::Result<Result<Outcome<LeafExportResult>>, tokio::task::JoinError>,
+    on_done: &mut impl FnMut(&LeafExportResult),
 ) {
     match finished {
-        Ok(Ok(Outcome::Done(result))) => report.done.push(result),
-        Ok(Ok(Outcome::Rejected(_))) => report.rejected += 1,
-        Ok(Ok(Outcome::Failed(_))) => report.failed += 1,
+        Ok(Ok(Outcome::Done(result))) => {
+            on_done(&result);
+            report.done.push(result);
+        }
+        Ok(Ok(Outcome::Rejected(error))) => report.rejected.push(error),
+        Ok(Ok(Outcome::Failed(error))) => report.failed.push(error),
         Ok(Err(error)) => {
             log::error!("a leaf query could not be settled: {error}");
-            report.failed += 1;
+            report.failed.push(error);
         }
         Err(error) => {
             log::error!("a leaf query's task stopped: {error}");
-            report.failed += 1;
+            report.failed.push(Error::DataFusion(
+                datafusion::error::DataFusionError::ExecutionJoin(Box::new(error)),
+            ));
         }
     }
 }
