@@ -464,3 +464,180 @@ async fn list_parquet(
         .filter(|p| p.ends_with(".parquet"))
         .collect()
 }
+
+fn sleeper_export(args: &[&str]) -> std::process::Output {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sleeper-export"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{args:?}: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+#[tokio::test]
+async fn the_commands_submit_plan_run_and_report_an_export() {
+    let setup = setup(3).await;
+    let (queue, dead_letters) = queue_pair(&setup.client, "export", 1, 30).await;
+    let (leaf_queue, leaf_dead_letters) = queue_pair(&setup.client, "leaf", 3, 30).await;
+    let dir = tempfile::tempdir().unwrap();
+    let properties = dir.path().join("instance.properties");
+    std::fs::write(
+        &properties,
+        format!(
+            "sleeper.bulk.export.queue.url={}\nsleeper.bulk.export.queue.dlq.url={}\n\
+             sleeper.bulk.export.leaf.partition.queue.url={}\nsleeper.bulk.export.leaf.partition.queue.dlq.url={}\n\
+             sleeper.bulk.export.s3.bucket={}/exports\nsleeper.bulk.export.task.wait.time.seconds=1\n",
+            queue.url(),
+            dead_letters.url(),
+            leaf_queue.url(),
+            leaf_dead_letters.url(),
+            setup.bucket
+        ),
+    )
+    .unwrap();
+    let properties = properties.to_str().unwrap();
+    let table = format!("s3://{}/tables/demo", setup.bucket);
+    let submitted = sleeper_export(&[
+        "submit",
+        "--instance-properties",
+        properties,
+        "--table-name",
+        "demo",
+    ]);
+    let export_id = String::from_utf8(submitted.stdout)
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert!(uuid::Uuid::parse_str(&export_id).is_ok(), "{export_id}");
+
+    let planned = sleeper_export(&[
+        "plan",
+        "--instance-properties",
+        properties,
+        "--table",
+        &table,
+        "--idle-exit-seconds",
+        "1",
+    ]);
+    assert!(String::from_utf8_lossy(&planned.stdout).contains("planned 1 queries"));
+    let status = sleeper_export(&[
+        "status",
+        "--instance-properties",
+        properties,
+        "--table-id",
+        setup.table.id(),
+        "--export-id",
+        &export_id,
+    ]);
+    let status = String::from_utf8(status.stdout).unwrap();
+    assert!(
+        status.contains("3 leaves, 0 done, 3 pending, 0 failed: not complete"),
+        "{status}"
+    );
+
+    let ran = sleeper_export(&[
+        "run",
+        "--instance-properties",
+        properties,
+        "--table",
+        &table,
+        "--concurrency",
+        "2",
+        "--idle-exit-seconds",
+        "1",
+    ]);
+    let ran = String::from_utf8(ran.stdout).unwrap();
+    assert!(
+        ran.contains(&format!(
+            "exported 3 leaves ({} rows); 0 failed, 0 rejected",
+            total_rows(&setup.table)
+        )),
+        "{ran}"
+    );
+    let status = sleeper_export(&[
+        "status",
+        "--instance-properties",
+        properties,
+        "--table-id",
+        setup.table.id(),
+        "--export-id",
+        &export_id,
+    ]);
+    let status = String::from_utf8(status.stdout).unwrap();
+    assert!(
+        status.contains("3 leaves, 3 done, 0 pending, 0 failed: complete"),
+        "{status}"
+    );
+}
+
+#[tokio::test]
+async fn a_runner_stopped_with_sigterm_finishes_its_leaf_and_exits() {
+    let bucket = create_bucket("sigterm");
+    let stores = Stores::default();
+    let location = stores
+        .resolve(&format!("s3://{bucket}/tables/big"))
+        .unwrap();
+    let table = write_demo_table(location, 1, 300_000, 11).await.unwrap();
+    let client = SqsQueue::client().await;
+    let (leaf_queue, _) = queue_pair(&client, "leaf", 3, 30).await;
+    let output = stores.resolve(&format!("s3://{bucket}/exports")).unwrap();
+    let planner = Planner {
+        tables: TableIndex::new(vec![table.clone()]),
+        output: output.clone(),
+    };
+    let query = BulkExportQuery {
+        table_id: Some(table.id().into()),
+        table_name: None,
+        export_id: Some("t".into()),
+    };
+    planner.plan(&query.to_json(), &leaf_queue).await.unwrap();
+
+    let runner = std::process::Command::new(env!("CARGO_BIN_EXE_sleeper-export"))
+        .args([
+            "run",
+            "--table",
+            &format!("s3://{bucket}/tables/big"),
+            "--output",
+            &format!("s3://{bucket}/exports"),
+        ])
+        .args(["--leaf-queue-url", leaf_queue.url(), "--wait-seconds", "1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while in_flight(&client, &leaf_queue).await == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the runner never took the message"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let terminated = std::process::Command::new("kill")
+        .args(["-TERM", &runner.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(terminated.success());
+    let finished = runner.wait_with_output().unwrap();
+    assert!(
+        finished.status.success(),
+        "the runner exits cleanly on SIGTERM"
+    );
+    assert!(
+        String::from_utf8_lossy(&finished.stdout).contains("exported 1 leaves"),
+        "it finished the leaf it held"
+    );
+    assert!(ExportRecords::new(&output, table.id(), "t")
+        .status()
+        .await
+        .unwrap()
+        .is_complete());
+    assert!(
+        drain(&leaf_queue).await.is_empty(),
+        "its message was deleted"
+    );
+}
