@@ -26,25 +26,11 @@ use sleeper_export::storage::{Location, Stores};
 use sleeper_export::table::{SleeperTable, TableIndex};
 use sleeper_export::tablegen::{tree_from_split_points, write_demo_table, RowStyle, TableWriter};
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn bucket() -> String {
-    use std::io::{Read, Write};
-    let endpoint = std::env::var("AWS_ENDPOINT_URL")
-        .expect("start the local server first: eval \"$(scripts/local-aws.sh start)\"");
-    let address = endpoint
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_owned();
-    let bucket = format!("bench-{}", uuid::Uuid::new_v4().simple());
-    let mut stream = std::net::TcpStream::connect(&address).unwrap();
-    write!(stream, "PUT /{bucket} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    bucket
-}
 
 async fn sqs_queue(client: &aws_sdk_sqs::Client, name: &str) -> SqsQueue {
     let url = client
@@ -97,7 +83,7 @@ async fn planning_rate(planner: &Planner, queue: &dyn MessageQueue, export_id: &
 #[tokio::main]
 async fn main() {
     let stores = Stores::default();
-    let bucket = bucket();
+    let bucket = common::create_bucket("bench");
     let client = SqsQueue::client().await;
     let output = stores.resolve(&format!("s3://{bucket}/exports")).unwrap();
 

@@ -147,19 +147,7 @@ const CLOCK: i64 = 1_000_000_000_000;
 /// Random keys, and values that can all be aggregated, with random operations and, half the
 /// time, an age-off on `count` that keeps roughly the non-negative counts.
 fn random_aggregating_properties(rng: &mut rand::rngs::StdRng) -> TableProperties {
-    let key_types = [
-        PrimitiveType::Int,
-        PrimitiveType::Long,
-        PrimitiveType::String,
-        PrimitiveType::ByteArray,
-    ];
-    let pick = |rng: &mut rand::rngs::StdRng| key_types[rng.random_range(0..key_types.len())];
-    let row_keys = (0..rng.random_range(1..=2))
-        .map(|i| Field::primitive(format!("row{i}"), pick(rng)))
-        .collect();
-    let sort_keys = (0..rng.random_range(0..=1))
-        .map(|i| Field::primitive(format!("sort{i}"), pick(rng)))
-        .collect();
+    let (row_keys, sort_keys) = random_keys(rng);
     let values = vec![
         Field::primitive("count", PrimitiveType::Long),
         Field::primitive("small", PrimitiveType::Int),

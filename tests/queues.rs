@@ -354,17 +354,31 @@ async fn in_flight(client: &aws_sdk_sqs::Client, queue: &SqsQueue) -> usize {
         .unwrap()
 }
 
-#[tokio::test]
-async fn a_killed_runners_leaf_is_redelivered_and_exported_once() {
-    let bucket = create_bucket("killed");
+/// A table of one leaf of three files of 300,000 rows (long enough to stop a runner in the
+/// middle of its export), its export planned onto a fresh leaf queue.
+struct PlannedBigLeaf {
+    bucket: String,
+    table: SleeperTable,
+    client: aws_sdk_sqs::Client,
+    leaf_queue: SqsQueue,
+    leaf_dead_letters: SqsQueue,
+    output: sleeper_export::storage::Location,
+}
+
+async fn planned_big_leaf(
+    name: &str,
+    seed: u64,
+    visibility_seconds: u32,
+    export_id: &str,
+) -> PlannedBigLeaf {
+    let bucket = create_bucket(name);
     let stores = Stores::default();
     let location = stores
         .resolve(&format!("s3://{bucket}/tables/big"))
         .unwrap();
-    // One leaf of three files of 300,000 rows: long enough to be killed in the middle.
-    let table = write_demo_table(location, 1, 300_000, 9).await.unwrap();
+    let table = write_demo_table(location, 1, 300_000, seed).await.unwrap();
     let client = SqsQueue::client().await;
-    let (leaf_queue, leaf_dead_letters) = queue_pair(&client, "leaf", 3, 3).await;
+    let (leaf_queue, leaf_dead_letters) = queue_pair(&client, "leaf", 3, visibility_seconds).await;
     let output = stores.resolve(&format!("s3://{bucket}/exports")).unwrap();
     let planner = Planner {
         tables: TableIndex::new(vec![table.clone()]),
@@ -373,38 +387,65 @@ async fn a_killed_runners_leaf_is_redelivered_and_exported_once() {
     let query = BulkExportQuery {
         table_id: Some(table.id().into()),
         table_name: None,
-        export_id: Some("k".into()),
+        export_id: Some(export_id.into()),
     };
     planner.plan(&query.to_json(), &leaf_queue).await.unwrap();
+    PlannedBigLeaf {
+        bucket,
+        table,
+        client,
+        leaf_queue,
+        leaf_dead_letters,
+        output,
+    }
+}
 
-    let mut runner = std::process::Command::new(env!("CARGO_BIN_EXE_sleeper-export"))
+/// Starts the `run` command on the planned leaf and returns once it holds the message.
+async fn runner_holding_the_leaf(big: &PlannedBigLeaf, extra: &[&str]) -> std::process::Child {
+    let runner = std::process::Command::new(env!("CARGO_BIN_EXE_sleeper-export"))
         .args([
             "run",
             "--table",
-            &format!("s3://{bucket}/tables/big"),
+            &format!("s3://{}/tables/big", big.bucket),
             "--output",
-            &format!("s3://{bucket}/exports"),
+            &format!("s3://{}/exports", big.bucket),
         ])
         .args([
             "--leaf-queue-url",
-            leaf_queue.url(),
+            big.leaf_queue.url(),
             "--wait-seconds",
             "1",
-            "--visibility-seconds",
-            "3",
-            "--keepalive-seconds",
-            "1",
         ])
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let started = std::time::Instant::now();
-    while in_flight(&client, &leaf_queue).await == 0 {
+    while in_flight(&big.client, &big.leaf_queue).await == 0 {
         assert!(
             started.elapsed() < Duration::from_secs(30),
             "the runner never took the message"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    runner
+}
+
+#[tokio::test]
+async fn a_killed_runners_leaf_is_redelivered_and_exported_once() {
+    let big = planned_big_leaf("killed", 9, 3, "k").await;
+    let mut runner = runner_holding_the_leaf(
+        &big,
+        &["--visibility-seconds", "3", "--keepalive-seconds", "1"],
+    )
+    .await;
+    let PlannedBigLeaf {
+        table,
+        leaf_queue,
+        leaf_dead_letters,
+        output,
+        ..
+    } = big;
     tokio::time::sleep(Duration::from_millis(300)).await;
     runner.kill().unwrap();
     runner.wait().unwrap();
@@ -577,46 +618,14 @@ async fn the_commands_submit_plan_run_and_report_an_export() {
 
 #[tokio::test]
 async fn a_runner_stopped_with_sigterm_finishes_its_leaf_and_exits() {
-    let bucket = create_bucket("sigterm");
-    let stores = Stores::default();
-    let location = stores
-        .resolve(&format!("s3://{bucket}/tables/big"))
-        .unwrap();
-    let table = write_demo_table(location, 1, 300_000, 11).await.unwrap();
-    let client = SqsQueue::client().await;
-    let (leaf_queue, _) = queue_pair(&client, "leaf", 3, 30).await;
-    let output = stores.resolve(&format!("s3://{bucket}/exports")).unwrap();
-    let planner = Planner {
-        tables: TableIndex::new(vec![table.clone()]),
-        output: output.clone(),
-    };
-    let query = BulkExportQuery {
-        table_id: Some(table.id().into()),
-        table_name: None,
-        export_id: Some("t".into()),
-    };
-    planner.plan(&query.to_json(), &leaf_queue).await.unwrap();
-
-    let runner = std::process::Command::new(env!("CARGO_BIN_EXE_sleeper-export"))
-        .args([
-            "run",
-            "--table",
-            &format!("s3://{bucket}/tables/big"),
-            "--output",
-            &format!("s3://{bucket}/exports"),
-        ])
-        .args(["--leaf-queue-url", leaf_queue.url(), "--wait-seconds", "1"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = std::time::Instant::now();
-    while in_flight(&client, &leaf_queue).await == 0 {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the runner never took the message"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let big = planned_big_leaf("sigterm", 11, 30, "t").await;
+    let runner = runner_holding_the_leaf(&big, &[]).await;
+    let PlannedBigLeaf {
+        table,
+        leaf_queue,
+        output,
+        ..
+    } = big;
     let terminated = std::process::Command::new("kill")
         .args(["-TERM", &runner.id().to_string()])
         .status()

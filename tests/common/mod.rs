@@ -115,22 +115,31 @@ pub fn assert_same_rows(actual: &RecordBatch, expected: &RecordBatch, context: &
     }
 }
 
-/// A random schema: 1-2 row keys and 0-1 sort keys of any key type, and values including maps,
-/// lists and nullable columns.
-pub fn random_schema(rng: &mut impl Rng) -> Schema {
+/// 1-2 row keys and 0-1 sort keys, each of a random key type.
+pub fn random_keys(rng: &mut impl Rng) -> (Vec<Field>, Vec<Field>) {
     let key_types = [
         PrimitiveType::Int,
         PrimitiveType::Long,
         PrimitiveType::String,
         PrimitiveType::ByteArray,
     ];
-    let pick = |rng: &mut dyn rand::RngCore| key_types[rng.random_range(0..key_types.len())];
-    let row_keys = (0..rng.random_range(1..=2))
-        .map(|i| Field::primitive(format!("row{i}"), pick(rng)))
+    let row_key_count = rng.random_range(1..=2);
+    let sort_key_count = rng.random_range(0..=1);
+    let mut pick =
+        |name: String| Field::primitive(name, key_types[rng.random_range(0..key_types.len())]);
+    let row_keys = (0..row_key_count)
+        .map(|i| pick(format!("row{i}")))
         .collect();
-    let sort_keys = (0..rng.random_range(0..=1))
-        .map(|i| Field::primitive(format!("sort{i}"), pick(rng)))
+    let sort_keys = (0..sort_key_count)
+        .map(|i| pick(format!("sort{i}")))
         .collect();
+    (row_keys, sort_keys)
+}
+
+/// A random schema: 1-2 row keys and 0-1 sort keys of any key type, and values including maps,
+/// lists and nullable columns.
+pub fn random_schema(rng: &mut impl Rng) -> Schema {
+    let (row_keys, sort_keys) = random_keys(rng);
     let values = vec![
         Field::primitive("long_value", PrimitiveType::Long),
         Field::primitive("text", PrimitiveType::String).nullable(),
