@@ -566,16 +566,19 @@ async fn the_commands_submit_plan_run_and_report_an_export() {
         "1",
     ]);
     assert!(String::from_utf8_lossy(&planned.stdout).contains("planned 1 queries"));
-    let status = sleeper_export(&[
-        "status",
-        "--instance-properties",
-        properties,
-        "--table-id",
-        setup.table.id(),
-        "--export-id",
-        &export_id,
-    ]);
-    let status = String::from_utf8(status.stdout).unwrap();
+    let status_line = || {
+        let args = [
+            "status",
+            "--instance-properties",
+            properties,
+            "--table-id",
+            setup.table.id(),
+            "--export-id",
+            &export_id,
+        ];
+        String::from_utf8(sleeper_export(&args).stdout).unwrap()
+    };
+    let status = status_line();
     assert!(
         status.contains("3 leaves, 0 done, 3 pending, 0 failed: not complete"),
         "{status}"
@@ -600,16 +603,7 @@ async fn the_commands_submit_plan_run_and_report_an_export() {
         )),
         "{ran}"
     );
-    let status = sleeper_export(&[
-        "status",
-        "--instance-properties",
-        properties,
-        "--table-id",
-        setup.table.id(),
-        "--export-id",
-        &export_id,
-    ]);
-    let status = String::from_utf8(status.stdout).unwrap();
+    let status = status_line();
     assert!(
         status.contains("3 leaves, 3 done, 0 pending, 0 failed: complete"),
         "{status}"
