@@ -446,7 +446,7 @@ async fn a_killed_runners_leaf_is_redelivered_and_exported_once() {
         output,
         ..
     } = big;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
     runner.kill().unwrap();
     runner.wait().unwrap();
     let records = ExportRecords::new(&output, table.id(), "k");
