@@ -31,8 +31,8 @@ pub enum Error {
     #[error("Table could not be found with {by}: \"{value}\"")]
     TableNotFound { by: &'static str, value: String },
 
-    #[error("table property {property}: {message}")]
-    TableProperty { property: String, message: String },
+    #[error("property {property}: {message}")]
+    Property { property: String, message: String },
 
     #[error("invalid partition tree of table {table}: {message}")]
     PartitionTree { table: String, message: String },

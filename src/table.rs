@@ -92,7 +92,7 @@ impl SleeperTable {
     /// aggregations); the schema must stay the same.
     pub fn with_properties(&self, properties: TableProperties) -> Result<Self> {
         if properties.schema != self.properties.schema {
-            return Err(Error::TableProperty {
+            return Err(Error::Property {
                 property: crate::model::properties::SCHEMA.into(),
                 message: format!("table {} cannot change its schema", self.id()),
             });

@@ -100,7 +100,7 @@ impl CompactionRules {
 
 /// `name(arg, arg), name(arg)` → `[(name, [arg, arg]), (name, [arg])]`.
 fn parse_calls(text: &str, property: &str) -> Result<Vec<(String, Vec<String>)>> {
-    let bad = |message: String| Error::TableProperty {
+    let bad = |message: String| Error::Property {
         property: property.to_owned(),
         message,
     };
@@ -137,7 +137,7 @@ fn parse_calls(text: &str, property: &str) -> Result<Vec<(String, Vec<String>)>>
 }
 
 pub fn parse_filters(text: &str, schema: &Schema) -> Result<Vec<AgeOff>> {
-    let bad = |message: String| Error::TableProperty {
+    let bad = |message: String| Error::Property {
         property: FILTERS.to_owned(),
         message,
     };
@@ -180,7 +180,7 @@ pub fn parse_filters(text: &str, schema: &Schema) -> Result<Vec<AgeOff>> {
 }
 
 pub fn parse_aggregations(text: &str, schema: &Schema) -> Result<Vec<Aggregation>> {
-    let bad = |message: String| Error::TableProperty {
+    let bad = |message: String| Error::Property {
         property: AGGREGATIONS.to_owned(),
         message,
     };

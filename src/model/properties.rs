@@ -201,20 +201,20 @@ impl TableProperties {
         let required = |key: &str| {
             raw.get(key)
                 .map(str::to_owned)
-                .ok_or_else(|| Error::TableProperty {
+                .ok_or_else(|| Error::Property {
                     property: key.to_owned(),
                     message: "is required".into(),
                 })
         };
         let table_id = required(TABLE_ID)?;
-        let schema = Schema::from_json(&required(SCHEMA)?).map_err(|e| Error::TableProperty {
+        let schema = Schema::from_json(&required(SCHEMA)?).map_err(|e| Error::Property {
             property: SCHEMA.into(),
             message: format!("table {table_id}: {e}"),
         })?;
         let defaults = ParquetOptions::default();
         let number = |key: &str, default: usize| -> Result<usize> {
             raw.get(key).map_or(Ok(default), |v| {
-                v.trim().parse().map_err(|_| Error::TableProperty {
+                v.trim().parse().map_err(|_| Error::Property {
                     property: key.into(),
                     message: format!("{v:?} is not a whole number"),
                 })
@@ -225,7 +225,7 @@ impl TableProperties {
                 match v.trim().to_ascii_lowercase().as_str() {
                     "true" => Ok(true),
                     "false" => Ok(false),
-                    _ => Err(Error::TableProperty {
+                    _ => Err(Error::Property {
                         property: key.into(),
                         message: format!("{v:?} is not true or false"),
                     }),
@@ -315,7 +315,7 @@ impl TableProperties {
     /// The Parquet writer settings Sleeper would use for this table's files.
     pub fn writer_properties(&self) -> Result<WriterProperties> {
         let p = &self.parquet;
-        let bad = |property: &str, message: String| Error::TableProperty {
+        let bad = |property: &str, message: String| Error::Property {
             property: property.into(),
             message,
         };

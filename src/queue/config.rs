@@ -60,7 +60,7 @@ impl BulkExportConfig {
                 v.trim()
                     .parse()
                     .map(Duration::from_secs)
-                    .map_err(|_| Error::TableProperty {
+                    .map_err(|_| Error::Property {
                         property: key.into(),
                         message: format!("{v:?} is not a whole number of seconds"),
                     })
@@ -75,7 +75,7 @@ impl BulkExportConfig {
         };
         let wait = seconds(WAIT_SECONDS, defaults.wait)?;
         if wait > Duration::from_secs(20) {
-            return Err(Error::TableProperty {
+            return Err(Error::Property {
                 property: WAIT_SECONDS.into(),
                 message: "SQS long polls wait at most 20 seconds".into(),
             });
@@ -107,7 +107,7 @@ impl BulkExportConfig {
     }
 
     pub fn required<'a>(value: &'a Option<String>, property: &str) -> Result<&'a str> {
-        value.as_deref().ok_or_else(|| Error::TableProperty {
+        value.as_deref().ok_or_else(|| Error::Property {
             property: property.into(),
             message: "is required here: set it in instance.properties or pass it as an option"
                 .into(),
