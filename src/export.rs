@@ -58,8 +58,8 @@ pub struct LeafExportResult {
     pub rows_read: u64,
     pub rows_written: u64,
     pub bytes: u64,
-    /// SHA-256 of the file's bytes, hex.
-    pub sha256: String,
+    /// CRC32C of the file's bytes, hex.
+    pub crc32c: String,
     /// The clock that age-off filters were applied against, when the table has any.
     pub age_off_clock_millis: Option<u64>,
 }
@@ -185,7 +185,7 @@ pub async fn run_leaf_query(
         rows_read: merge_metric("rows_read").unwrap_or(0),
         rows_written: number(3),
         bytes: number(4),
-        sha256: summary.column(5).as_string::<i32>().value(0).to_owned(),
+        crc32c: summary.column(5).as_string::<i32>().value(0).to_owned(),
         age_off_clock_millis: merge_metric("age_off_clock_millis"),
     })
 }

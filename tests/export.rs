@@ -43,6 +43,12 @@ async fn check_export_matches_reference(random: &RandomTable, batch_size: usize)
             .unwrap()
             .len();
         assert_eq!(result.bytes, on_disk, "{context}: reported size");
+        let bytes = std::fs::read(result.file.strip_prefix("file://").unwrap()).unwrap();
+        assert_eq!(
+            result.crc32c,
+            format!("{:08x}", crc32c::crc32c(&bytes)),
+            "{context}: checksum"
+        );
     }
 }
 

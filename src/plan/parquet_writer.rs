@@ -23,7 +23,6 @@ use datafusion::parquet::file::writer::SerializedFileWriter;
 use object_store::buffered::BufWriter;
 use object_store::path::Path;
 use object_store::ObjectStore;
-use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 /// Row groups encoding at once: one being filled while up to this many encode keeps every core
@@ -64,14 +63,17 @@ pub struct ParallelParquetWriter {
     row_groups_started: usize,
     in_flight: VecDeque<Vec<EncodedColumns>>,
     bytes_written: u64,
-    checksum: Sha256,
+    crc32c: u32,
 }
 
-/// A finished file: its size and the SHA-256 of its bytes, for manifests a reader can verify.
+/// A finished file: its size and the CRC32C of its bytes (hex), for records a reader can verify.
+/// CRC32C rather than a cryptographic hash: it costs a few milliseconds per gigabyte with the
+/// processor's instruction (SHA-256 cost a fifth of a two-thread export), and S3 can report the
+/// same checksum for stored objects.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WrittenFile {
     pub bytes: u64,
-    pub sha256: String,
+    pub crc32c: String,
 }
 
 impl ParallelParquetWriter {
@@ -103,7 +105,7 @@ impl ParallelParquetWriter {
             row_groups_started: 0,
             in_flight: VecDeque::new(),
             bytes_written: 0,
-            checksum: Sha256::new(),
+            crc32c: 0,
         })
     }
 
@@ -175,7 +177,7 @@ impl ParallelParquetWriter {
     async fn upload_buffered(&mut self) -> Result<(), ParquetError> {
         let bytes = self.buffer.take();
         self.bytes_written += bytes.len() as u64;
-        self.checksum.update(&bytes);
+        self.crc32c = crc32c::crc32c_append(self.crc32c, &bytes);
         self.upload
             .put(bytes.into())
             .await
@@ -187,7 +189,7 @@ impl ParallelParquetWriter {
         match self.finish_file().await {
             Ok(()) => Ok(WrittenFile {
                 bytes: self.bytes_written,
-                sha256: hex::encode(self.checksum.clone().finalize()),
+                crc32c: format!("{:08x}", self.crc32c),
             }),
             Err(error) => {
                 self.abort().await;

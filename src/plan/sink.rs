@@ -64,7 +64,7 @@ pub fn summary_schema() -> SchemaRef {
         Field::new("file", DataType::Utf8, false),
         Field::new("rows", DataType::UInt64, false),
         Field::new("bytes", DataType::UInt64, false),
-        Field::new("sha256", DataType::Utf8, false),
+        Field::new("crc32c", DataType::Utf8, false),
     ]))
 }
 
@@ -252,7 +252,7 @@ impl LeafWriter {
                 Arc::new(StringArray::from(vec![self.target.url.as_str()])),
                 Arc::new(UInt64Array::from(vec![rows])),
                 Arc::new(UInt64Array::from(vec![written.bytes])),
-                Arc::new(StringArray::from(vec![written.sha256])),
+                Arc::new(StringArray::from(vec![written.crc32c])),
             ],
         )
         .map_err(|source| Error::Arrow {

@@ -1,5 +1,5 @@
 //! Export status, which Sleeper lacks (its issue #5115): the planner writes a manifest of the
-//! expected files, each runner records its leaf's completion (rows, bytes, SHA-256) or failure
+//! expected files, each runner records its leaf's completion (rows, bytes, CRC32C) or failure
 //! beside it, and anyone can tell whether an export is complete:
 //!
 //! ```text
@@ -48,7 +48,7 @@ pub struct Completion {
     pub file: String,
     pub rows: u64,
     pub bytes: u64,
-    pub sha256: String,
+    pub crc32c: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,7 +135,7 @@ impl ExportRecords {
             file: result.file.clone(),
             rows: result.rows_written,
             bytes: result.bytes,
-            sha256: result.sha256.clone(),
+            crc32c: result.crc32c.clone(),
         };
         self.put_json(
             &format!("status/{}.json", result.sub_export_id),
