@@ -118,6 +118,31 @@ impl Setup {
         }
     }
 
+    /// Plans every query on `queue` until a second passes with none.
+    async fn plan_until_idle(
+        &self,
+        queue: &SqsQueue,
+        dead_letters: &SqsQueue,
+        leaf_queue: &SqsQueue,
+    ) -> Vec<Outcome<sleeper_export::queue::planner::PlannedExport>> {
+        let (wait, visibility, idle) = (
+            Duration::from_secs(1),
+            Duration::from_secs(30),
+            Duration::from_secs(1),
+        );
+        self.planner()
+            .run(
+                queue,
+                Some(dead_letters),
+                leaf_queue,
+                wait,
+                visibility,
+                Some(idle),
+            )
+            .await
+            .unwrap()
+    }
+
     fn runner(&self, idle_seconds: u64) -> Arc<Runner> {
         Arc::new(Runner {
             tables: TableIndex::new(vec![self.table.clone()]),
@@ -160,18 +185,9 @@ async fn submitted_queries_are_planned_and_exported_by_two_runners() {
     };
     queue.send_all(vec![query.to_json()]).await.unwrap();
 
-    let planner = setup.planner();
-    let outcomes = planner
-        .run(
-            &queue,
-            Some(&dead_letters),
-            &leaf_queue,
-            Duration::from_secs(1),
-            Duration::from_secs(30),
-            Some(Duration::from_secs(1)),
-        )
-        .await
-        .unwrap();
+    let outcomes = setup
+        .plan_until_idle(&queue, &dead_letters, &leaf_queue)
+        .await;
     assert!(
         matches!(outcomes.as_slice(), [Outcome::Done(planned)] if planned.leaves == 5),
         "{outcomes:?}"
@@ -235,17 +251,8 @@ async fn bad_messages_go_to_the_dead_letter_queues_and_good_ones_still_run() {
         .await
         .unwrap();
     let outcomes = setup
-        .planner()
-        .run(
-            &queue,
-            Some(&dead_letters),
-            &leaf_queue,
-            Duration::from_secs(1),
-            Duration::from_secs(30),
-            Some(Duration::from_secs(1)),
-        )
-        .await
-        .unwrap();
+        .plan_until_idle(&queue, &dead_letters, &leaf_queue)
+        .await;
     let rejected: Vec<String> = outcomes
         .iter()
         .filter_map(|o| match o {

@@ -140,11 +140,12 @@ pub struct SubmitArgs {
     pub export_id: Option<String>,
 }
 
+/// What the planner and the runner both take: queues, the tables they serve, when to stop.
 #[derive(Debug, Args)]
-pub struct PlanArgs {
+pub struct WorkerArgs {
     #[command(flatten)]
     pub queues: QueueArgs,
-    /// The tables queries may name: directories or s3:// prefixes (repeat the option).
+    /// The tables messages may name: directories or s3:// prefixes (repeat the option).
     #[arg(
         long = "table",
         required = true,
@@ -152,30 +153,25 @@ pub struct PlanArgs {
         value_delimiter = ','
     )]
     pub tables: Vec<String>,
-    /// Exit after this many seconds without a message (default: run until stopped).
+    /// Exit after this many seconds with no message and nothing running, so that a scaler can
+    /// start tasks by queue depth (default: run until stopped).
     #[arg(long)]
     pub idle_exit_seconds: Option<u64>,
 }
 
 #[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub worker: WorkerArgs,
+}
+
+#[derive(Debug, Args)]
 pub struct RunArgs {
     #[command(flatten)]
-    pub queues: QueueArgs,
-    /// The tables leaf queries may name: directories or s3:// prefixes (repeat the option).
-    #[arg(
-        long = "table",
-        required = true,
-        env = "SLEEPER_EXPORT_TABLES",
-        value_delimiter = ','
-    )]
-    pub tables: Vec<String>,
+    pub worker: WorkerArgs,
     /// Leaf queries exported at once.
     #[arg(long, default_value_t = 1)]
     pub concurrency: usize,
-    /// Exit after this many seconds with no message and nothing running, so that a scaler can
-    /// start runners by queue depth (default: run until stopped).
-    #[arg(long)]
-    pub idle_exit_seconds: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -301,7 +297,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 .await?;
             println!("{}", query.export_id.expect("with_export_id sets it"));
         }
-        Command::Plan(args) => {
+        Command::Plan(PlanArgs { worker: args }) => {
             let config = args.queues.config(&stores).await?;
             let client = SqsQueue::client().await;
             let queue = SqsQueue::new(
@@ -341,7 +337,10 @@ pub async fn run(cli: Cli) -> Result<()> {
                     .count()
             );
         }
-        Command::Run(args) => {
+        Command::Run(RunArgs {
+            worker: args,
+            concurrency,
+        }) => {
             let config = args.queues.config(&stores).await?;
             let client = SqsQueue::client().await;
             let leaf_queue: Arc<dyn MessageQueue> = Arc::new(SqsQueue::new(
@@ -360,7 +359,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 )?)?,
                 export: ExportOptions::default(),
                 config,
-                concurrency: args.concurrency.max(1),
+                concurrency: concurrency.max(1),
                 idle_exit: args.idle_exit_seconds.map(Duration::from_secs),
             });
             let report = runner
