@@ -290,7 +290,7 @@ impl LeafMergeExec {
             inputs,
             aggregator,
             cursors: Vec::new(),
-            heap: Vec::new(),
+            losers: Vec::new(),
             slots: Vec::new(),
             indices: Vec::with_capacity(batch_size),
             read_schema: Arc::clone(&self.read_schema),
@@ -752,14 +752,17 @@ struct Cursor {
     position: usize,
 }
 
-/// The k-way merge of one leaf. A binary min-heap of input indices orders the inputs by their
-/// current row; ties go to the earlier input, so equal keys keep the order of the leaf's files.
+/// The k-way merge of one leaf. A loser tree of input indices orders the inputs by their current
+/// row (one comparison per level for each row, half a binary heap's); ties go to the earlier
+/// input, so equal keys keep the order of the leaf's files.
 struct LeafMerge {
     inputs: Vec<Input>,
     /// Collapses equal keys after the merge, when the table aggregates.
     aggregator: Option<RowAggregator>,
     cursors: Vec<Option<Cursor>>,
-    heap: Vec<usize>,
+    /// `losers[0]` is the input with the smallest current row; every other node holds the loser
+    /// of the match played there. Exhausted inputs lose every match.
+    losers: Vec<usize>,
     /// Batches that rows of the output under construction, or live cursors, point into.
     slots: Vec<RecordBatch>,
     indices: Vec<(usize, usize)>,
@@ -770,12 +773,25 @@ struct LeafMerge {
 
 impl LeafMerge {
     async fn start(&mut self) -> Result<()> {
-        self.cursors = (0..self.inputs.len()).map(|_| None).collect();
-        for input in 0..self.inputs.len() {
-            if self.advance(input).await? {
-                self.heap.push(input);
-                self.sift_up(self.heap.len() - 1);
+        let inputs = self.inputs.len();
+        self.cursors = (0..inputs).map(|_| None).collect();
+        for input in 0..inputs {
+            self.advance(input).await?;
+        }
+        const EMPTY: usize = usize::MAX;
+        self.losers = vec![EMPTY; inputs.max(1)];
+        for input in 0..inputs {
+            let mut winner = input;
+            let mut node = (input + inputs) / 2;
+            while node != 0 && self.losers[node] != EMPTY {
+                let challenger = self.losers[node];
+                if self.loses_to(winner, challenger) {
+                    self.losers[node] = winner;
+                    winner = challenger;
+                }
+                node /= 2;
             }
+            self.losers[node] = winner;
         }
         Ok(())
     }
@@ -800,46 +816,34 @@ impl LeafMerge {
         }
     }
 
-    fn less(&self, a: usize, b: usize) -> bool {
-        let (ca, cb) = (self.cursors[a].as_ref(), self.cursors[b].as_ref());
-        let (ca, cb) = (
-            ca.expect("heap inputs have cursors"),
-            cb.expect("heap inputs have cursors"),
-        );
-        match ca.keys.compare(ca.position, &cb.keys, cb.position) {
-            Ordering::Less => true,
-            Ordering::Equal => a < b,
-            Ordering::Greater => false,
+    /// Whether input `a`'s current row comes after input `b`'s (an exhausted input comes after
+    /// everything).
+    fn loses_to(&self, a: usize, b: usize) -> bool {
+        match (&self.cursors[a], &self.cursors[b]) {
+            (None, None) => a > b,
+            (None, Some(_)) => true,
+            (Some(_), None) => false,
+            (Some(ca), Some(cb)) => match ca.keys.compare(ca.position, &cb.keys, cb.position) {
+                Ordering::Greater => true,
+                Ordering::Equal => a > b,
+                Ordering::Less => false,
+            },
         }
     }
 
-    fn sift_up(&mut self, mut i: usize) {
-        while i > 0 {
-            let parent = (i - 1) / 2;
-            if !self.less(self.heap[i], self.heap[parent]) {
-                break;
+    /// Replays the matches on the path of the last winner, whose current row has changed.
+    fn replay(&mut self) {
+        let mut winner = self.losers[0];
+        let mut node = (winner + self.inputs.len()) / 2;
+        while node != 0 {
+            let challenger = self.losers[node];
+            if self.loses_to(winner, challenger) {
+                self.losers[node] = winner;
+                winner = challenger;
             }
-            self.heap.swap(i, parent);
-            i = parent;
+            node /= 2;
         }
-    }
-
-    fn sift_down(&mut self, mut i: usize) {
-        loop {
-            let (left, right) = (2 * i + 1, 2 * i + 2);
-            let mut smallest = i;
-            if left < self.heap.len() && self.less(self.heap[left], self.heap[smallest]) {
-                smallest = left;
-            }
-            if right < self.heap.len() && self.less(self.heap[right], self.heap[smallest]) {
-                smallest = right;
-            }
-            if smallest == i {
-                return;
-            }
-            self.heap.swap(i, smallest);
-            i = smallest;
-        }
+        self.losers[0] = winner;
     }
 
     /// The next output batch: merged, aggregated when the table aggregates, projected.
@@ -872,21 +876,21 @@ impl LeafMerge {
 
     /// The next batch of merged rows, with every column read.
     async fn next_merged(&mut self) -> Result<Option<RecordBatch>> {
-        while let Some(&top) = self.heap.first() {
-            let cursor = self.cursors[top]
-                .as_mut()
-                .expect("heap inputs have cursors");
+        while let Some(winner) = self
+            .losers
+            .first()
+            .copied()
+            .filter(|&w| w < self.cursors.len())
+        {
+            let Some(cursor) = self.cursors[winner].as_mut() else {
+                break;
+            };
             self.indices.push((cursor.slot, cursor.position));
             cursor.position += 1;
-            if cursor.position == cursor.keys.len() && !self.advance(top).await? {
-                let last = self.heap.pop().expect("heap is not empty");
-                if !self.heap.is_empty() {
-                    self.heap[0] = last;
-                }
+            if cursor.position == cursor.keys.len() {
+                self.advance(winner).await?;
             }
-            if !self.heap.is_empty() {
-                self.sift_down(0);
-            }
+            self.replay();
             if self.indices.len() == self.batch_size {
                 return self.emit().map(Some);
             }
