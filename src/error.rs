@@ -104,6 +104,18 @@ impl Error {
         }
     }
 
+    /// Errors that retrying the same message cannot fix: the message goes to the dead-letter queue.
+    pub fn is_bad_message(&self) -> bool {
+        matches!(
+            self,
+            Error::Json { .. }
+                | Error::QueryValidation { .. }
+                | Error::TableNotFound { .. }
+                | Error::Region(_)
+                | Error::Untrusted(_)
+        )
+    }
+
     pub fn object_store(path: impl std::fmt::Display, source: object_store::Error) -> Self {
         Error::ObjectStore {
             path: path.to_string(),

@@ -28,20 +28,6 @@ pub enum Outcome<T> {
     Failed(Error),
 }
 
-impl Error {
-    /// Errors that retrying the same message cannot fix.
-    pub fn is_bad_message(&self) -> bool {
-        matches!(
-            self,
-            Error::Json { .. }
-                | Error::QueryValidation { .. }
-                | Error::TableNotFound { .. }
-                | Error::Region(_)
-                | Error::Untrusted(_)
-        )
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct Planner {
     pub tables: TableIndex,
