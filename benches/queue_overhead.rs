@@ -70,11 +70,7 @@ async fn thousand_leaf_table(location: Location) -> SleeperTable {
 }
 
 async fn planning_rate(planner: &Planner, queue: &dyn MessageQueue, export_id: &str) -> f64 {
-    let query = BulkExportQuery {
-        table_id: Some("wide".into()),
-        table_name: None,
-        export_id: Some(export_id.into()),
-    };
+    let query = BulkExportQuery::of_table("wide", export_id);
     let started = Instant::now();
     let planned = planner.plan(&query.to_json(), queue).await.unwrap();
     planned.leaves as f64 / started.elapsed().as_secs_f64()
@@ -129,11 +125,7 @@ async fn main() {
         tables: TableIndex::new(vec![table.clone()]),
         output: output.clone(),
     };
-    let query = BulkExportQuery {
-        table_id: Some(table.id().into()),
-        table_name: None,
-        export_id: Some("queued".into()),
-    };
+    let query = BulkExportQuery::of_table(table.id(), "queued");
     planner.plan(&query.to_json(), &leaf_queue).await.unwrap();
     let runner = Arc::new(Runner {
         tables: TableIndex::new(vec![table]),

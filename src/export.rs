@@ -213,11 +213,7 @@ pub async fn export_table(
         tables: tables.clone(),
         output: output.clone(),
     };
-    let query = BulkExportQuery {
-        table_id: Some(table.id().to_owned()),
-        table_name: None,
-        export_id: Some(export_id.clone()),
-    };
+    let query = BulkExportQuery::of_table(table.id(), export_id.clone());
     planner.plan(&query.to_json(), leaf_queue.as_ref()).await?;
     let runner = Arc::new(Runner {
         tables,

@@ -5,10 +5,11 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
+use futures::TryStreamExt;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::ObjectStore;
+use object_store::{ObjectMeta, ObjectStore};
 use url::Url;
 
 use crate::error::{Error, Result};
@@ -48,6 +49,15 @@ impl Location {
             scheme => format!("{scheme}://{}/", self.url.host_str().unwrap_or_default()),
         };
         format!("{scheme_and_root}{path}")
+    }
+
+    /// Every object under `prefix`; an error names the prefix's URL.
+    pub async fn list(&self, prefix: &Path) -> Result<Vec<ObjectMeta>> {
+        self.store
+            .list(Some(prefix))
+            .try_collect()
+            .await
+            .map_err(|e| Error::object_store(self.url_of(prefix), e))
     }
 
     pub fn sub_location(&self, relative: &str) -> Location {

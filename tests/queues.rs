@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use aws_sdk_sqs::types::QueueAttributeName;
 use common::*;
-use futures::TryStreamExt;
 use sleeper_export::export::ExportOptions;
 use sleeper_export::query::BulkExportQuery;
 use sleeper_export::queue::config::BulkExportConfig;
@@ -236,11 +235,7 @@ async fn bad_messages_go_to_the_dead_letter_queues_and_good_ones_still_run() {
     let setup = setup(2).await;
     let (queue, dead_letters) = queue_pair(&setup.client, "export", 1, 30).await;
     let (leaf_queue, leaf_dead_letters) = queue_pair(&setup.client, "leaf", 3, 30).await;
-    let good = BulkExportQuery {
-        table_id: Some(setup.table.id().into()),
-        table_name: None,
-        export_id: Some("good".into()),
-    };
+    let good = BulkExportQuery::of_table(setup.table.id(), "good");
     let unknown = r#"{"tableName":"no-such-table","exportId":"x"}"#;
     queue
         .send_all(vec![
@@ -317,11 +312,7 @@ async fn a_duplicate_delivery_leaves_one_file() {
     let setup = setup(1).await;
     let (leaf_queue, leaf_dead_letters) = queue_pair(&setup.client, "leaf", 3, 30).await;
     let planner = setup.planner();
-    let query = BulkExportQuery {
-        table_id: Some(setup.table.id().into()),
-        table_name: None,
-        export_id: Some("dup".into()),
-    };
+    let query = BulkExportQuery::of_table(setup.table.id(), "dup");
     let planned = planner.plan(&query.to_json(), &leaf_queue).await.unwrap();
     assert_eq!(planned.leaves, 1);
     let body = drain(&leaf_queue).await.remove(0);
@@ -391,11 +382,7 @@ async fn planned_big_leaf(
         tables: TableIndex::new(vec![table.clone()]),
         output: output.clone(),
     };
-    let query = BulkExportQuery {
-        table_id: Some(table.id().into()),
-        table_name: None,
-        export_id: Some(export_id.into()),
-    };
+    let query = BulkExportQuery::of_table(table.id(), export_id);
     planner.plan(&query.to_json(), &leaf_queue).await.unwrap();
     PlannedBigLeaf {
         bucket,
@@ -500,12 +487,7 @@ async fn list_parquet(
     export_id: &str,
 ) -> Vec<String> {
     let prefix = output.child(&format!("{table_id}/{export_id}"));
-    let listed: Vec<_> = output
-        .store
-        .list(Some(&prefix))
-        .try_collect()
-        .await
-        .unwrap();
+    let listed = output.list(&prefix).await.unwrap();
     listed
         .into_iter()
         .map(|m| m.location.to_string())

@@ -3,7 +3,6 @@
 mod common;
 
 use common::*;
-use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
 use sleeper_export::export::{export_table, run_leaf_query, ExportOptions};
 use sleeper_export::storage::Stores;
@@ -24,12 +23,7 @@ async fn read_s3_parquet(stores: &Stores, url: &str) -> datafusion::arrow::array
 
 async fn objects_under(stores: &Stores, url: &str) -> Vec<String> {
     let location = stores.resolve(url).unwrap();
-    let listed: Vec<_> = location
-        .store
-        .list(Some(&location.prefix))
-        .try_collect()
-        .await
-        .unwrap();
+    let listed = location.list(&location.prefix).await.unwrap();
     listed
         .into_iter()
         .map(|meta| meta.location.to_string())

@@ -26,6 +26,15 @@ pub enum TableSelector<'a> {
 }
 
 impl BulkExportQuery {
+    /// A query for the table with this id, under this export id.
+    pub fn of_table(table_id: impl Into<String>, export_id: impl Into<String>) -> Self {
+        BulkExportQuery {
+            table_id: Some(table_id.into()),
+            table_name: None,
+            export_id: Some(export_id.into()),
+        }
+    }
+
     pub fn from_json(json: &str) -> Result<Self> {
         let query: BulkExportQuery = serde_json::from_str(json).map_err(|source| Error::Json {
             what: "bulk export query",

@@ -13,7 +13,6 @@
 
 use std::collections::HashMap;
 
-use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
@@ -178,13 +177,7 @@ impl ExportRecords {
                 ),
             })?;
         let status_dir = self.path("status");
-        let listed: Vec<_> = self
-            .root
-            .store
-            .list(Some(&status_dir))
-            .try_collect()
-            .await
-            .map_err(|e| Error::object_store(self.root.url_of(&status_dir), e))?;
+        let listed = self.root.list(&status_dir).await?;
         let mut completions = HashMap::new();
         let mut failures = HashMap::new();
         for meta in listed {

@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::export::{run_leaf_query, ExportOptions, LeafExportResult};
 use crate::query::BulkExportLeafPartitionQuery;
 use crate::storage::Location;
-use crate::table::TableIndex;
+use crate::table::{SleeperTable, TableIndex};
 
 #[derive(Debug, Clone)]
 pub struct Runner {
@@ -111,13 +111,14 @@ impl Runner {
         Ok(report)
     }
 
-    fn decode(&self, body: &str) -> Result<BulkExportLeafPartitionQuery> {
+    /// The leaf query of a message, checked, and the table it names.
+    fn decode(&self, body: &str) -> Result<(BulkExportLeafPartitionQuery, &SleeperTable)> {
         let table_id = BulkExportLeafPartitionQuery::table_id_of(body)?;
         let table = self.tables.by_id(&table_id)?;
         let query =
             BulkExportLeafPartitionQuery::from_json(body, |_| Ok(table.properties.schema.clone()))?;
         check_leaf_query(&query, table)?;
-        Ok(query)
+        Ok((query, table))
     }
 
     /// Runs one leaf query and settles its message.
@@ -127,14 +128,13 @@ impl Runner {
         queue: &dyn MessageQueue,
         dead_letters: Option<&dyn MessageQueue>,
     ) -> Result<Outcome<LeafExportResult>> {
-        let query = match self.decode(&message.body) {
-            Ok(query) => query,
+        let (query, table) = match self.decode(&message.body) {
+            Ok(decoded) => decoded,
             Err(error) => {
                 reject(message, &error, queue, dead_letters).await?;
                 return Ok(Outcome::Rejected(error));
             }
         };
-        let table = self.tables.by_id(&query.table_id)?;
         let records = ExportRecords::new(&self.output, &query.table_id, &query.export_id);
         let exported = {
             let export = run_leaf_query(table, &query, &self.output, &self.export);

@@ -3,7 +3,6 @@
 pub mod snapshot;
 
 use async_trait::async_trait;
-use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 
@@ -49,13 +48,7 @@ impl SnapshotStateStore {
     async fn latest(&self, kind: &str) -> Result<Path> {
         let dir = self.table.child(SNAPSHOTS_DIR);
         let suffix = format!("-{kind}.arrow");
-        let listed: Vec<_> = self
-            .table
-            .store
-            .list(Some(&dir))
-            .try_collect()
-            .await
-            .map_err(|e| Error::object_store(self.table.url_of(&dir), e))?;
+        let listed = self.table.list(&dir).await?;
         listed
             .into_iter()
             .filter_map(|meta| {
