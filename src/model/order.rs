@@ -78,7 +78,13 @@ pub fn sleeper_ordered_array(key_type: PrimitiveType, array: &ArrayRef) -> Array
                 .as_any()
                 .downcast_ref::<datafusion::arrow::array::StringArray>()
                 .expect("Utf8");
-            rewrite_bytes_array(strings, rewrite_string_byte, |b| b >= 0xEE)
+            // A fold over every byte vectorises; a search that stops at the first hit does not,
+            // and there is almost never a hit.
+            let needs_rewrite = |used: &[u8]| {
+                used.iter()
+                    .fold(false, |found, &b| found | (b & 0xFE == 0xEE))
+            };
+            rewrite_bytes_array(strings, rewrite_string_byte, needs_rewrite)
         }
         (PrimitiveType::ByteArray, DataType::Binary) => {
             let bytes = array
@@ -96,13 +102,13 @@ pub fn sleeper_ordered_array(key_type: PrimitiveType, array: &ArrayRef) -> Array
 fn rewrite_bytes_array<T: ByteArrayType<Offset = i32>>(
     array: &GenericByteArray<T>,
     rewrite: fn(u8) -> u8,
-    needs_rewrite: fn(u8) -> bool,
+    needs_rewrite: impl Fn(&[u8]) -> bool,
 ) -> ArrayRef {
     let offsets = array.value_offsets();
     let start = offsets[0] as usize;
     let end = offsets[offsets.len() - 1] as usize;
     let used = &array.value_data()[start..end];
-    let values = if used.iter().any(|&b| needs_rewrite(b)) {
+    let values = if needs_rewrite(used) {
         let mut rewritten = array.value_data().to_vec();
         rewritten[start..end]
             .iter_mut()

@@ -290,6 +290,7 @@ impl LeafMergeExec {
             inputs,
             aggregator,
             cursors: Vec::new(),
+            heads: Vec::new(),
             losers: Vec::new(),
             slots: Vec::new(),
             indices: Vec::with_capacity(batch_size),
@@ -760,6 +761,9 @@ struct LeafMerge {
     /// Collapses equal keys after the merge, when the table aggregates.
     aggregator: Option<RowAggregator>,
     cursors: Vec<Option<Cursor>>,
+    /// The key prefix of each input's current row (`u64::MAX` once exhausted), in one flat array
+    /// so that most matches are settled without following the cursors' pointers.
+    heads: Vec<u64>,
     /// `losers[0]` is the input with the smallest current row; every other node holds the loser
     /// of the match played there. Exhausted inputs lose every match.
     losers: Vec<usize>,
@@ -775,6 +779,7 @@ impl LeafMerge {
     async fn start(&mut self) -> Result<()> {
         let inputs = self.inputs.len();
         self.cursors = (0..inputs).map(|_| None).collect();
+        self.heads = vec![u64::MAX; inputs];
         for input in 0..inputs {
             self.advance(input).await?;
         }
@@ -802,6 +807,7 @@ impl LeafMerge {
             Some(batch) => {
                 let KeyedBatch { batch, keys } = batch?;
                 self.slots.push(batch);
+                self.heads[input] = keys.prefixes[0];
                 self.cursors[input] = Some(Cursor {
                     keys,
                     slot: self.slots.len() - 1,
@@ -811,6 +817,7 @@ impl LeafMerge {
             }
             None => {
                 self.cursors[input] = None;
+                self.heads[input] = u64::MAX;
                 Ok(false)
             }
         }
@@ -819,6 +826,10 @@ impl LeafMerge {
     /// Whether input `a`'s current row comes after input `b`'s (an exhausted input comes after
     /// everything).
     fn loses_to(&self, a: usize, b: usize) -> bool {
+        let (head_a, head_b) = (self.heads[a], self.heads[b]);
+        if head_a != head_b {
+            return head_a > head_b;
+        }
         match (&self.cursors[a], &self.cursors[b]) {
             (None, None) => a > b,
             (None, Some(_)) => true,
@@ -889,6 +900,8 @@ impl LeafMerge {
             cursor.position += 1;
             if cursor.position == cursor.keys.len() {
                 self.advance(winner).await?;
+            } else {
+                self.heads[winner] = cursor.keys.prefixes[cursor.position];
             }
             self.replay();
             if self.indices.len() == self.batch_size {

@@ -33,8 +33,12 @@ const ROW_GROUPS_IN_FLIGHT: usize = 2;
 struct SharedBuffer(Arc<Mutex<Vec<u8>>>);
 
 impl SharedBuffer {
+    /// The bytes written so far; the buffer starts again at the same capacity, since the next
+    /// row group is about as large and growing to it would copy it several times.
     fn take(&self) -> Vec<u8> {
-        std::mem::take(&mut *self.0.lock().expect("buffer lock"))
+        let mut buffer = self.0.lock().expect("buffer lock");
+        let capacity = buffer.capacity();
+        std::mem::replace(&mut *buffer, Vec::with_capacity(capacity))
     }
 }
 
