@@ -10,6 +10,7 @@ pub mod export;
 pub mod plan;
 pub mod query;
 pub mod queue;
+pub mod sql;
 pub mod statestore;
 pub mod storage;
 pub mod table;

@@ -129,3 +129,65 @@ fn raw_exports_skip_the_tables_aggregation() {
     let raw = export(&["--raw"]);
     assert!(raw.contains("1 leaf files, 1000 rows"), "{raw}");
 }
+
+#[test]
+fn sql_prints_query_results_and_export_summaries() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = dir.path().join("table");
+    let generate = sleeper_export()
+        .args([
+            "generate",
+            "--leaves",
+            "3",
+            "--rows-per-file",
+            "100",
+            "--table",
+        ])
+        .arg(&table)
+        .output()
+        .unwrap();
+    assert!(generate.status.success());
+    let script = dir.path().join("script.sql");
+    std::fs::write(
+        &script,
+        format!(
+            "CREATE EXTERNAL TABLE t STORED AS SLEEPER LOCATION '{}';\n\
+             SELECT count(*) AS total FROM t;\n\
+             COPY t TO '{}' OPTIONS ('sleeper.export_id' 'by-sql');",
+            table.display(),
+            dir.path().join("out").display()
+        ),
+    )
+    .unwrap();
+    let run = sleeper_export()
+        .arg("sql")
+        .arg("--file")
+        .arg(&script)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    // 3 leaves × 2 files, one root file and one split file, each of 100 rows.
+    assert!(
+        stdout.contains("| total |") && stdout.contains("| 800   |"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("Exported 3 leaf files, 800 rows"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("/out/demo0001/by-sql"), "{stdout}");
+
+    let bad = sleeper_export()
+        .args(["sql", "--table"])
+        .arg(format!("t={}", table.display()))
+        .arg("SELECT nope FROM t")
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("nope"));
+}

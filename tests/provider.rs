@@ -15,7 +15,7 @@ async fn the_scan_has_one_partition_per_leaf_and_sql_sees_every_row_once() {
     let table = long_key_table(local(dir.path()), 100_000, 2000).await;
     let provider = SleeperTableProvider::new(table.clone());
     let plan: Arc<dyn datafusion::physical_plan::ExecutionPlan> =
-        Arc::new(provider.merge_plan(None).unwrap());
+        Arc::new(provider.merge_plan(None, None).unwrap());
     assert_eq!(plan.output_partitioning().partition_count(), 4);
 
     let ctx = SessionContext::new();

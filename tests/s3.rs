@@ -141,3 +141,58 @@ async fn a_missing_input_on_s3_fails_the_export_and_leaves_no_object() {
         .collect();
     assert_eq!(parquet, Vec::<String>::new());
 }
+
+/// SQL reaches S3 with the crate's settings: a Sleeper table created over an `s3://` location,
+/// a `COPY` export to S3, and DataFusion's own Parquet reader over the exported files.
+#[tokio::test]
+async fn sql_creates_copies_and_reads_tables_on_s3() {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::Int64Type;
+    use datafusion::prelude::SessionConfig;
+    use sleeper_export::sql::{sleeper_session, SleeperSessionExt};
+
+    let bucket = create_bucket("sql");
+    let stores = Stores::default();
+    let table = random_table_at(
+        stores.resolve(&format!("s3://{bucket}/tables/t")).unwrap(),
+        77,
+    )
+    .await;
+    let ctx = sleeper_session(stores.clone(), SessionConfig::new()).unwrap();
+    let count = |sql: String| {
+        let ctx = ctx.clone();
+        async move {
+            let batches = ctx
+                .sleeper_sql(&sql)
+                .await
+                .unwrap()
+                .collect()
+                .await
+                .unwrap();
+            batches[0].column(0).as_primitive::<Int64Type>().value(0)
+        }
+    };
+    for statement in [
+        format!("CREATE EXTERNAL TABLE t STORED AS SLEEPER LOCATION 's3://{bucket}/tables/t'"),
+        format!("COPY t TO 's3://{bucket}/out' OPTIONS ('sleeper.export_id' 'sql')"),
+        format!(
+            "CREATE EXTERNAL TABLE exported STORED AS PARQUET LOCATION 's3://{bucket}/out/{}/sql/'",
+            table.id()
+        ),
+    ] {
+        ctx.sleeper_sql(&statement)
+            .await
+            .unwrap_or_else(|e| panic!("{statement}: {e}"))
+            .collect()
+            .await
+            .unwrap_or_else(|e| panic!("{statement}: {e}"));
+    }
+    let files = objects_under(&stores, &format!("s3://{bucket}/out/{}/sql", table.id())).await;
+    assert_eq!(files.len(), table.partitions.leaves().len());
+    let in_table = count("SELECT count(*) FROM t".into()).await;
+    assert!(in_table > 0);
+    assert_eq!(
+        count("SELECT count(*) FROM exported".into()).await,
+        in_table
+    );
+}

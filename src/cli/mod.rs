@@ -9,8 +9,14 @@ use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 use std::sync::Arc;
 use std::time::Duration;
 
+use datafusion::arrow::array::{AsArray, RecordBatch};
+use datafusion::arrow::datatypes::UInt64Type;
+use datafusion::arrow::util::pretty::pretty_format_batches;
+use datafusion::prelude::SessionConfig;
+
 use crate::error::Result;
 use crate::export::{export_table, ExportOptions, ExportSummary};
+use crate::plan::sink::summary_schema;
 use crate::query::BulkExportQuery;
 use crate::queue::config::{self as queue_config, BulkExportConfig};
 use crate::queue::manifest::ExportRecords;
@@ -18,6 +24,7 @@ use crate::queue::planner::{Outcome, Planner};
 use crate::queue::runner::Runner;
 use crate::queue::sqs::SqsQueue;
 use crate::queue::MessageQueue;
+use crate::sql::{sleeper_session, SleeperSessionExt};
 use crate::storage::Stores;
 use crate::table::SleeperTable;
 use crate::table::TableIndex;
@@ -50,6 +57,8 @@ pub enum Command {
     Run(RunArgs),
     /// Which leaves of an export are done, pending or failed, and whether it is complete.
     Status(StatusArgs),
+    /// Run SQL over Sleeper tables: queries print a table, `COPY t TO '<dir>'` exports.
+    Sql(SqlArgs),
 }
 
 /// Where the queues and the export bucket are: Sleeper's instance properties, overridden by options.
@@ -201,6 +210,20 @@ pub struct ExportArgs {
     /// Export the stored rows as they are, without the table's filters and aggregations.
     #[arg(long)]
     pub raw: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SqlArgs {
+    /// Statements to run, separated by `;`.
+    #[arg(required_unless_present = "file")]
+    pub statements: Option<String>,
+    /// Run the statements in this file instead.
+    #[arg(long, conflicts_with = "statements")]
+    pub file: Option<PathBuf>,
+    /// Register a Sleeper table first, as NAME=LOCATION (a directory or s3://…); repeatable.
+    /// `CREATE EXTERNAL TABLE name STORED AS SLEEPER LOCATION '…'` does the same in SQL.
+    #[arg(long = "table", value_name = "NAME=LOCATION")]
+    pub tables: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -373,6 +396,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 report.rejected.len()
             );
         }
+        Command::Sql(args) => run_sql(args, stores).await?,
         Command::Status(args) => {
             let config = args.queues.config(&stores).await?;
             let output = stores.resolve(BulkExportConfig::required(
@@ -406,6 +430,72 @@ pub async fn run(cli: Cli) -> Result<()> {
                 println!("  problem: {problem}");
             }
         }
+    }
+    Ok(())
+}
+
+async fn run_sql(args: SqlArgs, stores: Stores) -> Result<()> {
+    let script = match (&args.statements, &args.file) {
+        (_, Some(file)) => std::fs::read_to_string(file).map_err(|e| crate::Error::Location {
+            location: file.display().to_string(),
+            message: format!("cannot read the SQL file: {e}"),
+        })?,
+        (Some(statements), None) => statements.clone(),
+        (None, None) => unreachable!("clap requires statements or --file"),
+    };
+    let ctx = sleeper_session(stores, SessionConfig::new())?;
+    for table in &args.tables {
+        let (name, location) = table
+            .split_once('=')
+            .ok_or_else(|| crate::Error::Location {
+                location: table.clone(),
+                message: "--table takes NAME=LOCATION".into(),
+            })?;
+        ctx.register_sleeper_table(name, location).await?;
+    }
+    for statement in ctx.sleeper_statements(&script)? {
+        let batches = ctx
+            .run_statement(statement)
+            .await?
+            .collect()
+            .await
+            .map_err(crate::Error::DataFusion)?;
+        print_sql_result(&batches)?;
+    }
+    Ok(())
+}
+
+/// A query's rows as a table; an export's as a summary of what it wrote.
+fn print_sql_result(batches: &[RecordBatch]) -> Result<()> {
+    let Some(first) = batches.first() else {
+        return Ok(());
+    };
+    if first.schema() == summary_schema() {
+        let column = |batch: &RecordBatch, index: usize| {
+            batch
+                .column(index)
+                .as_primitive::<UInt64Type>()
+                .iter()
+                .flatten()
+                .sum::<u64>()
+        };
+        let leaves: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        let rows: u64 = batches.iter().map(|b| column(b, 3)).sum();
+        let bytes: u64 = batches.iter().map(|b| column(b, 4)).sum();
+        let directory = (leaves > 0)
+            .then(|| first.column(2).as_string::<i32>().value(0))
+            .and_then(|file| file.rsplit_once('/'))
+            .map_or("", |(directory, _)| directory);
+        println!(
+            "Exported {leaves} leaf files, {rows} rows, {} to {directory}",
+            HumanBytes(bytes)
+        );
+    } else if first.num_columns() > 0 {
+        let table = pretty_format_batches(batches).map_err(|source| crate::Error::Arrow {
+            context: "formatting query results".into(),
+            source,
+        })?;
+        println!("{table}");
     }
     Ok(())
 }

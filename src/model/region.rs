@@ -220,6 +220,32 @@ impl Range {
         high_reaches_min && self.below_max(low)
     }
 
+    /// The values in both ranges; `None` when there are none.
+    pub fn intersect(&self, other: &Range) -> Option<Range> {
+        let (min, min_inclusive) = match self.min.cmp(&other.min) {
+            Ordering::Greater => (&self.min, self.min_inclusive),
+            Ordering::Less => (&other.min, other.min_inclusive),
+            Ordering::Equal => (&self.min, self.min_inclusive && other.min_inclusive),
+        };
+        let (max, max_inclusive) = match (&self.max, &other.max) {
+            (None, None) => (None, false),
+            (Some(max), None) => (Some(max), self.max_inclusive),
+            (None, Some(max)) => (Some(max), other.max_inclusive),
+            (Some(a), Some(b)) => match a.cmp(b) {
+                Ordering::Less => (Some(a), self.max_inclusive),
+                Ordering::Greater => (Some(b), other.max_inclusive),
+                Ordering::Equal => (Some(a), self.max_inclusive && other.max_inclusive),
+            },
+        };
+        let range = Range {
+            min: min.clone(),
+            min_inclusive,
+            max: max.cloned(),
+            max_inclusive,
+        };
+        (!range.is_empty()).then_some(range)
+    }
+
     /// Whether the range admits no value at all (min above max, or an empty half-open range).
     pub fn is_empty(&self) -> bool {
         match &self.max {
@@ -259,6 +285,17 @@ impl Region {
                 .map(Range::everything)
                 .collect(),
         }
+    }
+
+    /// The rows in both regions; `None` when there are none.
+    pub fn intersect(&self, other: &Region) -> Option<Region> {
+        let ranges = self
+            .ranges
+            .iter()
+            .zip(&other.ranges)
+            .map(|(a, b)| a.intersect(b))
+            .collect::<Option<Vec<Range>>>()?;
+        Some(Region { ranges })
     }
 
     pub fn contains(&self, row_key: &[KeyValue]) -> bool {
@@ -361,6 +398,34 @@ mod tests {
             vec![],
         )
         .unwrap()
+    }
+
+    #[test]
+    fn intersections_keep_the_tighter_bound_and_its_inclusiveness() {
+        let long = KeyValue::Long;
+        let partition = Range::partition(long(10), Some(long(20)));
+        let at_most_15 = Range {
+            min: long(i64::MIN),
+            min_inclusive: true,
+            max: Some(long(15)),
+            max_inclusive: true,
+        };
+        let from_20 = Range::partition(long(20), None);
+        let above_10 = Range {
+            min: long(10),
+            min_inclusive: false,
+            max: None,
+            max_inclusive: false,
+        };
+        let both = partition.intersect(&at_most_15).unwrap();
+        assert_eq!((both.min, both.max), (long(10), Some(long(15))));
+        assert!(both.min_inclusive && both.max_inclusive);
+        assert_eq!(partition.intersect(&from_20), None);
+        assert!(!partition.intersect(&above_10).unwrap().min_inclusive);
+        assert_eq!(
+            Range::everything(PrimitiveType::Long).intersect(&partition),
+            Some(partition)
+        );
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The exact region filter: a file referenced by several partitions holds rows of all of them,
 //! so every row is checked against the leaf's region, in Sleeper's key order.
 
+use std::cmp::Ordering;
+
 use datafusion::arrow::array::{
     ArrayRef, BinaryArray, BooleanArray, Datum, Int32Array, Int64Array, Scalar,
 };
@@ -132,9 +134,12 @@ impl RegionFilter {
 /// Row-key columns must be the first columns of the batches it sees, in schema order.
 pub struct RowFilter {
     partition: RegionFilter,
-    /// Empty when the query regions add nothing to the partition region (Sleeper's exports).
-    query_regions: Vec<RegionFilter>,
-    first_dimension: Option<DimensionFilter>,
+    /// `None` when the query regions add nothing to the partition region (Sleeper's exports).
+    query_regions: Option<Vec<RegionFilter>>,
+    /// The ranges of the first row key that kept rows can have.
+    first_key_ranges: Vec<Range>,
+    /// The upper end of those ranges.
+    first_key_end: Option<DimensionFilter>,
 }
 
 impl RowFilter {
@@ -143,29 +148,50 @@ impl RowFilter {
         query_regions: &[Region],
         row_key_types: &[PrimitiveType],
     ) -> Self {
-        let query_regions = if query_regions.iter().any(|r| r == partition) {
-            vec![]
+        let whole_partition = query_regions.iter().any(|r| r == partition);
+        let partition_first = &partition.ranges[0];
+        let first_key_ranges: Vec<Range> = if whole_partition {
+            vec![partition_first.clone()]
         } else {
             query_regions
                 .iter()
-                .map(|r| RegionFilter::new(r, row_key_types))
+                .filter_map(|r| r.ranges[0].intersect(partition_first))
                 .collect()
         };
+        let furthest = first_key_ranges
+            .iter()
+            .max_by(|a, b| match (&a.max, &b.max) {
+                (None, None) => Ordering::Equal,
+                (None, Some(_)) => Ordering::Greater,
+                (Some(_), None) => Ordering::Less,
+                (Some(x), Some(y)) => x.cmp(y).then(a.max_inclusive.cmp(&b.max_inclusive)),
+            })
+            .unwrap_or(partition_first);
         RowFilter {
             partition: RegionFilter::new(partition, row_key_types),
-            query_regions,
-            first_dimension: DimensionFilter::new(0, row_key_types[0], &partition.ranges[0]),
+            query_regions: (!whole_partition).then(|| {
+                query_regions
+                    .iter()
+                    .map(|r| RegionFilter::new(r, row_key_types))
+                    .collect()
+            }),
+            first_key_end: DimensionFilter::new(0, row_key_types[0], furthest),
+            first_key_ranges,
         }
+    }
+
+    pub fn first_key_ranges(&self) -> &[Range] {
+        &self.first_key_ranges
     }
 
     /// `None` when every row passes.
     pub fn evaluate(&self, batch: &RecordBatch) -> Result<Option<BooleanArray>, ArrowError> {
         let in_partition = self.partition.evaluate(batch)?;
-        if self.query_regions.is_empty() {
+        let Some(query_regions) = &self.query_regions else {
             return Ok(in_partition);
-        }
+        };
         let mut in_any_query: Option<BooleanArray> = None;
-        for region in &self.query_regions {
+        for region in query_regions {
             let mask = region
                 .evaluate(batch)?
                 .unwrap_or_else(|| BooleanArray::from(vec![true; batch.num_rows()]));
@@ -174,23 +200,24 @@ impl RowFilter {
                 None => mask,
             });
         }
-        let in_any_query = in_any_query.expect("at least one query region");
+        let in_any_query =
+            in_any_query.unwrap_or_else(|| BooleanArray::from(vec![false; batch.num_rows()]));
         Ok(Some(match in_partition {
             Some(in_partition) => and(&in_partition, &in_any_query)?,
             None => in_any_query,
         }))
     }
 
-    /// Files are sorted by the first row key, so once a batch ends at or past the partition's
-    /// upper bound on it, no later row of that file can be in the partition.
+    /// Files are sorted by the first row key, so once a batch ends at or past the upper end of
+    /// the first key's ranges, no later row of that file can be kept.
     pub fn past_partition_end(&self, batch: &RecordBatch) -> Result<bool, ArrowError> {
-        let Some(first) = &self.first_dimension else {
+        let Some(end) = &self.first_key_end else {
             return Ok(false);
         };
         if batch.num_rows() == 0 {
             return Ok(false);
         }
-        let last = first.ordered(&batch.slice(batch.num_rows() - 1, 1));
-        Ok(first.below_max(&last)?.is_some_and(|below| !below.value(0)))
+        let last = end.ordered(&batch.slice(batch.num_rows() - 1, 1));
+        Ok(end.below_max(&last)?.is_some_and(|below| !below.value(0)))
     }
 }

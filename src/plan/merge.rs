@@ -34,6 +34,7 @@ use datafusion::physical_plan::metrics::{
     BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
 };
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::EmptyRecordBatchStream;
 use datafusion::physical_plan::{
     ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning,
     PlanProperties, ReplaceChildrenOptions,
@@ -47,7 +48,7 @@ use super::aggregate::RowAggregator;
 use super::filter::RowFilter;
 use crate::error::{Error, Result};
 use crate::model::order::sleeper_ordered_array;
-use crate::model::{CompactionRules, KeyValue, PrimitiveType, Range, Region, Schema};
+use crate::model::{CompactionRules, KeyValue, PrimitiveType, Region, Schema};
 use crate::storage::Stores;
 
 /// What one leaf partition's merge reads.
@@ -75,6 +76,8 @@ pub struct LeafMergeExec {
     read_schema: SchemaRef,
     output_schema: SchemaRef,
     leaves: Arc<Vec<LeafInput>>,
+    /// Leaves of the table left out because the query cannot touch them, for `EXPLAIN`.
+    pruned_leaves: usize,
     /// Filters and aggregations; empty for a raw export.
     rules: Arc<CompactionRules>,
     /// A fixed clock for age-off filters, instead of reading it at each leaf's start.
@@ -143,12 +146,18 @@ impl LeafMergeExec {
             read_schema,
             output_schema,
             leaves: Arc::new(leaves),
+            pruned_leaves: 0,
             rules: Arc::new(rules),
             age_off_clock: None,
             stores,
             metrics: ExecutionPlanMetricsSet::new(),
             cache,
         }
+    }
+
+    pub fn with_pruned_leaves(mut self, count: usize) -> Self {
+        self.pruned_leaves = count;
+        self
     }
 
     pub fn with_age_off_clock(mut self, millis: Option<i64>) -> Self {
@@ -190,7 +199,9 @@ impl LeafMergeExec {
         };
         PlanProperties::new(
             eq_properties,
-            Partitioning::UnknownPartitioning(leaf_count),
+            // With every leaf pruned there is still one (empty) partition: DataFusion's
+            // operators expect at least one.
+            Partitioning::UnknownPartitioning(leaf_count.max(1)),
             EmissionType::Incremental,
             Boundedness::Bounded,
         )
@@ -266,7 +277,6 @@ impl LeafMergeExec {
                 converter: Arc::clone(&converter),
                 filter: Arc::clone(&filter),
                 age_offs: Arc::clone(&age_offs),
-                partition_range: leaf.partition_region.ranges[0].clone(),
                 rows_read: rows_read.clone(),
                 row_groups_pruned: row_groups_pruned.clone(),
                 batch_size,
@@ -303,6 +313,16 @@ impl LeafMergeExec {
     }
 }
 
+impl LeafMergeExec {
+    /// `3`, or `3 of 10` when a query's predicates left leaves out.
+    fn leaf_count_text(&self) -> String {
+        match self.pruned_leaves {
+            0 => self.leaves.len().to_string(),
+            pruned => format!("{} of {}", self.leaves.len(), self.leaves.len() + pruned),
+        }
+    }
+}
+
 impl DisplayAs for LeafMergeExec {
     fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
         let files: usize = self.leaves.iter().map(|l| l.files.len()).sum();
@@ -311,7 +331,7 @@ impl DisplayAs for LeafMergeExec {
                 f,
                 "LeafMergeExec: table={}, leaves={}, files={}, order=[{}]",
                 self.table_id,
-                self.leaves.len(),
+                self.leaf_count_text(),
                 files,
                 self.schema
                     .key_fields()
@@ -320,7 +340,7 @@ impl DisplayAs for LeafMergeExec {
                     .join(", ")
             ),
             DisplayFormatType::TreeRender => {
-                write!(f, "leaves={}\nfiles={}", self.leaves.len(), files)
+                write!(f, "leaves={}\nfiles={}", self.leaf_count_text(), files)
             }
         }
     }
@@ -369,6 +389,11 @@ impl ExecutionPlan for LeafMergeExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> DFResult<SendableRecordBatchStream> {
+        if self.leaves.is_empty() && partition == 0 {
+            return Ok(Box::pin(EmptyRecordBatchStream::new(Arc::clone(
+                &self.output_schema,
+            ))));
+        }
         if partition >= self.leaves.len() {
             return Err(DataFusionError::Internal(format!(
                 "LeafMergeExec has {} leaves, partition {partition} asked for",
@@ -456,8 +481,6 @@ struct FileReader {
     filter: Arc<RowFilter>,
     /// Age-off filters: a column and the oldest time it may hold.
     age_offs: Arc<Vec<(usize, i64)>>,
-    /// The partition's range on the first row key, for pruning row groups.
-    partition_range: Range,
     rows_read: Count,
     row_groups_pruned: Count,
     batch_size: usize,
@@ -553,12 +576,12 @@ impl FileReader {
         Ok((stream, ColumnAdapter { positions, casts }))
     }
 
-    /// Row groups that may hold rows of the partition, judged by the statistics of the first
-    /// row key. Only integer keys are pruned: Parquet's statistics for strings and byte arrays
+    /// Row groups that may hold rows the region filter keeps, judged by the statistics of the
+    /// first row key. Only integer keys are pruned: Parquet's statistics for strings and byte arrays
     /// are minima and maxima in byte order, which do not bound values in Sleeper's order.
     fn row_groups_in_region(&self, metadata: &ParquetMetaData) -> Vec<usize> {
         let all = 0..metadata.num_row_groups();
-        let range = &self.partition_range;
+        let ranges = self.filter.first_key_ranges();
         let first_key = self.read_schema.field(0).name();
         let column = metadata
             .file_metadata()
@@ -583,7 +606,9 @@ impl FileReader {
                     _ => None,
                 };
                 bounds.is_none_or(|(low, high)| {
-                    low.key_type() != range.min.key_type() || range.overlaps(&low, &high)
+                    ranges.iter().any(|range| {
+                        low.key_type() != range.min.key_type() || range.overlaps(&low, &high)
+                    })
                 })
             })
             .collect();

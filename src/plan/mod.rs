@@ -4,6 +4,7 @@ pub mod aggregate;
 pub mod filter;
 pub mod merge;
 pub mod parquet_writer;
+pub mod pushdown;
 
 pub use merge::{LeafInput, LeafMergeExec};
 pub mod sink;

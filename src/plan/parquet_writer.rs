@@ -190,19 +190,24 @@ impl ParallelParquetWriter {
 
     /// Writes what is left and the footer, and completes the upload.
     pub async fn finish(mut self) -> Result<WrittenFile, ParquetError> {
-        match self.finish_file().await {
-            Ok(()) => Ok(WrittenFile {
-                bytes: self.bytes_written,
-                crc32c: format!("{:08x}", self.crc32c),
-            }),
-            Err(error) => {
-                self.abort().await;
-                Err(error)
-            }
+        if let Err(error) = self.write_remaining().await {
+            self.abort().await;
+            return Err(error);
         }
+        // A failed shutdown leaves nothing behind by itself (a single put writes nothing, a
+        // multipart upload that cannot complete is aborted), and a shut-down upload cannot be
+        // aborted again.
+        self.upload
+            .shutdown()
+            .await
+            .map_err(|e| ParquetError::External(Box::new(e)))?;
+        Ok(WrittenFile {
+            bytes: self.bytes_written,
+            crc32c: format!("{:08x}", self.crc32c),
+        })
     }
 
-    async fn finish_file(&mut self) -> Result<(), ParquetError> {
+    async fn write_remaining(&mut self) -> Result<(), ParquetError> {
         if self.pending_rows > 0 {
             self.start_row_group()?;
         }
@@ -210,11 +215,7 @@ impl ParallelParquetWriter {
             self.write_oldest_row_group().await?;
         }
         self.file.finish()?;
-        self.upload_buffered().await?;
-        self.upload
-            .shutdown()
-            .await
-            .map_err(|e| ParquetError::External(Box::new(e)))
+        self.upload_buffered().await
     }
 
     pub async fn abort(mut self) {

@@ -78,8 +78,11 @@ impl LeafExportExec {
     ) -> Result<Self> {
         let partitions = input.output_partitioning().partition_count();
         if partitions != targets.len() {
+            // Only a plan that splits or joins leaves gets here, e.g. a round-robin repartition
+            // that DataFusion adds for parallelism unless told not to.
             return Err(Error::DataFusion(DataFusionError::Plan(format!(
-                "export plan has {partitions} leaves but {} output files",
+                "export plan has {partitions} partitions but {} leaves to write: each leaf must \
+                 stay one partition (is datafusion.optimizer.enable_round_robin_repartition on?)",
                 targets.len()
             ))));
         }
@@ -108,8 +111,17 @@ impl DisplayAs for LeafExportExec {
     fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
         match t {
             DisplayFormatType::Default | DisplayFormatType::Verbose => {
-                let files: Vec<&str> = self.targets.iter().map(|t| t.url.as_str()).collect();
-                write!(f, "LeafExportExec: files=[{}]", files.join(", "))
+                // Every file of an export is in one directory.
+                let directory = self
+                    .targets
+                    .first()
+                    .and_then(|t| t.url.rsplit_once('/'))
+                    .map_or("", |(directory, _)| directory);
+                write!(
+                    f,
+                    "LeafExportExec: files={}, to={directory}",
+                    self.targets.len()
+                )
             }
             DisplayFormatType::TreeRender => write!(f, "files={}", self.targets.len()),
         }
