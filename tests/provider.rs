@@ -66,3 +66,44 @@ async fn ordering_by_integer_row_keys_needs_no_sort() {
         "ORDER BY id returned unsorted rows"
     );
 }
+
+/// A key range reads only the row groups it can meet, and stops reading a file past its end.
+#[tokio::test]
+async fn key_predicates_skip_row_groups_and_stop_early() {
+    use datafusion::physical_plan::{collect, ExecutionPlan};
+    use sleeper_export::plan::LeafMergeExec;
+
+    let dir = tempfile::tempdir().unwrap();
+    // One file of 4000 rows with ids in -1000..1000, in row groups of 100.
+    let table = long_key_table(local(dir.path()), 100, 4000).await;
+    let ctx = SessionContext::new();
+    ctx.register_table("t", Arc::new(SleeperTableProvider::new(table)))
+        .unwrap();
+    let frame = ctx
+        .sql("SELECT id FROM t WHERE id >= 100 AND id < 150")
+        .await
+        .unwrap();
+    let plan = frame.create_physical_plan().await.unwrap();
+    let rows: usize = collect(Arc::clone(&plan), ctx.task_ctx())
+        .await
+        .unwrap()
+        .iter()
+        .map(|b| b.num_rows())
+        .sum();
+    let mut merge: &Arc<dyn ExecutionPlan> = &plan;
+    while !merge.is::<LeafMergeExec>() {
+        merge = merge.children()[0];
+    }
+    let metrics = merge.metrics().unwrap();
+    let metric = |name: &str| metrics.sum_by_name(name).unwrap().as_usize();
+    assert_eq!(
+        merge.output_partitioning().partition_count(),
+        1,
+        "one leaf meets the range"
+    );
+    assert!(rows > 0 && rows < 150, "{rows} rows");
+    // About 40 row groups of ~50 ids each; the leaf alone would keep the 10 in 0..500.
+    assert!(metric("row_groups_pruned") >= 36, "{metrics}");
+    // What was read is a few row groups around the range, not the leaf's half of the file.
+    assert!(metric("rows_read") < 500, "{metrics}");
+}

@@ -409,3 +409,41 @@ fn key_predicates_keep_what_datafusion_keeps_without_pruning() {
         );
     });
 }
+
+/// COPY options set the Parquet writer: codec and row-group size here.
+#[test]
+fn copy_options_set_the_parquet_writer() {
+    use datafusion::parquet::basic::Compression;
+    use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
+
+    runtime().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        write_numbers(&dir.path().join("numbers")).await;
+        let ctx = sleeper_session(Stores::default(), SessionConfig::new()).unwrap();
+        ctx.register_sleeper_table("numbers", dir.path().join("numbers").to_str().unwrap())
+            .await
+            .unwrap();
+        let summary = ctx
+            .sleeper_sql(&format!(
+                "COPY numbers TO '{}' OPTIONS ('format.compression' 'snappy', \
+                 'format.max_row_group_size' '64')",
+                dir.path().join("out").display()
+            ))
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let files = summary[0].column(2).as_string::<i32>();
+        for row in 0..summary[0].num_rows() {
+            let path = files.value(row).strip_prefix("file://").unwrap();
+            let reader = SerializedFileReader::new(std::fs::File::open(path).unwrap()).unwrap();
+            let metadata = reader.metadata();
+            assert!(metadata.num_row_groups() >= 4, "250 rows in groups of 64");
+            for group in metadata.row_groups() {
+                assert!(group.num_rows() <= 64);
+                assert_eq!(group.column(0).compression(), Compression::SNAPPY);
+            }
+        }
+    });
+}
