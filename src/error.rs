@@ -37,6 +37,10 @@ pub enum Error {
     #[error("invalid partition tree of table {table}: {message}")]
     PartitionTree { table: String, message: String },
 
+    /// `context` is the transaction type, and where known the table and transaction number.
+    #[error("invalid state-store transaction ({context}): {message}")]
+    Transaction { context: String, message: String },
+
     #[error("state store of table {table}: {message}")]
     StateStore { table: String, message: String },
 

@@ -1,6 +1,7 @@
 //! Where a table's partitions and file references come from.
 
 pub mod snapshot;
+pub mod transaction;
 
 use async_trait::async_trait;
 use object_store::path::Path;
