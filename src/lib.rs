@@ -7,6 +7,7 @@ pub mod model;
 pub use error::{Error, Result};
 pub mod cli;
 pub mod export;
+pub mod instance;
 pub mod plan;
 pub mod query;
 pub mod queue;

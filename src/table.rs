@@ -7,7 +7,7 @@ use object_store::ObjectStoreExt;
 
 use crate::error::{Error, Result};
 use crate::model::{FileReference, JavaProperties, PartitionTree, TableProperties};
-use crate::statestore::{read_all, SnapshotStateStore, StateStore};
+use crate::statestore::{read_all, SnapshotStateStore, StateStore, StateVersion};
 use crate::storage::{Location, Stores};
 
 pub const PROPERTIES_FILE: &str = "table.properties";
@@ -20,6 +20,8 @@ pub struct SleeperTable {
     pub files: Arc<Vec<FileReference>>,
     /// Positions in `files` of each partition's references, so planning is linear in the state size.
     files_by_partition: Arc<HashMap<String, Vec<usize>>>,
+    /// The log transactions the state was read at, for a store with a transaction log.
+    pub state_version: Option<StateVersion>,
     pub stores: Stores,
 }
 
@@ -59,6 +61,7 @@ impl SleeperTable {
     ) -> Result<Self> {
         let partitions = PartitionTree::new(&properties.table_id, state.partitions().await?)?;
         let files = state.file_references().await?;
+        let state_version = state.version().await?;
         if let Some(orphan) = files
             .iter()
             .find(|f| partitions.get(&f.partition_id).is_none())
@@ -84,6 +87,7 @@ impl SleeperTable {
             partitions: Arc::new(partitions),
             files: Arc::new(files),
             files_by_partition: Arc::new(files_by_partition),
+            state_version,
             stores: stores.clone(),
         })
     }

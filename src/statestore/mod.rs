@@ -2,6 +2,7 @@
 
 pub mod snapshot;
 pub mod transaction;
+pub mod transaction_log;
 
 use async_trait::async_trait;
 use object_store::path::Path;
@@ -16,6 +17,29 @@ use crate::storage::Location;
 pub trait StateStore: Send + Sync + std::fmt::Debug {
     async fn partitions(&self) -> Result<Vec<Partition>>;
     async fn file_references(&self) -> Result<Vec<FileReference>>;
+
+    /// The last transactions the state includes, where the store has a log.
+    async fn version(&self) -> Result<Option<StateVersion>> {
+        Ok(None)
+    }
+}
+
+/// Which transactions of a table's logs a view of its state includes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StateVersion {
+    pub files_transaction: u64,
+    pub partitions_transaction: u64,
+}
+
+impl std::fmt::Display for StateVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "files transaction {}, partitions transaction {}",
+            self.files_transaction, self.partitions_transaction
+        )
+    }
 }
 
 pub const SNAPSHOTS_DIR: &str = "statestore/snapshots";

@@ -308,6 +308,12 @@ pub async fn long_key_table(
 
 /// A fresh bucket on the local S3 server that `scripts/test.sh` starts.
 pub fn create_bucket(prefix: &str) -> String {
+    let bucket = format!("{prefix}-{}", uuid::Uuid::new_v4().simple());
+    create_named_bucket(&bucket);
+    bucket
+}
+
+pub fn create_named_bucket(bucket: &str) {
     use std::io::{Read, Write};
     let endpoint = std::env::var("AWS_ENDPOINT_URL")
         .expect("AWS_ENDPOINT_URL is not set: run the tests with scripts/test.sh, which starts the local S3 server");
@@ -315,7 +321,6 @@ pub fn create_bucket(prefix: &str) -> String {
         .trim_start_matches("http://")
         .trim_end_matches('/')
         .to_owned();
-    let bucket = format!("{prefix}-{}", uuid::Uuid::new_v4().simple());
     let mut stream = std::net::TcpStream::connect(&address)
         .unwrap_or_else(|e| panic!("connecting to {address}: {e}"));
     write!(
@@ -334,7 +339,6 @@ Connection: close
         response.starts_with("HTTP/1.1 200"),
         "creating bucket {bucket}: {response}"
     );
-    bucket
 }
 
 pub fn everything(schema: &Schema) -> Region {

@@ -1,0 +1,193 @@
+//! A live Sleeper instance: its properties in the config bucket, its table index and state-store
+//! logs in DynamoDB, its tables' data in the data bucket.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::error::DisplayErrorContext;
+use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::Client;
+
+use crate::error::{Error, Result};
+use crate::model::{JavaProperties, TableProperties};
+use crate::statestore::read_all;
+use crate::statestore::transaction_log::{LogTables, TransactionLogStateStore};
+use crate::storage::{Location, Stores};
+use crate::table::SleeperTable;
+
+pub const INSTANCE_PROPERTIES: &str = "instance.properties";
+const DATA_BUCKET: &str = "sleeper.data.bucket";
+const TABLE_NAME_INDEX: &str = "sleeper.tables.name.index.dynamo.table";
+const FILES_LOG: &str = "sleeper.statestore.transactionlog.dynamo.file.log.table";
+const PARTITIONS_LOG: &str = "sleeper.statestore.transactionlog.dynamo.partition.log.table";
+const LATEST_SNAPSHOTS: &str = "sleeper.statestore.transactionlog.dynamo.latest.snapshots.table";
+
+/// The config bucket Sleeper creates for an instance id.
+pub fn config_bucket(instance_id: &str) -> String {
+    format!("sleeper-{}-config", instance_id.to_lowercase())
+}
+
+/// A table of the instance, as its name index lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableEntry {
+    pub name: String,
+    pub id: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Instance {
+    pub properties: JavaProperties,
+    config: Location,
+    data: Location,
+    dynamo: Client,
+    stores: Stores,
+}
+
+impl Instance {
+    /// Opens the instance whose config bucket is `config_bucket` (see [`config_bucket`]).
+    /// DynamoDB is reached through the standard AWS configuration, as S3 and SQS are.
+    pub async fn open(config_bucket: &str, stores: &Stores) -> Result<Instance> {
+        let config = stores.resolve(&format!("s3://{config_bucket}"))?;
+        let properties = read_properties(&config, INSTANCE_PROPERTIES).await?;
+        let data_bucket = required(&properties, DATA_BUCKET)?;
+        let data = stores.resolve(&format!("s3://{data_bucket}"))?;
+        let dynamo =
+            Client::new(&aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await);
+        Ok(Instance {
+            properties,
+            config,
+            data,
+            dynamo,
+            stores: stores.clone(),
+        })
+    }
+
+    /// Every table, by name, from the instance's table index.
+    pub async fn tables(&self) -> Result<Vec<TableEntry>> {
+        let index = required(&self.properties, TABLE_NAME_INDEX)?;
+        let mut tables = Vec::new();
+        let mut start = None;
+        loop {
+            let response = self
+                .dynamo
+                .scan()
+                .table_name(index)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| self.index_error(index, e))?;
+            tables.extend(response.items.unwrap_or_default().iter().filter_map(entry));
+            match response.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => break,
+            }
+        }
+        tables.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(tables)
+    }
+
+    /// The id of the table called `name`, looked up in the name index as Sleeper does.
+    pub async fn table_id(&self, name: &str) -> Result<String> {
+        let index = required(&self.properties, TABLE_NAME_INDEX)?;
+        let response = self
+            .dynamo
+            .query()
+            .table_name(index)
+            .key_condition_expression("TABLE_NAME = :name")
+            .expression_attribute_values(":name", AttributeValue::S(name.to_owned()))
+            .send()
+            .await
+            .map_err(|e| self.index_error(index, e))?;
+        response
+            .items
+            .unwrap_or_default()
+            .iter()
+            .find_map(entry)
+            .map(|table| table.id)
+            .ok_or_else(|| Error::TableNotFound {
+                by: "name",
+                value: name.to_owned(),
+            })
+    }
+
+    /// Opens a table by id: its properties from the config bucket, its state from the
+    /// transaction logs, its data under `s3://<dataBucket>/<tableId>`.
+    pub async fn open_table(&self, table_id: &str) -> Result<SleeperTable> {
+        let properties =
+            read_properties(&self.config, &format!("tables/table-{table_id}.properties"))
+                .await
+                .map_err(|e| match e {
+                    Error::Location { .. } => Error::TableNotFound {
+                        by: "ID",
+                        value: table_id.to_owned(),
+                    },
+                    other => other,
+                })?;
+        let properties = TableProperties::from_java(properties)?;
+        let state = TransactionLogStateStore::new(
+            table_id,
+            properties.schema.clone(),
+            self.dynamo.clone(),
+            LogTables {
+                files: required(&self.properties, FILES_LOG)?.to_owned(),
+                partitions: required(&self.properties, PARTITIONS_LOG)?.to_owned(),
+                latest_snapshots: required(&self.properties, LATEST_SNAPSHOTS)?.to_owned(),
+            },
+            self.data.clone(),
+            self.stores.clone(),
+        );
+        let location = self.data.sub_location(table_id);
+        SleeperTable::from_state(location, properties, &state, &self.stores).await
+    }
+
+    /// Opens the table called `name`.
+    pub async fn open_table_named(&self, name: &str) -> Result<SleeperTable> {
+        let id = self.table_id(name).await?;
+        self.open_table(&id).await
+    }
+
+    fn index_error(&self, index: &str, error: impl std::error::Error) -> Error {
+        Error::StateStore {
+            table: "(table index)".into(),
+            message: format!(
+                "reading DynamoDB table {index}: {}",
+                DisplayErrorContext(error)
+            ),
+        }
+    }
+}
+
+fn entry(item: &HashMap<String, AttributeValue>) -> Option<TableEntry> {
+    match (item.get("TABLE_NAME"), item.get("TABLE_ID")) {
+        (Some(AttributeValue::S(name)), Some(AttributeValue::S(id))) => Some(TableEntry {
+            name: name.clone(),
+            id: id.clone(),
+        }),
+        _ => None,
+    }
+}
+
+fn required<'a>(properties: &'a JavaProperties, name: &str) -> Result<&'a str> {
+    properties.get(name).ok_or_else(|| Error::Property {
+        property: name.to_owned(),
+        message: "not set in the instance properties".into(),
+    })
+}
+
+async fn read_properties(bucket: &Location, key: &str) -> Result<JavaProperties> {
+    let path = bucket.child(key);
+    let url = bucket.url_of(&path);
+    let bytes = read_all(bucket.store.as_ref(), &path)
+        .await
+        .map_err(|e| match e {
+            object_store::Error::NotFound { .. } => Error::Location {
+                location: url.clone(),
+                message: "not found".into(),
+            },
+            other => Error::object_store(&url, other),
+        })?;
+    let text = String::from_utf8(bytes.to_vec()).map_err(|_| Error::Location {
+        location: url,
+        message: "properties are not UTF-8".into(),
+    })?;
+    Ok(JavaProperties::parse(&text))
+}

@@ -1,0 +1,241 @@
+//! Sleeper's transaction-log state store, as a live instance keeps it: the latest snapshot of each
+//! log in the data bucket, pointed to from DynamoDB, then every later transaction of the file
+//! and partition logs (DynamoDB items, large bodies in the data bucket).
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::error::DisplayErrorContext;
+use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::Client;
+use tokio::sync::OnceCell;
+
+use super::transaction::{TableState, Transaction};
+use super::{read_all, snapshot, StateStore, StateVersion};
+use crate::error::{Error, Result};
+use crate::model::{FileReference, Partition, Schema};
+use crate::storage::{Location, Stores};
+
+/// The DynamoDB tables of an instance's transaction logs (Sleeper's instance properties
+/// `sleeper.statestore.transactionlog.dynamo.*`).
+#[derive(Debug, Clone)]
+pub struct LogTables {
+    pub files: String,
+    pub partitions: String,
+    pub latest_snapshots: String,
+}
+
+#[derive(Debug)]
+pub struct TransactionLogStateStore {
+    table_id: String,
+    schema: Schema,
+    dynamo: Client,
+    tables: LogTables,
+    /// `s3://<dataBucket>`: snapshot paths and transaction bodies are relative to it.
+    data: Location,
+    stores: Stores,
+    loaded: OnceCell<(TableState, StateVersion)>,
+}
+
+type Item = HashMap<String, AttributeValue>;
+
+impl TransactionLogStateStore {
+    pub fn new(
+        table_id: impl Into<String>,
+        schema: Schema,
+        dynamo: Client,
+        tables: LogTables,
+        data: Location,
+        stores: Stores,
+    ) -> Self {
+        TransactionLogStateStore {
+            table_id: table_id.into(),
+            schema,
+            dynamo,
+            tables,
+            data,
+            stores,
+            loaded: OnceCell::new(),
+        }
+    }
+
+    fn error(&self, message: String) -> Error {
+        Error::StateStore {
+            table: self.table_id.clone(),
+            message,
+        }
+    }
+
+    async fn loaded(&self) -> Result<&(TableState, StateVersion)> {
+        self.loaded.get_or_try_init(|| self.load()).await
+    }
+
+    /// The latest snapshots, then the transactions after each: one consistent state, with the
+    /// numbers of the last transactions it includes.
+    async fn load(&self) -> Result<(TableState, StateVersion)> {
+        let latest = self.latest_snapshots().await?;
+        let text = |name: &str| latest.as_ref().and_then(|item| string(item, name));
+        let number = |name: &str| latest.as_ref().and_then(|item| number(item, name));
+        let partitions = match text("PARTITIONS_SNAPSHOT_PATH") {
+            Some(path) => {
+                let (url, bytes) = self.read(&path).await?;
+                snapshot::read_partitions(&bytes, &url, &self.schema)?
+            }
+            None => vec![],
+        };
+        let files = match text("FILES_SNAPSHOT_PATH") {
+            Some(path) => {
+                let (url, bytes) = self.read(&path).await?;
+                snapshot::read_files(&bytes, &url)?
+            }
+            None => vec![],
+        };
+        let mut state = TableState::new(partitions, files);
+        let partitions_transaction = self
+            .apply_log(
+                &self.tables.partitions,
+                number("PARTITIONS_TRANSACTION_NUMBER").unwrap_or(0),
+                &mut state,
+            )
+            .await?;
+        let files_transaction = self
+            .apply_log(
+                &self.tables.files,
+                number("FILES_TRANSACTION_NUMBER").unwrap_or(0),
+                &mut state,
+            )
+            .await?;
+        Ok((
+            state,
+            StateVersion {
+                files_transaction,
+                partitions_transaction,
+            },
+        ))
+    }
+
+    async fn latest_snapshots(&self) -> Result<Option<Item>> {
+        let response = self
+            .dynamo
+            .query()
+            .table_name(&self.tables.latest_snapshots)
+            .key_condition_expression("TABLE_ID = :table_id")
+            .expression_attribute_values(":table_id", AttributeValue::S(self.table_id.clone()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| self.dynamo_error(&self.tables.latest_snapshots, e))?;
+        Ok(response.items.and_then(|items| items.into_iter().next()))
+    }
+
+    /// Applies every transaction of `log` after `after`; returns the last one's number.
+    async fn apply_log(&self, log: &str, after: u64, state: &mut TableState) -> Result<u64> {
+        let mut last = after;
+        let mut start: Option<Item> = None;
+        loop {
+            let response = self
+                .dynamo
+                .query()
+                .table_name(log)
+                .key_condition_expression("TABLE_ID = :table_id AND TRANSACTION_NUMBER > :number")
+                .expression_attribute_values(":table_id", AttributeValue::S(self.table_id.clone()))
+                .expression_attribute_values(":number", AttributeValue::N(after.to_string()))
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| self.dynamo_error(log, e))?;
+            for item in response.items.unwrap_or_default() {
+                let transaction_number = number(&item, "TRANSACTION_NUMBER").ok_or_else(|| {
+                    self.error(format!("an item of {log} has no TRANSACTION_NUMBER"))
+                })?;
+                if transaction_number != last + 1 {
+                    return Err(self.error(format!(
+                        "{log} goes from transaction {last} to {transaction_number}: the log has a gap"
+                    )));
+                }
+                let kind = string(&item, "TYPE").unwrap_or_default();
+                let body = match (string(&item, "BODY"), string(&item, "BODY_S3_KEY")) {
+                    (Some(body), _) => body,
+                    (None, Some(key)) => {
+                        let (url, bytes) = self.read(&key).await?;
+                        String::from_utf8(bytes.to_vec())
+                            .map_err(|_| self.error(format!("transaction body {url} is not UTF-8")))?
+                    }
+                    (None, None) => {
+                        return Err(self.error(format!(
+                            "transaction {transaction_number} of {log} has neither BODY nor BODY_S3_KEY"
+                        )))
+                    }
+                };
+                let transaction =
+                    Transaction::from_json(&kind, &body, &self.schema).map_err(|e| match e {
+                        Error::Transaction { context, message } => Error::Transaction {
+                            context: format!(
+                                "table {}, {log} transaction {transaction_number}, {context}",
+                                self.table_id
+                            ),
+                            message,
+                        },
+                        other => other,
+                    })?;
+                state.apply(transaction);
+                last = transaction_number;
+            }
+            match response.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => return Ok(last),
+            }
+        }
+    }
+
+    /// A snapshot path or transaction body key: a full URL, or a key in the data bucket.
+    async fn read(&self, path: &str) -> Result<(String, bytes::Bytes)> {
+        let location = if path.contains("://") {
+            self.stores.resolve(path)?
+        } else {
+            self.data.sub_location(path)
+        };
+        let url = location.url.to_string();
+        let bytes = read_all(location.store.as_ref(), &location.prefix)
+            .await
+            .map_err(|e| Error::object_store(&url, e))?;
+        Ok((url, bytes))
+    }
+
+    fn dynamo_error(&self, table: &str, error: impl std::error::Error) -> Error {
+        self.error(format!(
+            "reading DynamoDB table {table}: {}",
+            DisplayErrorContext(error)
+        ))
+    }
+}
+
+fn string(item: &Item, name: &str) -> Option<String> {
+    match item.get(name) {
+        Some(AttributeValue::S(value)) => Some(value.clone()),
+        _ => None,
+    }
+}
+
+fn number(item: &Item, name: &str) -> Option<u64> {
+    match item.get(name) {
+        Some(AttributeValue::N(value)) => value.parse().ok(),
+        _ => None,
+    }
+}
+
+#[async_trait]
+impl StateStore for TransactionLogStateStore {
+    async fn partitions(&self) -> Result<Vec<Partition>> {
+        Ok(self.loaded().await?.0.partitions())
+    }
+
+    async fn file_references(&self) -> Result<Vec<FileReference>> {
+        Ok(self.loaded().await?.0.file_references())
+    }
+
+    async fn version(&self) -> Result<Option<StateVersion>> {
+        Ok(Some(self.loaded().await?.1))
+    }
+}

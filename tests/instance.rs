@@ -1,0 +1,465 @@
+//! A live Sleeper instance on the local AWS server (S3 + DynamoDB) that `scripts/test.sh` starts:
+//! properties in the config bucket, the table index and transaction logs in DynamoDB, snapshots
+//! and large transaction bodies in the data bucket.
+
+mod common;
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
+    ScalarAttributeType,
+};
+use aws_sdk_dynamodb::Client;
+use common::*;
+use object_store::ObjectStoreExt;
+use sleeper_export::export::{export_table, ExportOptions, ExportSummary};
+use sleeper_export::instance::{config_bucket, Instance, TableEntry};
+use sleeper_export::model::{FileReference, JavaProperties, Partition};
+use sleeper_export::statestore::snapshot;
+use sleeper_export::statestore::transaction::Transaction;
+use sleeper_export::statestore::StateVersion;
+use sleeper_export::storage::{Location, Stores};
+use sleeper_export::table::SleeperTable;
+use sleeper_export::tablegen::write_demo_table;
+
+/// The DynamoDB tables of one test instance, named as Sleeper's properties name them.
+struct LocalInstance {
+    id: String,
+    dynamo: Client,
+    data: Location,
+    tables: HashMap<&'static str, String>,
+}
+
+const NAME_INDEX: &str = "sleeper.tables.name.index.dynamo.table";
+const FILES_LOG: &str = "sleeper.statestore.transactionlog.dynamo.file.log.table";
+const PARTITIONS_LOG: &str = "sleeper.statestore.transactionlog.dynamo.partition.log.table";
+const LATEST_SNAPSHOTS: &str = "sleeper.statestore.transactionlog.dynamo.latest.snapshots.table";
+
+impl LocalInstance {
+    async fn create(stores: &Stores) -> LocalInstance {
+        let id = format!("test{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        create_named_bucket(&config_bucket(&id));
+        let data_bucket = create_bucket("data");
+        let dynamo =
+            Client::new(&aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await);
+        let mut tables = HashMap::new();
+        for (property, hash, range) in [
+            (NAME_INDEX, "TABLE_NAME", None),
+            (FILES_LOG, "TABLE_ID", Some("TRANSACTION_NUMBER")),
+            (PARTITIONS_LOG, "TABLE_ID", Some("TRANSACTION_NUMBER")),
+            (LATEST_SNAPSHOTS, "TABLE_ID", None),
+        ] {
+            let name = format!(
+                "sleeper-{id}-{}",
+                property.trim_start_matches("sleeper.").replace('.', "-")
+            );
+            let attribute = |name: &str, kind| {
+                AttributeDefinition::builder()
+                    .attribute_name(name)
+                    .attribute_type(kind)
+                    .build()
+                    .unwrap()
+            };
+            let key = |name: &str, kind| {
+                KeySchemaElement::builder()
+                    .attribute_name(name)
+                    .key_type(kind)
+                    .build()
+                    .unwrap()
+            };
+            let mut request = dynamo
+                .create_table()
+                .table_name(&name)
+                .billing_mode(BillingMode::PayPerRequest)
+                .attribute_definitions(attribute(hash, ScalarAttributeType::S))
+                .key_schema(key(hash, KeyType::Hash));
+            if let Some(range) = range {
+                request = request
+                    .attribute_definitions(attribute(range, ScalarAttributeType::N))
+                    .key_schema(key(range, KeyType::Range));
+            }
+            request.send().await.unwrap();
+            tables.insert(property, name);
+        }
+        let mut properties = JavaProperties::default();
+        properties.set("sleeper.id", &id);
+        properties.set("sleeper.data.bucket", &data_bucket);
+        for (property, name) in &tables {
+            properties.set(*property, name);
+        }
+        let config = stores
+            .resolve(&format!("s3://{}", config_bucket(&id)))
+            .unwrap();
+        config
+            .store
+            .put(
+                &config.child("instance.properties"),
+                properties.to_text().into(),
+            )
+            .await
+            .unwrap();
+        LocalInstance {
+            id,
+            dynamo,
+            data: stores.resolve(&format!("s3://{data_bucket}")).unwrap(),
+            tables,
+        }
+    }
+
+    /// Adds a table written under `s3://<dataBucket>/<tableId>` to the index and config bucket.
+    async fn register(&self, table: &SleeperTable, stores: &Stores) {
+        let config = stores
+            .resolve(&format!("s3://{}", config_bucket(&self.id)))
+            .unwrap();
+        config
+            .store
+            .put(
+                &config.child(&format!("tables/table-{}.properties", table.id())),
+                table.properties.to_java().to_text().into(),
+            )
+            .await
+            .unwrap();
+        self.dynamo
+            .put_item()
+            .table_name(&self.tables[NAME_INDEX])
+            .item("TABLE_NAME", AttributeValue::S(table.name().into()))
+            .item("TABLE_ID", AttributeValue::S(table.id().into()))
+            .send()
+            .await
+            .unwrap();
+    }
+
+    async fn write_snapshot(&self, table: &SleeperTable, kind: &str, number: u64, bytes: Vec<u8>) {
+        let key = format!("{}/statestore/snapshots/{number}-{kind}.arrow", table.id());
+        self.data
+            .store
+            .put(&self.data.child(&key), bytes.into())
+            .await
+            .unwrap();
+        let upper = kind.to_uppercase();
+        self.dynamo
+            .update_item()
+            .table_name(&self.tables[LATEST_SNAPSHOTS])
+            .key("TABLE_ID", AttributeValue::S(table.id().into()))
+            .update_expression("SET #path = :path, #number = :number")
+            .expression_attribute_names("#path", format!("{upper}_SNAPSHOT_PATH"))
+            .expression_attribute_names("#number", format!("{upper}_TRANSACTION_NUMBER"))
+            // Sleeper writes the full URL of the snapshot, with its s3a scheme.
+            .expression_attribute_values(
+                ":path",
+                AttributeValue::S(format!("s3a://{}/{key}", self.data.url.host_str().unwrap())),
+            )
+            .expression_attribute_values(":number", AttributeValue::N(number.to_string()))
+            .send()
+            .await
+            .unwrap();
+    }
+
+    /// Appends transactions to a log from `first` on; bodies go to S3 where `in_s3` says so.
+    async fn append(
+        &self,
+        table: &SleeperTable,
+        log: &str,
+        first: u64,
+        transactions: Vec<(Transaction, bool)>,
+    ) {
+        let schema = &table.properties.schema;
+        for (offset, (transaction, in_s3)) in transactions.into_iter().enumerate() {
+            let number = first + offset as u64;
+            let body = transaction.to_json(schema);
+            let mut put = self
+                .dynamo
+                .put_item()
+                .table_name(&self.tables[log])
+                .item("TABLE_ID", AttributeValue::S(table.id().into()))
+                .item("TRANSACTION_NUMBER", AttributeValue::N(number.to_string()))
+                .item("UPDATE_TIME", AttributeValue::N("0".into()))
+                .item("TYPE", AttributeValue::S(transaction.type_name().into()));
+            put = if in_s3 {
+                let key = format!("{}/statestore/transactions/{number}-body.json", table.id());
+                self.data
+                    .store
+                    .put(&self.data.child(&key), body.into())
+                    .await
+                    .unwrap();
+                put.item("BODY_S3_KEY", AttributeValue::S(key))
+            } else {
+                put.item("BODY", AttributeValue::S(body))
+            };
+            put.send().await.unwrap();
+        }
+    }
+}
+
+/// A partition as it is just after its parent splits: a leaf.
+fn as_new_leaf(partition: &Partition) -> Partition {
+    Partition {
+        is_leaf: true,
+        child_ids: vec![],
+        dimension: -1,
+        ..partition.clone()
+    }
+}
+
+/// The splits that grow the root into the table's tree, parents first; the last one as an
+/// `EXTEND_PARTITION_TREE`.
+fn partition_log(table: &SleeperTable) -> Vec<(Transaction, bool)> {
+    let tree = &table.partitions;
+    let mut pending = vec![tree.root().clone()];
+    let mut log = Vec::new();
+    while let Some(parent) = pending.pop() {
+        if parent.is_leaf {
+            continue;
+        }
+        let children: Vec<Partition> = parent
+            .child_ids
+            .iter()
+            .map(|id| tree.get(id).unwrap().clone())
+            .collect();
+        log.push((
+            Transaction::SplitPartition {
+                parent: parent.clone(),
+                children: children.iter().map(as_new_leaf).collect(),
+            },
+            false,
+        ));
+        pending.extend(children);
+    }
+    if let Some((Transaction::SplitPartition { parent, children }, _)) = log.pop() {
+        log.push((
+            Transaction::ExtendPartitionTree {
+                updated: vec![parent],
+                added: children,
+            },
+            false,
+        ));
+    }
+    log
+}
+
+/// The table's files grouped by file, in the state's order.
+fn files_of(table: &SleeperTable) -> Vec<(String, Vec<FileReference>)> {
+    let mut files: Vec<(String, Vec<FileReference>)> = Vec::new();
+    for reference in table.files.iter() {
+        match files.last_mut() {
+            Some((name, references)) if *name == reference.filename => {
+                references.push(reference.clone())
+            }
+            _ => files.push((reference.filename.clone(), vec![reference.clone()])),
+        }
+    }
+    files
+}
+
+async fn export(table: &SleeperTable) -> (ExportSummary, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let summary = export_table(table, &local(dir.path()), &ExportOptions::default(), |_| {})
+        .await
+        .unwrap();
+    (summary, dir)
+}
+
+/// The instance's table reads as the reference table and exports the same rows, leaf by leaf.
+async fn assert_same_table(from_instance: &SleeperTable, reference: &SleeperTable) {
+    let mut partitions = from_instance.partitions.all().to_vec();
+    let mut expected = reference.partitions.all().to_vec();
+    partitions.sort_by(|a, b| a.id.cmp(&b.id));
+    expected.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(partitions, expected);
+    // A compaction's output joins the state after the files added before it.
+    let sorted = |table: &SleeperTable| {
+        let mut files = table.files.to_vec();
+        files.sort_by(|a, b| (&a.filename, &a.partition_id).cmp(&(&b.filename, &b.partition_id)));
+        files
+    };
+    assert_eq!(sorted(from_instance), sorted(reference));
+    let (ours, _ours_dir) = export(from_instance).await;
+    let (theirs, _theirs_dir) = export(reference).await;
+    assert_eq!(ours.leaves.len(), theirs.leaves.len());
+    for (a, b) in ours.leaves.iter().zip(&theirs.leaves) {
+        assert_eq!(a.leaf_partition_id, b.leaf_partition_id);
+        assert_eq!(
+            read_parquet(&a.file),
+            read_parquet(&b.file),
+            "leaf {}",
+            a.leaf_partition_id
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_instance_table_reads_from_snapshots_and_logs_as_sleeper_folds_them() {
+    let stores = Stores::default();
+    let instance = LocalInstance::create(&stores).await;
+
+    // The demo table: a tree of 7 partitions, a file on the root, a file referenced by both
+    // children of a split, two files per leaf. Its snapshot-only form is the reference.
+    let reference = write_demo_table(instance.data.sub_location("demo0001"), 4, 200, 7)
+        .await
+        .unwrap();
+    instance.register(&reference, &stores).await;
+
+    // Snapshots at transaction 1: the unsplit root, and a file that is cleared later.
+    let root = as_new_leaf(reference.partitions.root());
+    let schema = &reference.properties.schema;
+    instance
+        .write_snapshot(
+            &reference,
+            "partitions",
+            1,
+            snapshot::write_partitions(&[root.clone()], schema).unwrap(),
+        )
+        .await;
+    let stale = FileReference {
+        filename: format!(
+            "{}/data/partition_root/stale.parquet",
+            reference.location.url
+        ),
+        partition_id: root.id.clone(),
+        number_of_rows: 1,
+        count_approximate: false,
+        only_contains_data_for_this_partition: true,
+    };
+    instance
+        .write_snapshot(
+            &reference,
+            "files",
+            1,
+            snapshot::write_files(&[stale], 0).unwrap(),
+        )
+        .await;
+    instance
+        .append(&reference, PARTITIONS_LOG, 2, partition_log(&reference))
+        .await;
+
+    // Files: cleared, then added (the split file on its parent, the body in S3); a compaction
+    // replaces a file that is then garbage-collected; the split file's reference is split.
+    let mut files = files_of(&reference);
+    let compacted = files.iter().rposition(|(_, r)| r.len() == 1).unwrap();
+    let (last_name, last_references) = files.remove(compacted);
+    let split_position = files.iter().position(|(_, r)| r.len() == 2).unwrap();
+    let split_references = files[split_position].1.clone();
+    let parent_id = reference
+        .partitions
+        .get(&split_references[0].partition_id)
+        .unwrap()
+        .parent_id
+        .clone()
+        .unwrap();
+    let on_parent = FileReference {
+        partition_id: parent_id,
+        only_contains_data_for_this_partition: true,
+        ..split_references[0].clone()
+    };
+    files[split_position].1 = vec![on_parent.clone()];
+    let compacted_away = FileReference {
+        filename: last_name.replace(".parquet", "-input.parquet"),
+        ..last_references[0].clone()
+    };
+    let job = serde_json::json!([{
+        "jobId": "job-1",
+        "partitionId": compacted_away.partition_id,
+        "filenames": [compacted_away.filename],
+    }]);
+    instance
+        .append(
+            &reference,
+            FILES_LOG,
+            2,
+            vec![
+                (Transaction::ClearFiles, false),
+                (Transaction::AddFiles(files), true),
+                (
+                    Transaction::AddFiles(vec![(
+                        compacted_away.filename.clone(),
+                        vec![compacted_away.clone()],
+                    )]),
+                    false,
+                ),
+                (Transaction::AssignJobIds(job), false),
+                (
+                    Transaction::ReplaceFileReferences(vec![(
+                        vec![compacted_away.filename.clone()],
+                        last_references[0].clone(),
+                    )]),
+                    false,
+                ),
+                (
+                    Transaction::SplitFileReferences(vec![(on_parent, split_references)]),
+                    false,
+                ),
+                (
+                    Transaction::DeleteFiles(vec![compacted_away.filename]),
+                    false,
+                ),
+            ],
+        )
+        .await;
+
+    let opened = Instance::open(&config_bucket(&instance.id), &stores)
+        .await
+        .unwrap();
+    assert_eq!(
+        opened.tables().await.unwrap(),
+        [TableEntry {
+            name: "demo".into(),
+            id: "demo0001".into()
+        }]
+    );
+    let table = opened.open_table_named("demo").await.unwrap();
+    let splits = partition_log(&reference).len() as u64;
+    assert_eq!(
+        table.state_version,
+        Some(StateVersion {
+            files_transaction: 8,
+            partitions_transaction: 1 + splits,
+        })
+    );
+    assert_same_table(&table, &reference).await;
+}
+
+#[tokio::test]
+async fn a_table_with_no_snapshot_is_read_from_its_logs_alone() {
+    let stores = Stores::default();
+    let instance = LocalInstance::create(&stores).await;
+    let reference = random_table_at(instance.data.sub_location("table-1"), 41).await;
+    instance.register(&reference, &stores).await;
+    instance
+        .append(
+            &reference,
+            PARTITIONS_LOG,
+            1,
+            vec![(
+                Transaction::InitialisePartitions(reference.partitions.all().to_vec()),
+                false,
+            )],
+        )
+        .await;
+    instance
+        .append(
+            &reference,
+            FILES_LOG,
+            1,
+            vec![(Transaction::AddFiles(files_of(&reference)), false)],
+        )
+        .await;
+    let opened = Instance::open(&config_bucket(&instance.id), &stores)
+        .await
+        .unwrap();
+    let table = opened.open_table_named("random").await.unwrap();
+    assert_eq!(
+        table.state_version,
+        Some(StateVersion {
+            files_transaction: 1,
+            partitions_transaction: 1,
+        })
+    );
+    assert_same_table(&table, &reference).await;
+
+    let unknown = opened.open_table_named("nope").await.unwrap_err();
+    assert_eq!(
+        unknown.to_string(),
+        "Table could not be found with name: \"nope\""
+    );
+}
