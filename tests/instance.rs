@@ -308,7 +308,7 @@ async fn an_instance_table_reads_from_snapshots_and_logs_as_sleeper_folds_them()
             &reference,
             "partitions",
             1,
-            snapshot::write_partitions(&[root.clone()], schema).unwrap(),
+            snapshot::write_partitions(std::slice::from_ref(&root), schema).unwrap(),
         )
         .await;
     let stale = FileReference {
