@@ -55,6 +55,23 @@ pub enum Error {
         source: object_store::Error,
     },
 
+    /// An input file gone since the export was planned: what Sleeper's garbage collector does to
+    /// the inputs of a compaction once the compaction has replaced them.
+    #[error(
+        "input file {file} of partition {partition} is gone: export {export_id} of table \
+         {table_id} was planned from the table's state at {planned_at}, and Sleeper's garbage \
+         collector deletes files that compactions have replaced (sleeper.table.gc.delay.minutes \
+         after, 15 by default). Plan the export again from the current state: submit it again \
+         (`sleeper-export submit --table-id {table_id}`), or run `sleeper-export export` again"
+    )]
+    InputGone {
+        file: String,
+        partition: String,
+        export_id: String,
+        table_id: String,
+        planned_at: crate::statestore::StateVersion,
+    },
+
     #[error("input file {file} of partition {partition} is not readable Parquet: {source}")]
     CorruptInputFile {
         file: String,

@@ -457,6 +457,30 @@ async fn a_table_with_no_snapshot_is_read_from_its_logs_alone() {
     );
     assert_same_table(&table, &reference).await;
 
+    // A compaction's garbage collector deletes an input after the export was planned.
+    let gone = table.files[0].filename.clone();
+    let location = stores.resolve(&gone).unwrap();
+    location.store.delete(&location.prefix).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let error = export_table(
+        &table,
+        &local(dir.path()),
+        &ExportOptions::default(),
+        |_| {},
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    for expected in [
+        gone.as_str(),
+        "is gone",
+        "files transaction 1, partitions transaction 1",
+        "garbage collector",
+        "sleeper-export submit --table-id table-1",
+    ] {
+        assert!(error.contains(expected), "{expected:?} not in: {error}");
+    }
+
     let unknown = opened.open_table_named("nope").await.unwrap_err();
     assert_eq!(
         unknown.to_string(),

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::export::LeafExportResult;
 use crate::query::BulkExportLeafPartitionQuery;
-use crate::statestore::read_all;
+use crate::statestore::{read_all, StateVersion};
 use crate::storage::Location;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,6 +29,9 @@ pub struct Manifest {
     pub table_id: String,
     pub export_id: String,
     pub sub_exports: Vec<SubExport>,
+    /// The state-store transactions the split was made from, for a table with a transaction log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_version: Option<StateVersion>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,8 +109,13 @@ impl ExportRecords {
     }
 
     /// Written before any leaf query is sent, so status never misses a leaf.
-    pub async fn write_manifest(&self, queries: &[BulkExportLeafPartitionQuery]) -> Result<()> {
+    pub async fn write_manifest(
+        &self,
+        queries: &[BulkExportLeafPartitionQuery],
+        state_version: Option<StateVersion>,
+    ) -> Result<()> {
         let manifest = Manifest {
+            state_version,
             table_id: self.table_id.clone(),
             export_id: self.export_id.clone(),
             sub_exports: queries
@@ -165,17 +173,19 @@ impl ExportRecords {
         .await
     }
 
+    /// The export's manifest, if it has been planned.
+    pub async fn manifest(&self) -> Result<Option<Manifest>> {
+        self.get_json(&self.path("manifest.json")).await
+    }
+
     pub async fn status(&self) -> Result<ExportStatus> {
-        let manifest: Manifest = self
-            .get_json(&self.path("manifest.json"))
-            .await?
-            .ok_or_else(|| Error::Location {
-                location: self.root.url_of(&self.path("")),
-                message: format!(
-                    "no manifest for export {} of table {}",
-                    self.export_id, self.table_id
-                ),
-            })?;
+        let manifest: Manifest = self.manifest().await?.ok_or_else(|| Error::Location {
+            location: self.root.url_of(&self.path("")),
+            message: format!(
+                "no manifest for export {} of table {}",
+                self.export_id, self.table_id
+            ),
+        })?;
         let status_dir = self.path("status");
         let listed = self.root.list(&status_dir).await?;
         let mut completions = HashMap::new();

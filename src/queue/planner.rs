@@ -46,7 +46,7 @@ impl Planner {
         };
         let leaf_queries = split_into_leaf_queries(table, &export_id);
         ExportRecords::new(&self.output, table.id(), &export_id)
-            .write_manifest(&leaf_queries)
+            .write_manifest(&leaf_queries, table.state_version)
             .await?;
         let schema = &table.properties.schema;
         let bodies = leaf_queries

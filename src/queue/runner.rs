@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
 use super::config::BulkExportConfig;
-use super::manifest::ExportRecords;
+use super::manifest::{ExportRecords, Manifest};
 use super::planner::{reject, Outcome};
 use super::trust::check_leaf_query;
 use super::{Message, MessageQueue};
@@ -172,6 +172,7 @@ impl Runner {
                 Ok(Outcome::Rejected(error))
             }
             Err(error) => {
+                let error = explain_missing_input(error, &records).await;
                 log::error!(
                     "leaf {} of export {} failed: {error}",
                     query.leaf_partition_id,
@@ -184,6 +185,32 @@ impl Runner {
                 Ok(Outcome::Failed(error))
             }
         }
+    }
+}
+
+/// A missing input of an export planned from a transaction log: say which state it was planned
+/// from, and how to plan it again.
+async fn explain_missing_input(error: Error, records: &ExportRecords) -> Error {
+    let Error::MissingInputFile {
+        file, partition, ..
+    } = &error
+    else {
+        return error;
+    };
+    match records.manifest().await {
+        Ok(Some(Manifest {
+            table_id,
+            export_id,
+            state_version: Some(planned_at),
+            ..
+        })) => Error::InputGone {
+            file: file.clone(),
+            partition: partition.clone(),
+            export_id,
+            table_id,
+            planned_at,
+        },
+        _ => error,
     }
 }
 
