@@ -417,6 +417,67 @@ async fn an_instance_table_reads_from_snapshots_and_logs_as_sleeper_folds_them()
         })
     );
     assert_same_table(&table, &reference).await;
+
+    // The command line names the instance and the table by name.
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_sleeper-export"))
+            .args(args)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "{args:?}: {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        stdout
+    };
+    let listed = run(&["tables", "--instance", &instance.id]);
+    let row = listed
+        .lines()
+        .find(|l| l.starts_with("demo "))
+        .unwrap_or_else(|| panic!("{listed}"));
+    let columns: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        columns[..5],
+        [
+            "demo",
+            "demo0001",
+            &reference.partitions.all().len().to_string(),
+            &reference.partitions.leaves().len().to_string(),
+            &reference.files.len().to_string()
+        ],
+        "{listed}"
+    );
+    let out = tempfile::tempdir().unwrap();
+    let exported = run(&[
+        "export",
+        "--instance",
+        &instance.id,
+        "--table",
+        "demo",
+        "--export-id",
+        "cli",
+        "--output",
+        out.path().to_str().unwrap(),
+    ]);
+    let rows = exported
+        .split("as export cli: 4 leaf files, ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("{exported}"));
+    let counted = run(&[
+        "sql",
+        "--instance",
+        &instance.id,
+        "--table",
+        "demo",
+        "SELECT count(*) AS n FROM demo",
+    ]);
+    assert!(
+        counted.contains(&format!("| {rows} ")),
+        "{rows} rows: {counted}"
+    );
 }
 
 #[tokio::test]

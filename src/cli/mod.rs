@@ -14,9 +14,11 @@ use datafusion::arrow::datatypes::UInt64Type;
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::prelude::SessionConfig;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::export::{export_table, ExportOptions, ExportSummary};
+use crate::instance::{config_bucket, Instance, INSTANCE_PROPERTIES};
 use crate::plan::sink::summary_schema;
+use crate::plan::SleeperTableProvider;
 use crate::query::BulkExportQuery;
 use crate::queue::config::{self as queue_config, BulkExportConfig};
 use crate::queue::manifest::ExportRecords;
@@ -59,12 +61,44 @@ pub enum Command {
     Status(StatusArgs),
     /// Run SQL over Sleeper tables: queries print a table, `COPY t TO '<dir>'` exports.
     Sql(SqlArgs),
+    /// List the tables of a Sleeper instance, with their partition and file counts.
+    Tables(TablesArgs),
+}
+
+/// A live Sleeper instance to read tables from: tables are then named by their Sleeper name.
+#[derive(Debug, Args, Clone, Default)]
+pub struct InstanceArgs {
+    /// The Sleeper instance id: its properties come from its config bucket
+    /// (sleeper-<id>-config), its tables' state from its DynamoDB transaction logs.
+    #[arg(long, env = "SLEEPER_INSTANCE_ID")]
+    pub instance: Option<String>,
+    /// The instance's config bucket, where it is not Sleeper's default for --instance.
+    #[arg(long, env = "SLEEPER_CONFIG_BUCKET")]
+    pub config_bucket: Option<String>,
+}
+
+impl InstanceArgs {
+    fn bucket(&self) -> Option<String> {
+        self.config_bucket
+            .clone()
+            .or_else(|| self.instance.as_deref().map(config_bucket))
+    }
+
+    async fn open(&self, stores: &Stores) -> Result<Option<Instance>> {
+        match self.bucket() {
+            Some(bucket) => Ok(Some(Instance::open(&bucket, stores).await?)),
+            None => Ok(None),
+        }
+    }
 }
 
 /// Where the queues and the export bucket are: Sleeper's instance properties, overridden by options.
 #[derive(Debug, Args)]
 pub struct QueueArgs {
-    /// An instance.properties file (local path or s3://) with Sleeper's bulk-export properties.
+    #[command(flatten)]
+    pub instance: InstanceArgs,
+    /// An instance.properties file (local path or s3://) with Sleeper's bulk-export properties
+    /// (default: the one in the config bucket of --instance).
     #[arg(long, env = "SLEEPER_INSTANCE_PROPERTIES")]
     pub instance_properties: Option<String>,
     /// sleeper.bulk.export.queue.url
@@ -98,7 +132,12 @@ pub struct QueueArgs {
 
 impl QueueArgs {
     async fn config(&self, stores: &Stores) -> Result<BulkExportConfig> {
-        let mut config = match &self.instance_properties {
+        let properties = self.instance_properties.clone().or_else(|| {
+            self.instance
+                .bucket()
+                .map(|bucket| format!("s3://{bucket}/{INSTANCE_PROPERTIES}"))
+        });
+        let mut config = match &properties {
             Some(location) => BulkExportConfig::load(location, stores).await?,
             None => BulkExportConfig::default(),
         };
@@ -154,10 +193,11 @@ pub struct SubmitArgs {
 pub struct WorkerArgs {
     #[command(flatten)]
     pub queues: QueueArgs,
-    /// The tables messages may name: directories or s3:// prefixes (repeat the option).
+    /// The tables messages may name: directories or s3:// prefixes (repeat the option); with
+    /// --instance, table names (default: every table of the instance).
     #[arg(
         long = "table",
-        required = true,
+        required_unless_present_any = ["instance", "config_bucket"],
         env = "SLEEPER_EXPORT_TABLES",
         value_delimiter = ','
     )]
@@ -195,9 +235,12 @@ pub struct StatusArgs {
 
 #[derive(Debug, Args)]
 pub struct ExportArgs {
-    /// The table: a directory or s3://bucket/prefix holding table.properties, data/ and statestore/.
+    /// The table: a directory or s3://bucket/prefix holding table.properties, data/ and
+    /// statestore/; with --instance, the table's name.
     #[arg(long)]
     pub table: String,
+    #[command(flatten)]
+    pub instance: InstanceArgs,
     /// Where exports go: a directory or s3://bucket/prefix.
     #[arg(long)]
     pub output: String,
@@ -220,10 +263,19 @@ pub struct SqlArgs {
     /// Run the statements in this file instead.
     #[arg(long, conflicts_with = "statements")]
     pub file: Option<PathBuf>,
-    /// Register a Sleeper table first, as NAME=LOCATION (a directory or s3://…); repeatable.
+    /// Register a Sleeper table first, as NAME=LOCATION (a directory or s3://…), or with
+    /// --instance NAME=TABLE or just TABLE (a table of the instance); repeatable.
     /// `CREATE EXTERNAL TABLE name STORED AS SLEEPER LOCATION '…'` does the same in SQL.
     #[arg(long = "table", value_name = "NAME=LOCATION")]
     pub tables: Vec<String>,
+    #[command(flatten)]
+    pub instance: InstanceArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TablesArgs {
+    #[command(flatten)]
+    pub instance: InstanceArgs,
 }
 
 #[derive(Debug, Args)]
@@ -256,7 +308,8 @@ pub async fn run(cli: Cli) -> Result<()> {
     let stores = Stores::default();
     match cli.command {
         Command::Export(args) => {
-            let table = SleeperTable::open(&args.table, &stores).await?;
+            let instance = args.instance.open(&stores).await?;
+            let table = open_table(&args.table, instance.as_ref(), &stores).await?;
             let defaults = ExportOptions::default();
             let options = ExportOptions {
                 export_id: args.export_id,
@@ -336,7 +389,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 .as_ref()
                 .map(|url| SqsQueue::new(client.clone(), url));
             let planner = Planner {
-                tables: open_tables(&args.tables, &stores).await?,
+                tables: open_tables(&args.tables, &args.queues.instance, &stores).await?,
                 output: stores.resolve(BulkExportConfig::required(
                     &config.output,
                     queue_config::BUCKET,
@@ -375,7 +428,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 .as_ref()
                 .map(|url| Arc::new(SqsQueue::new(client.clone(), url)) as Arc<dyn MessageQueue>);
             let runner = Arc::new(Runner {
-                tables: open_tables(&args.tables, &stores).await?,
+                tables: open_tables(&args.tables, &args.queues.instance, &stores).await?,
                 output: stores.resolve(BulkExportConfig::required(
                     &config.output,
                     queue_config::BUCKET,
@@ -397,6 +450,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::Sql(args) => run_sql(args, stores).await?,
+        Command::Tables(args) => list_tables(args, stores).await?,
         Command::Status(args) => {
             let config = args.queues.config(&stores).await?;
             let output = stores.resolve(BulkExportConfig::required(
@@ -443,15 +497,22 @@ async fn run_sql(args: SqlArgs, stores: Stores) -> Result<()> {
         (Some(statements), None) => statements.clone(),
         (None, None) => unreachable!("clap requires statements or --file"),
     };
-    let ctx = sleeper_session(stores, SessionConfig::new())?;
+    let instance = args.instance.open(&stores).await?;
+    let ctx = sleeper_session(stores.clone(), SessionConfig::new())?;
     for table in &args.tables {
-        let (name, location) = table
-            .split_once('=')
-            .ok_or_else(|| crate::Error::Location {
-                location: table.clone(),
-                message: "--table takes NAME=LOCATION".into(),
-            })?;
-        ctx.register_sleeper_table(name, location).await?;
+        let (name, source) = match (table.split_once('='), &instance) {
+            (Some(pair), _) => pair,
+            (None, Some(_)) => (table.as_str(), table.as_str()),
+            (None, None) => {
+                return Err(Error::Location {
+                    location: table.clone(),
+                    message: "--table takes NAME=LOCATION".into(),
+                })
+            }
+        };
+        let opened = open_table(source, instance.as_ref(), &stores).await?;
+        ctx.register_table(name, Arc::new(SleeperTableProvider::new(opened)))
+            .map_err(Error::DataFusion)?;
     }
     for statement in ctx.sleeper_statements(&script)? {
         let batches = ctx
@@ -500,12 +561,70 @@ fn print_sql_result(batches: &[RecordBatch]) -> Result<()> {
     Ok(())
 }
 
-async fn open_tables(locations: &[String], stores: &Stores) -> Result<TableIndex> {
-    let mut tables = Vec::with_capacity(locations.len());
-    for location in locations {
-        tables.push(SleeperTable::open(location, stores).await?);
+/// A table at a location, or with an instance, the instance's table of that name.
+async fn open_table(
+    table: &str,
+    instance: Option<&Instance>,
+    stores: &Stores,
+) -> Result<SleeperTable> {
+    match instance {
+        Some(instance) => instance.open_table_named(table).await,
+        None => SleeperTable::open(table, stores).await,
     }
-    Ok(TableIndex::new(tables))
+}
+
+/// The tables given, or with an instance and none given, every table of the instance.
+async fn open_tables(
+    tables: &[String],
+    instance: &InstanceArgs,
+    stores: &Stores,
+) -> Result<TableIndex> {
+    let instance = instance.open(stores).await?;
+    let names = match (&instance, tables.is_empty()) {
+        (Some(instance), true) => instance
+            .tables()
+            .await?
+            .into_iter()
+            .map(|table| table.name)
+            .collect(),
+        _ => tables.to_vec(),
+    };
+    let mut opened = Vec::with_capacity(names.len());
+    for name in &names {
+        opened.push(open_table(name, instance.as_ref(), stores).await?);
+    }
+    Ok(TableIndex::new(opened))
+}
+
+async fn list_tables(args: TablesArgs, stores: Stores) -> Result<()> {
+    let instance = args
+        .instance
+        .open(&stores)
+        .await?
+        .ok_or_else(|| Error::Property {
+            property: "--instance".into(),
+            message: "tables lists the tables of an instance: give --instance or --config-bucket"
+                .into(),
+        })?;
+    println!(
+        "{:<30} {:<24} {:>10} {:>8} {:>16}  state",
+        "table", "id", "partitions", "leaves", "file references"
+    );
+    for entry in instance.tables().await? {
+        let table = instance.open_table(&entry.id).await?;
+        println!(
+            "{:<30} {:<24} {:>10} {:>8} {:>16}  {}",
+            entry.name,
+            entry.id,
+            table.partitions.all().len(),
+            table.partitions.leaves().len(),
+            table.files.len(),
+            table
+                .state_version
+                .map_or_else(|| "-".to_owned(), |v| v.to_string())
+        );
+    }
+    Ok(())
 }
 
 /// Completes on SIGTERM (ECS stopping the task) or Ctrl-C.
