@@ -16,6 +16,9 @@
 //! `SLEEPER_BENCH_ROWS` overrides the rows per file (default 2,500,000); `SLEEPER_BENCH_RUNS`
 //! the runs per variant (default 3, the median is reported).
 
+mod common;
+
+use common::{peak_rss_mib, peak_rss_reset};
 use std::time::{Duration, Instant};
 
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -48,20 +51,6 @@ fn runtime(threads: usize) -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("a runtime")
-}
-
-fn peak_rss_reset() {
-    // Writing 5 to clear_refs resets the peak resident set size (Linux).
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
-fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 async fn create_table(dir: &std::path::Path, rows_per_file: usize) -> SleeperTable {

@@ -1,0 +1,138 @@
+//! Reading the state of a large table (run: `cargo bench --bench state_load`): 10,000
+//! partitions (5,000 leaves) and 100,000 file references (20 per leaf), as issue 6 asks.
+//!
+//! It times each step, with the peak RSS of the process during it (everything the steps before
+//! left in memory included):
+//! - opening the table from its Arrow snapshots on local disk (read, decode, tree, index);
+//! - folding the same state from a transaction log alone: an `INITIALISE_PARTITIONS` and 100
+//!   `ADD_FILES` transactions of 1,000 files each, parsed from their JSON bodies;
+//! - splitting the table into its 5,000 leaf queries.
+//!
+//! DynamoDB and S3 round trips come on top of this in a live instance: the log is read in pages
+//! of up to 1 MB, and bodies over 350 KB are one S3 GET each.
+
+mod common;
+
+use common::{peak_rss_mib, peak_rss_reset};
+use std::time::Instant;
+
+use object_store::ObjectStoreExt;
+use sleeper_export::model::{
+    Field, FileReference, KeyValue, PrimitiveType, Schema, TableProperties,
+};
+use sleeper_export::query::split_into_leaf_queries;
+use sleeper_export::statestore::transaction::{TableState, Transaction};
+use sleeper_export::statestore::{snapshot, SNAPSHOTS_DIR};
+use sleeper_export::storage::Stores;
+use sleeper_export::table::SleeperTable;
+use sleeper_export::tablegen::tree_from_split_points;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const LEAVES: i64 = 5_000;
+const FILES_PER_LEAF: usize = 20;
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let schema = Schema::new(
+            vec![Field::primitive("id", PrimitiveType::Long)],
+            vec![],
+            vec![Field::primitive("value", PrimitiveType::String)],
+        )
+        .unwrap();
+        let splits: Vec<KeyValue> = (1..LEAVES).map(|i| KeyValue::Long(i * 1_000)).collect();
+        let tree = tree_from_split_points("big", &schema, &splits).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let stores = Stores::default();
+        let location = stores.resolve(dir.path().to_str().unwrap()).unwrap();
+        let references: Vec<FileReference> = tree
+            .leaves()
+            .iter()
+            .flat_map(|leaf| {
+                let location = location.clone();
+                (0..FILES_PER_LEAF).map(move |n| FileReference {
+                    filename: format!(
+                        "{}/data/partition_{}/{n:04}-{}.parquet",
+                        location.url, leaf.id, uuid::Uuid::new_v4()
+                    ),
+                    partition_id: leaf.id.clone(),
+                    number_of_rows: 1_000,
+                    count_approximate: false,
+                    only_contains_data_for_this_partition: true,
+                })
+            })
+            .collect();
+        let properties = TableProperties::new("big", "big", schema.clone());
+        SleeperTable::write_properties(&location, &properties).await.unwrap();
+        for (kind, bytes) in [
+            ("files", snapshot::write_files(&references, 0).unwrap()),
+            ("partitions", snapshot::write_partitions(tree.all(), &schema).unwrap()),
+        ] {
+            let path = location.child(&format!("{SNAPSHOTS_DIR}/1-{kind}.arrow"));
+            println!("{kind} snapshot: {:.1} MiB", bytes.len() as f64 / 1048576.0);
+            location.store.put(&path, bytes.into()).await.unwrap();
+        }
+        let log: Vec<(String, String)> = std::iter::once((
+            "INITIALISE_PARTITIONS".to_owned(),
+            Transaction::InitialisePartitions(tree.all().to_vec()).to_json(&schema),
+        ))
+        .chain(references.chunks(1_000).map(|chunk| {
+            let files = chunk
+                .iter()
+                .map(|r| (r.filename.clone(), vec![r.clone()]))
+                .collect();
+            ("ADD_FILES".to_owned(), Transaction::AddFiles(files).to_json(&schema))
+        }))
+        .collect();
+        let log_bytes: usize = log.iter().map(|(_, body)| body.len()).sum();
+        println!(
+            "{} partitions, {} leaves, {} file references; the log: {} transactions, {:.1} MiB of JSON",
+            tree.all().len(),
+            tree.leaves().len(),
+            references.len(),
+            log.len(),
+            log_bytes as f64 / 1048576.0
+        );
+        println!("peak RSS before reading: {:.0} MiB", peak_rss_mib());
+
+        peak_rss_reset();
+        let started = Instant::now();
+        let table = SleeperTable::open(dir.path().to_str().unwrap(), &stores).await.unwrap();
+        println!(
+            "open from snapshots:       {:>8.3} s   peak RSS {:.0} MiB",
+            started.elapsed().as_secs_f64(),
+            peak_rss_mib()
+        );
+        assert_eq!(table.files.len(), references.len());
+
+        peak_rss_reset();
+        let started = Instant::now();
+        let mut state = TableState::default();
+        for (kind, body) in &log {
+            state.apply(Transaction::from_json(kind, body, &schema).unwrap());
+        }
+        let folded = state.file_references().len();
+        println!(
+            "fold the log alone:        {:>8.3} s   peak RSS {:.0} MiB",
+            started.elapsed().as_secs_f64(),
+            peak_rss_mib()
+        );
+        assert_eq!(folded, references.len());
+
+        peak_rss_reset();
+        let started = Instant::now();
+        let queries = split_into_leaf_queries(&table, "bench");
+        println!(
+            "split into leaf queries:   {:>8.3} s   peak RSS {:.0} MiB ({} queries)",
+            started.elapsed().as_secs_f64(),
+            peak_rss_mib(),
+            queries.len()
+        );
+    });
+}
