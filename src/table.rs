@@ -6,6 +6,7 @@ use std::sync::Arc;
 use object_store::ObjectStoreExt;
 
 use crate::error::{Error, Result};
+use crate::instance::Instance;
 use crate::model::{FileReference, JavaProperties, PartitionTree, TableProperties};
 use crate::statestore::{read_all, SnapshotStateStore, StateStore, StateVersion};
 use crate::storage::{Location, Stores};
@@ -140,11 +141,31 @@ impl SleeperTable {
 #[derive(Debug, Clone, Default)]
 pub struct TableIndex {
     tables: Vec<SleeperTable>,
+    /// Where the tables' state can be read again, for tables of a live instance.
+    instance: Option<Instance>,
 }
 
 impl TableIndex {
     pub fn new(tables: Vec<SleeperTable>) -> Self {
-        TableIndex { tables }
+        TableIndex {
+            tables,
+            instance: None,
+        }
+    }
+
+    /// Tables of a live instance, whose state [`TableIndex::current`] reads again.
+    pub fn with_instance(mut self, instance: Option<Instance>) -> Self {
+        self.instance = instance;
+        self
+    }
+
+    /// The table with its state as it is now: a live instance's table changes under a
+    /// long-running planner, and an export split from old state reads files already replaced.
+    pub async fn current(&self, table: &SleeperTable) -> Result<SleeperTable> {
+        match &self.instance {
+            Some(instance) => instance.open_table(table.id()).await,
+            None => Ok(table.clone()),
+        }
     }
 
     pub fn by_id(&self, table_id: &str) -> Result<&SleeperTable> {

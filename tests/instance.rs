@@ -16,11 +16,16 @@ use object_store::ObjectStoreExt;
 use sleeper_export::export::{export_table, ExportOptions, ExportSummary};
 use sleeper_export::instance::{config_bucket, Instance, TableEntry};
 use sleeper_export::model::{FileReference, JavaProperties, Partition};
+use sleeper_export::query::BulkExportQuery;
+use sleeper_export::queue::local::LocalQueue;
+use sleeper_export::queue::manifest::ExportRecords;
+use sleeper_export::queue::planner::Planner;
 use sleeper_export::statestore::snapshot;
 use sleeper_export::statestore::transaction::Transaction;
 use sleeper_export::statestore::StateVersion;
 use sleeper_export::storage::{Location, Stores};
 use sleeper_export::table::SleeperTable;
+use sleeper_export::table::TableIndex;
 use sleeper_export::tablegen::write_demo_table;
 
 /// The DynamoDB tables of one test instance, named as Sleeper's properties name them.
@@ -517,6 +522,41 @@ async fn a_table_with_no_snapshot_is_read_from_its_logs_alone() {
         })
     );
     assert_same_table(&table, &reference).await;
+
+    // A long-running planner splits each query from the state as it is when it plans it.
+    instance
+        .append(
+            &reference,
+            FILES_LOG,
+            2,
+            vec![(Transaction::AssignJobIds(serde_json::json!([])), false)],
+        )
+        .await;
+    let plans = tempfile::tempdir().unwrap();
+    let planner = Planner {
+        tables: TableIndex::new(vec![table.clone()]).with_instance(Some(opened.clone())),
+        output: local(plans.path()),
+    };
+    let leaf_queue = LocalQueue::default();
+    planner
+        .plan(
+            &BulkExportQuery::of_table(table.id(), "fresh").to_json(),
+            &leaf_queue,
+        )
+        .await
+        .unwrap();
+    let manifest = ExportRecords::new(&local(plans.path()), table.id(), "fresh")
+        .manifest()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        manifest.state_version,
+        Some(StateVersion {
+            files_transaction: 2,
+            partitions_transaction: 1,
+        })
+    );
 
     // A compaction's garbage collector deletes an input after the export was planned.
     let gone = table.files[0].filename.clone();

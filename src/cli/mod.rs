@@ -593,7 +593,7 @@ async fn open_tables(
     for name in &names {
         opened.push(open_table(name, instance.as_ref(), stores).await?);
     }
-    Ok(TableIndex::new(opened))
+    Ok(TableIndex::new(opened).with_instance(instance))
 }
 
 async fn list_tables(args: TablesArgs, stores: Stores) -> Result<()> {

@@ -44,6 +44,7 @@ impl Planner {
             TableSelector::Id(id) => self.tables.by_id(id)?,
             TableSelector::Name(name) => self.tables.by_name(name)?,
         };
+        let table = &self.tables.current(table).await?;
         let leaf_queries = split_into_leaf_queries(table, &export_id);
         ExportRecords::new(&self.output, table.id(), &export_id)
             .write_manifest(&leaf_queries, table.state_version)
