@@ -92,7 +92,7 @@ impl Instance {
             .dynamo
             .query()
             .table_name(index)
-            .key_condition_expression("TABLE_NAME = :name")
+            .key_condition_expression("TableName = :name")
             .expression_attribute_values(":name", AttributeValue::S(name.to_owned()))
             .send()
             .await
@@ -157,7 +157,7 @@ impl Instance {
 }
 
 fn entry(item: &HashMap<String, AttributeValue>) -> Option<TableEntry> {
-    match (item.get("TABLE_NAME"), item.get("TABLE_ID")) {
+    match (item.get("TableName"), item.get("TableId")) {
         (Some(AttributeValue::S(name)), Some(AttributeValue::S(id))) => Some(TableEntry {
             name: name.clone(),
             id: id.clone(),

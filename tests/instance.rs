@@ -50,7 +50,7 @@ impl LocalInstance {
             Client::new(&aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await);
         let mut tables = HashMap::new();
         for (property, hash, range) in [
-            (NAME_INDEX, "TABLE_NAME", None),
+            (NAME_INDEX, "TableName", None),
             (FILES_LOG, "TABLE_ID", Some("TRANSACTION_NUMBER")),
             (PARTITIONS_LOG, "TABLE_ID", Some("TRANSACTION_NUMBER")),
             (LATEST_SNAPSHOTS, "TABLE_ID", None),
@@ -128,8 +128,9 @@ impl LocalInstance {
         self.dynamo
             .put_item()
             .table_name(&self.tables[NAME_INDEX])
-            .item("TABLE_NAME", AttributeValue::S(table.name().into()))
-            .item("TABLE_ID", AttributeValue::S(table.id().into()))
+            .item("TableName", AttributeValue::S(table.name().into()))
+            .item("TableId", AttributeValue::S(table.id().into()))
+            .item("Online", AttributeValue::S("true".into()))
             .send()
             .await
             .unwrap();
