@@ -41,6 +41,10 @@ pub enum Error {
     #[error("invalid state-store transaction ({context}): {message}")]
     Transaction { context: String, message: String },
 
+    /// The DynamoDB table in which a Sleeper instance indexes its tables by name.
+    #[error("table index {index} of the Sleeper instance: {message}")]
+    TableIndex { index: String, message: String },
+
     #[error("state store of table {table}: {message}")]
     StateStore { table: String, message: String },
 

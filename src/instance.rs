@@ -146,12 +146,9 @@ impl Instance {
     }
 
     fn index_error(&self, index: &str, error: impl std::error::Error) -> Error {
-        Error::StateStore {
-            table: "(table index)".into(),
-            message: format!(
-                "reading DynamoDB table {index}: {}",
-                DisplayErrorContext(error)
-            ),
+        Error::TableIndex {
+            index: index.to_owned(),
+            message: DisplayErrorContext(error).to_string(),
         }
     }
 }

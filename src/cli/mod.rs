@@ -340,7 +340,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             let table_dir = args.dir.join("table");
             let output_dir = args.dir.join("export");
             if table_dir.exists() {
-                std::fs::remove_dir_all(&table_dir).map_err(|e| crate::Error::Location {
+                std::fs::remove_dir_all(&table_dir).map_err(|e| Error::Location {
                     location: table_dir.display().to_string(),
                     message: format!("cannot clear the old demo table: {e}"),
                 })?;
@@ -490,7 +490,7 @@ pub async fn run(cli: Cli) -> Result<()> {
 
 async fn run_sql(args: SqlArgs, stores: Stores) -> Result<()> {
     let script = match (&args.statements, &args.file) {
-        (_, Some(file)) => std::fs::read_to_string(file).map_err(|e| crate::Error::Location {
+        (_, Some(file)) => std::fs::read_to_string(file).map_err(|e| Error::Location {
             location: file.display().to_string(),
             message: format!("cannot read the SQL file: {e}"),
         })?,
@@ -520,7 +520,7 @@ async fn run_sql(args: SqlArgs, stores: Stores) -> Result<()> {
             .await?
             .collect()
             .await
-            .map_err(crate::Error::DataFusion)?;
+            .map_err(Error::DataFusion)?;
         print_sql_result(&batches)?;
     }
     Ok(())
@@ -552,7 +552,7 @@ fn print_sql_result(batches: &[RecordBatch]) -> Result<()> {
             HumanBytes(bytes)
         );
     } else if first.num_columns() > 0 {
-        let table = pretty_format_batches(batches).map_err(|source| crate::Error::Arrow {
+        let table = pretty_format_batches(batches).map_err(|source| Error::Arrow {
             context: "formatting query results".into(),
             source,
         })?;
@@ -580,18 +580,18 @@ async fn open_tables(
     stores: &Stores,
 ) -> Result<TableIndex> {
     let instance = instance.open(stores).await?;
-    let names = match (&instance, tables.is_empty()) {
-        (Some(instance), true) => instance
-            .tables()
-            .await?
-            .into_iter()
-            .map(|table| table.name)
-            .collect(),
-        _ => tables.to_vec(),
-    };
-    let mut opened = Vec::with_capacity(names.len());
-    for name in &names {
-        opened.push(open_table(name, instance.as_ref(), stores).await?);
+    let mut opened = Vec::new();
+    match (&instance, tables.is_empty()) {
+        (Some(instance), true) => {
+            for entry in instance.tables().await? {
+                opened.push(instance.open_table(&entry.id).await?);
+            }
+        }
+        _ => {
+            for table in tables {
+                opened.push(open_table(table, instance.as_ref(), stores).await?);
+            }
+        }
     }
     Ok(TableIndex::new(opened).with_instance(instance))
 }

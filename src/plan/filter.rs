@@ -210,7 +210,7 @@ impl RowFilter {
 
     /// Files are sorted by the first row key, so once a batch ends at or past the upper end of
     /// the first key's ranges, no later row of that file can be kept.
-    pub fn past_partition_end(&self, batch: &RecordBatch) -> Result<bool, ArrowError> {
+    pub fn past_kept_keys(&self, batch: &RecordBatch) -> Result<bool, ArrowError> {
         let Some(end) = &self.first_key_end else {
             return Ok(false);
         };

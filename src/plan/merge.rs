@@ -169,6 +169,14 @@ impl LeafMergeExec {
         &self.leaves
     }
 
+    /// `3`, or `3 of 10` when a query's predicates left leaves out.
+    fn leaf_count_text(&self) -> String {
+        match self.pruned_leaves {
+            0 => self.leaves.len().to_string(),
+            pruned => format!("{} of {}", self.leaves.len(), self.leaves.len() + pruned),
+        }
+    }
+
     /// Every leaf is sorted in Sleeper's key order. DataFusion is told only the prefix of that
     /// order it shares: integer keys. Strings and byte arrays order differently in DataFusion
     /// (see `model::order`), and a declared order that is false would let it skip a sort that
@@ -310,16 +318,6 @@ impl LeafMergeExec {
         };
         merge.start().await?;
         Ok(merge)
-    }
-}
-
-impl LeafMergeExec {
-    /// `3`, or `3 of 10` when a query's predicates left leaves out.
-    fn leaf_count_text(&self) -> String {
-        match self.pruned_leaves {
-            0 => self.leaves.len().to_string(),
-            pruned => format!("{} of {}", self.leaves.len(), self.leaves.len() + pruned),
-        }
     }
 }
 
@@ -687,10 +685,7 @@ impl FileReader {
             .map_err(arrow_error)?;
         let batch = RecordBatch::try_new(Arc::clone(&self.read_schema), columns)
             .map_err(|e| self.mismatch(format!("its rows do not fit the table schema: {e}")))?;
-        let past_end = self
-            .filter
-            .past_partition_end(&batch)
-            .map_err(arrow_error)?;
+        let past_end = self.filter.past_kept_keys(&batch).map_err(arrow_error)?;
         let batch = match self.keep(&batch).map_err(arrow_error)? {
             Some(mask) => filter_record_batch(&batch, &mask).map_err(arrow_error)?,
             None => batch,

@@ -12,7 +12,7 @@ use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 
 use super::merge::{LeafInput, LeafMergeExec};
-use super::pushdown::key_regions;
+use super::pushdown::{intersect_unions, key_regions};
 use crate::error::Result;
 use crate::model::Region;
 use crate::query::splitter::leaf_files;
@@ -81,11 +81,7 @@ impl SleeperTableProvider {
         filters
             .iter()
             .filter_map(|filter| key_regions(filter, schema))
-            .reduce(|left, right| {
-                left.iter()
-                    .flat_map(|a| right.iter().filter_map(move |b| a.intersect(b)))
-                    .collect()
-            })
+            .reduce(|left, right| intersect_unions(&left, &right))
     }
 }
 

@@ -27,13 +27,7 @@ pub fn key_regions(filter: &Expr, schema: &Schema) -> Option<Vec<Region>> {
             left,
             op: Operator::And,
             right,
-        }) => {
-            let right = key_regions(right, schema)?;
-            key_regions(left, schema)?
-                .iter()
-                .flat_map(|a| right.iter().filter_map(move |b| a.intersect(b)))
-                .collect()
-        }
+        }) => intersect_unions(&key_regions(left, schema)?, &key_regions(right, schema)?),
         Expr::BinaryExpr(BinaryExpr {
             left,
             op: Operator::Or,
@@ -81,6 +75,13 @@ pub fn key_regions(filter: &Expr, schema: &Schema) -> Option<Vec<Region>> {
         _ => return None,
     };
     (regions.len() <= MAX_REGIONS).then_some(regions)
+}
+
+/// The rows in both unions of regions, as a union of regions.
+pub fn intersect_unions(left: &[Region], right: &[Region]) -> Vec<Region> {
+    left.iter()
+        .flat_map(|a| right.iter().filter_map(move |b| a.intersect(b)))
+        .collect()
 }
 
 fn comparison(left: &Expr, op: Operator, right: &Expr, schema: &Schema) -> Option<Vec<Region>> {

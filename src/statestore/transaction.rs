@@ -62,14 +62,12 @@ struct PartitionReferenceJson {
     only_contains_data_for_this_partition: bool,
 }
 
+/// A reference with its file's name, as replacements and splits write one.
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
 struct ReferenceJson {
     filename: String,
-    partition_id: String,
-    number_of_rows: u64,
-    count_approximate: bool,
-    only_contains_data_for_this_partition: bool,
+    #[serde(flatten)]
+    reference: PartitionReferenceJson,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -110,15 +108,30 @@ struct SplitRequestJson {
     new_references: Vec<ReferenceJson>,
 }
 
+impl PartitionReferenceJson {
+    fn of(reference: &FileReference) -> Self {
+        PartitionReferenceJson {
+            partition_id: reference.partition_id.clone(),
+            number_of_rows: reference.number_of_rows,
+            count_approximate: reference.count_approximate,
+            only_contains_data_for_this_partition: reference.only_contains_data_for_this_partition,
+        }
+    }
+
+    fn into_file(self, filename: String) -> FileReference {
+        FileReference {
+            filename,
+            partition_id: self.partition_id,
+            number_of_rows: self.number_of_rows,
+            count_approximate: self.count_approximate,
+            only_contains_data_for_this_partition: self.only_contains_data_for_this_partition,
+        }
+    }
+}
+
 impl From<ReferenceJson> for FileReference {
     fn from(json: ReferenceJson) -> Self {
-        FileReference {
-            filename: json.filename,
-            partition_id: json.partition_id,
-            number_of_rows: json.number_of_rows,
-            count_approximate: json.count_approximate,
-            only_contains_data_for_this_partition: json.only_contains_data_for_this_partition,
-        }
+        json.reference.into_file(json.filename)
     }
 }
 
@@ -126,10 +139,7 @@ impl From<&FileReference> for ReferenceJson {
     fn from(reference: &FileReference) -> Self {
         ReferenceJson {
             filename: reference.filename.clone(),
-            partition_id: reference.partition_id.clone(),
-            number_of_rows: reference.number_of_rows,
-            count_approximate: reference.count_approximate,
-            only_contains_data_for_this_partition: reference.only_contains_data_for_this_partition,
+            reference: PartitionReferenceJson::of(reference),
         }
     }
 }
@@ -198,14 +208,7 @@ impl Transaction {
                             let references = file
                                 .references
                                 .into_iter()
-                                .map(|r| FileReference {
-                                    filename: file.filename.clone(),
-                                    partition_id: r.partition_id,
-                                    number_of_rows: r.number_of_rows,
-                                    count_approximate: r.count_approximate,
-                                    only_contains_data_for_this_partition: r
-                                        .only_contains_data_for_this_partition,
-                                })
+                                .map(|r| r.into_file(file.filename.clone()))
                                 .collect();
                             (file.filename, references)
                         })
@@ -284,16 +287,7 @@ impl Transaction {
                     .iter()
                     .map(|(filename, references)| FileJson {
                         filename: filename.clone(),
-                        references: references
-                            .iter()
-                            .map(|r| PartitionReferenceJson {
-                                partition_id: r.partition_id.clone(),
-                                number_of_rows: r.number_of_rows,
-                                count_approximate: r.count_approximate,
-                                only_contains_data_for_this_partition: r
-                                    .only_contains_data_for_this_partition,
-                            })
-                            .collect(),
+                        references: references.iter().map(PartitionReferenceJson::of).collect(),
                     })
                     .collect::<Vec<_>>()
             }),
