@@ -9,6 +9,8 @@
 //! - (b) the floor: the same rows filtered and copied file after file, no merge, 1 thread;
 //!
 //! - ours with Sleeper aggregations (sum, max, min) on every value column, 1 and 2 threads;
+//! - ours without the check that input files are in the table's order, 1 and 2 threads, to
+//!   measure what the check costs;
 //! - reading and filtering alone, to show how the floor's time splits;
 //!
 //! each variant in its own process, and prints the ratios the issues set targets for, with the
@@ -102,14 +104,18 @@ struct Measured {
     rows: u64,
 }
 
-fn ours(table: &SleeperTable, out: &std::path::Path, threads: usize) -> u64 {
+fn ours(table: &SleeperTable, out: &std::path::Path, threads: usize, verify_order: bool) -> u64 {
     runtime(threads).block_on(async {
         let output = Stores::default().resolve(out.to_str().unwrap()).unwrap();
         let query = split_into_leaf_queries(table, "bench")
             .into_iter()
             .find(|q| q.partition_region.ranges[0].max.is_some())
             .expect("the 80 % leaf");
-        run_leaf_query(table, &query, &output, &ExportOptions::default())
+        let options = ExportOptions {
+            verify_order,
+            ..ExportOptions::default()
+        };
+        run_leaf_query(table, &query, &output, &options)
             .await
             .unwrap()
             .rows_written
@@ -156,12 +162,18 @@ fn floor(table: &SleeperTable, out: &std::path::Path, write: bool) -> u64 {
         &query.partition_region,
         &query.regions,
         &schema.row_key_types(),
+        table.properties.key_order,
     );
     let file = std::fs::File::create(out.join("floor.parquet")).unwrap();
     let mut writer = ArrowWriter::try_new(
         file,
         schema.arrow_schema(),
-        Some(table.properties.writer_properties().unwrap()),
+        Some(
+            table
+                .properties
+                .writer_properties(&schema.arrow_schema())
+                .unwrap(),
+        ),
     )
     .unwrap();
     let mut rows = 0;
@@ -208,10 +220,12 @@ fn run_variant(name: &str, table: &SleeperTable, runs: usize) {
         let rows = match name {
             "floor" => floor(table, out.path(), true),
             "read" => floor(table, out.path(), false),
-            "ours-1" => ours(table, out.path(), 1),
-            "ours-2" => ours(table, out.path(), 2),
-            "ours-agg-1" => ours(&aggregating(table), out.path(), 1),
-            "ours-agg-2" => ours(&aggregating(table), out.path(), 2),
+            "ours-1" => ours(table, out.path(), 1, true),
+            "ours-2" => ours(table, out.path(), 2, true),
+            "ours-unchecked-1" => ours(table, out.path(), 1, false),
+            "ours-unchecked-2" => ours(table, out.path(), 2, false),
+            "ours-agg-1" => ours(&aggregating(table), out.path(), 1, true),
+            "ours-agg-2" => ours(&aggregating(table), out.path(), 2, true),
             "datafusion-2" => datafusion_merge(table, out.path()),
             other => panic!("unknown variant {other}"),
         };
@@ -281,13 +295,15 @@ fn main() {
         "read",
         "ours-1",
         "ours-2",
+        "ours-unchecked-1",
+        "ours-unchecked-2",
         "ours-agg-1",
         "ours-agg-2",
         "datafusion-2",
     ];
     let measured: Vec<(&str, Measured)> = variants.iter().map(|v| (*v, measure(v, runs))).collect();
     let get = |name: &str| &measured.iter().find(|(v, _)| *v == name).unwrap().1;
-    for name in ["ours-1", "ours-2", "datafusion-2"] {
+    for name in ["ours-1", "ours-2", "ours-unchecked-2", "datafusion-2"] {
         assert_eq!(
             get(name).rows,
             get("floor").rows,
@@ -305,6 +321,11 @@ fn main() {
         ("read", "     read + filter only, 1 thread"),
         ("ours-1", "ours, 1 thread"),
         ("ours-2", "ours, 2 threads"),
+        ("ours-unchecked-1", "ours without the order check, 1 thread"),
+        (
+            "ours-unchecked-2",
+            "ours without the order check, 2 threads",
+        ),
         ("ours-agg-1", "ours, sum/max/min aggregation, 1 thread"),
         ("ours-agg-2", "ours, sum/max/min aggregation, 2 threads"),
         (
@@ -337,6 +358,11 @@ fn main() {
     println!(
         "  aggregated / plain, 2 threads    = {:.3} (target < 1.15)",
         ratio("ours-agg-2", "ours-2")
+    );
+    println!(
+        "  order check: checked / unchecked = {:.3} (1 thread), {:.3} (2 threads) (budget ≤ 1.03)",
+        ratio("ours-1", "ours-unchecked-1"),
+        ratio("ours-2", "ours-unchecked-2")
     );
     let peak = ["ours-1", "ours-2", "ours-agg-1", "ours-agg-2"]
         .iter()

@@ -92,6 +92,7 @@ async fn main() {
     let planner = Planner {
         tables: TableIndex::new(vec![wide]),
         output: output.clone(),
+        export: ExportOptions::default(),
     };
     let over_sqs = planning_rate(&planner, &sqs_queue(&client, "plan").await, "plan-sqs").await;
     let in_process = planning_rate(&planner, &LocalQueue::default(), "plan-local").await;
@@ -124,6 +125,7 @@ async fn main() {
     let planner = Planner {
         tables: TableIndex::new(vec![table.clone()]),
         output: output.clone(),
+        export: ExportOptions::default(),
     };
     let query = BulkExportQuery::of_table(table.id(), "queued");
     planner.plan(&query.to_json(), &leaf_queue).await.unwrap();

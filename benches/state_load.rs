@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use object_store::ObjectStoreExt;
 use sleeper_export::model::{
-    Field, FileReference, KeyValue, PrimitiveType, Schema, TableProperties,
+    Field, FileReference, KeyValue, PrimitiveType, Schema, StateFile, TableProperties,
 };
 use sleeper_export::query::split_into_leaf_queries;
 use sleeper_export::statestore::transaction::{TableState, Transaction};
@@ -65,13 +65,14 @@ fn main() {
                     number_of_rows: 1_000,
                     count_approximate: false,
                     only_contains_data_for_this_partition: true,
+                    job_id: None,
                 })
             })
             .collect();
         let properties = TableProperties::new("big", "big", schema.clone());
         SleeperTable::write_properties(&location, &properties).await.unwrap();
         for (kind, bytes) in [
-            ("files", snapshot::write_files(&references, 0).unwrap()),
+            ("files", snapshot::write_files(&StateFile::group(references.clone()), 0).unwrap()),
             ("partitions", snapshot::write_partitions(tree.all(), &schema).unwrap()),
         ] {
             let path = location.child(&format!("{SNAPSHOTS_DIR}/1-{kind}.arrow"));
@@ -83,10 +84,7 @@ fn main() {
             Transaction::InitialisePartitions(tree.all().to_vec()).to_json(&schema),
         ))
         .chain(references.chunks(1_000).map(|chunk| {
-            let files = chunk
-                .iter()
-                .map(|r| (r.filename.clone(), vec![r.clone()]))
-                .collect();
+            let files = StateFile::group(chunk.iter().cloned());
             ("ADD_FILES".to_owned(), Transaction::AddFiles(files).to_json(&schema))
         }))
         .collect();
@@ -115,9 +113,9 @@ fn main() {
         let started = Instant::now();
         let mut state = TableState::default();
         for (kind, body) in &log {
-            state.apply(Transaction::from_json(kind, body, &schema).unwrap());
+            state.apply(Transaction::from_json(kind, body, &schema).unwrap()).unwrap();
         }
-        let folded = state.file_references().len();
+        let folded: usize = state.files().iter().map(|f| f.references.len()).sum();
         println!(
             "fold the log alone:        {:>8.3} s   peak RSS {:.0} MiB",
             started.elapsed().as_secs_f64(),

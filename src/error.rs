@@ -41,6 +41,12 @@ pub enum Error {
     #[error("invalid state-store transaction ({context}): {message}")]
     Transaction { context: String, message: String },
 
+    #[error("Sleeper instance {instance_id}: {message}")]
+    InstanceNotFound {
+        instance_id: String,
+        message: String,
+    },
+
     /// The DynamoDB table in which a Sleeper instance indexes its tables by name.
     #[error("table index {index} of the Sleeper instance: {message}")]
     TableIndex { index: String, message: String },
@@ -91,6 +97,27 @@ pub enum Error {
         file: String,
         partition: String,
         message: String,
+    },
+
+    /// A file not in the order of the table's data engine: merged, it would come out unsorted.
+    #[error(
+        "input file {file} of partition {partition} is not sorted in {order}: its row {row} \
+         (counting from 0) has key {key}, which sorts before the previous row's {previous}{}",
+        other_order_fits
+            .map(|other| format!(
+                "; the two rows are in {other}: check that sleeper.table.data.engine names the \
+                 engine that wrote the table's files (`--key-order` overrides it)"
+            ))
+            .unwrap_or_default()
+    )]
+    UnsortedInputFile {
+        file: String,
+        partition: String,
+        row: u64,
+        key: String,
+        previous: String,
+        order: crate::model::KeyOrder,
+        other_order_fits: Option<crate::model::KeyOrder>,
     },
 
     /// A message asked for something it may not: a path outside the table, an unsafe id.

@@ -13,7 +13,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use object_store::path::Path;
 
 use crate::error::{Error, Result};
-use crate::model::CompactionRules;
+use crate::model::{CompactionRules, KeyOrder, TableProperties};
 use crate::plan::{ExportTarget, LeafExportExec, LeafInput, LeafMergeExec};
 use crate::query::{BulkExportLeafPartitionQuery, BulkExportQuery};
 use crate::queue::config::BulkExportConfig;
@@ -36,6 +36,13 @@ pub struct ExportOptions {
     /// The time age-off filters count back from; the clock at each leaf's start when not given.
     /// Pinning it makes a re-run of a leaf give the same rows.
     pub age_off_clock_millis: Option<i64>,
+    /// The order of the table's files, instead of its data engine's (`sleeper.table.data.engine`).
+    pub key_order: Option<KeyOrder>,
+    /// The codec to write, instead of the table's (`sleeper.table.parquet.compression.codec`),
+    /// one of Sleeper's names (e.g. for a table compressed with `lzo`, which cannot be written).
+    pub compression: Option<String>,
+    /// Check, as files are read, that their rows are in the table's order (on by default).
+    pub verify_order: bool,
 }
 
 impl Default for ExportOptions {
@@ -46,7 +53,24 @@ impl Default for ExportOptions {
             batch_size: 8192,
             raw: false,
             age_off_clock_millis: None,
+            key_order: None,
+            compression: None,
+            verify_order: true,
         }
+    }
+}
+
+impl ExportOptions {
+    /// The table's properties with these options' overrides.
+    pub fn table_properties(&self, table: &SleeperTable) -> TableProperties {
+        let mut properties = table.properties.as_ref().clone();
+        if let Some(order) = self.key_order {
+            properties.key_order = order;
+        }
+        if let Some(codec) = &self.compression {
+            properties.parquet.compression = codec.trim().to_ascii_lowercase();
+        }
+        properties
     }
 }
 
@@ -118,19 +142,23 @@ pub fn leaf_export_plan(
             value: query.table_id.clone(),
         });
     }
+    let properties = options.table_properties(table);
     let merge = LeafMergeExec::new(
         table.id(),
-        Arc::new(table.properties.schema.clone()),
+        Arc::new(properties.schema.clone()),
+        properties.key_order,
         vec![LeafInput::from(query)],
         None,
         if options.raw {
             CompactionRules::default()
         } else {
-            table.properties.compaction_rules()?
+            properties.compaction_rules()?
         },
         table.stores.clone(),
     )
-    .with_age_off_clock(options.age_off_clock_millis);
+    .with_age_off_clock(options.age_off_clock_millis)
+    .with_order_check(options.verify_order);
+    let writer_properties = properties.writer_properties(&merge.schema())?;
     let path = output_path(
         output,
         &query.table_id,
@@ -147,7 +175,7 @@ pub fn leaf_export_plan(
         Arc::new(merge),
         Arc::clone(&output.store),
         vec![target],
-        table.properties.writer_properties()?,
+        writer_properties,
     )?))
 }
 
@@ -198,9 +226,14 @@ pub async fn export_table(
     table: &SleeperTable,
     output: &Location,
     options: &ExportOptions,
-    on_leaf: impl FnMut(&LeafExportResult),
+    mut on_leaf: impl FnMut(&LeafExportResult),
 ) -> Result<ExportSummary> {
     let started = Instant::now();
+    // A table whose settings cannot be written (a codec nothing here writes) fails before any
+    // file is.
+    options
+        .table_properties(table)
+        .writer_properties(&table.properties.schema.arrow_schema())?;
     let export_id = options
         .export_id
         .clone()
@@ -212,9 +245,11 @@ pub async fn export_table(
     let planner = Planner {
         tables: tables.clone(),
         output: output.clone(),
+        export: options.clone(),
     };
     let query = BulkExportQuery::of_table(table.id(), export_id.clone());
-    planner.plan(&query.to_json(), leaf_queue.as_ref()).await?;
+    let planned = planner.plan(&query.to_json(), leaf_queue.as_ref()).await?;
+    planned.empty_leaves.iter().for_each(&mut on_leaf);
     let runner = Arc::new(Runner {
         tables,
         output: output.clone(),
@@ -245,6 +280,7 @@ pub async fn export_table(
         .map(|(position, leaf)| (leaf.id.as_str(), position))
         .collect();
     let mut leaves = report.done;
+    leaves.extend(planned.empty_leaves);
     leaves.sort_by_key(|leaf| order.get(leaf.leaf_partition_id.as_str()).copied());
     Ok(ExportSummary {
         table_id: table.id().to_owned(),

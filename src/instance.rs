@@ -21,8 +21,15 @@ const FILES_LOG: &str = "sleeper.statestore.transactionlog.dynamo.file.log.table
 const PARTITIONS_LOG: &str = "sleeper.statestore.transactionlog.dynamo.partition.log.table";
 const LATEST_SNAPSHOTS: &str = "sleeper.statestore.transactionlog.dynamo.latest.snapshots.table";
 
-/// The config bucket Sleeper creates for an instance id.
-pub fn config_bucket(instance_id: &str) -> String {
+/// The config bucket Sleeper 0.35 and later creates for an instance id in an AWS account
+/// (`InstanceProperties.getConfigBucketFromAccountAndInstanceId`): lower case, the id's dots
+/// made dashes.
+pub fn config_bucket(instance_id: &str, account: &str) -> String {
+    format!("sleeper-{}-config-{account}", instance_id.replace('.', "-")).to_lowercase()
+}
+
+/// The config bucket of an instance created by Sleeper before 0.35.
+pub fn legacy_config_bucket(instance_id: &str) -> String {
     format!("sleeper-{}-config", instance_id.to_lowercase())
 }
 
@@ -50,8 +57,7 @@ impl Instance {
         let properties = read_properties(&config, INSTANCE_PROPERTIES).await?;
         let data_bucket = required(&properties, DATA_BUCKET)?;
         let data = stores.resolve(&format!("s3://{data_bucket}"))?;
-        let dynamo =
-            Client::new(&aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await);
+        let dynamo = Client::new(&aws_settings().await);
         Ok(Instance {
             properties,
             config,
@@ -59,6 +65,11 @@ impl Instance {
             dynamo,
             stores: stores.clone(),
         })
+    }
+
+    /// Opens the instance with this id, from the config bucket [`find_config_bucket`] finds.
+    pub async fn open_by_id(instance_id: &str, stores: &Stores) -> Result<Instance> {
+        Self::open(&find_config_bucket(instance_id, stores).await?, stores).await
     }
 
     /// Every table, by name, from the instance's table index.
@@ -122,7 +133,7 @@ impl Instance {
                     },
                     other => other,
                 })?;
-        let properties = TableProperties::from_java(properties)?;
+        let properties = TableProperties::from_java_with_defaults(properties, &self.properties)?;
         let state = TransactionLogStateStore::new(
             table_id,
             properties.schema.clone(),
@@ -151,6 +162,54 @@ impl Instance {
             message: DisplayErrorContext(error).to_string(),
         }
     }
+}
+
+async fn aws_settings() -> aws_config::SdkConfig {
+    aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
+}
+
+/// The config bucket of the instance with this id: Sleeper 0.35's name, with the AWS account STS
+/// says the credentials belong to, where that bucket holds the instance's properties; otherwise
+/// the name Sleeper gave it before 0.35.
+pub async fn find_config_bucket(instance_id: &str, stores: &Stores) -> Result<String> {
+    let account = aws_sdk_sts::Client::new(&aws_settings().await)
+        .get_caller_identity()
+        .send()
+        .await
+        .map_err(|e| DisplayErrorContext(e).to_string())
+        .and_then(|identity| {
+            identity
+                .account
+                .ok_or_else(|| "STS named no account".into())
+        });
+    let mut tried = Vec::new();
+    let named_by_account = account
+        .as_ref()
+        .ok()
+        .map(|account| config_bucket(instance_id, account));
+    for bucket in named_by_account
+        .into_iter()
+        .chain([legacy_config_bucket(instance_id)])
+    {
+        let config = stores.resolve(&format!("s3://{bucket}"))?;
+        match read_properties(&config, INSTANCE_PROPERTIES).await {
+            Ok(_) => return Ok(bucket),
+            Err(Error::Location { .. }) => tried.push(bucket),
+            Err(other) => return Err(other),
+        }
+    }
+    let account_note = match &account {
+        Ok(_) => String::new(),
+        Err(e) => format!(" (the account for Sleeper 0.35's name could not be found: STS: {e})"),
+    };
+    Err(Error::InstanceNotFound {
+        instance_id: instance_id.to_owned(),
+        message: format!(
+            "no config bucket holds its {INSTANCE_PROPERTIES}; tried {}{account_note}. Give the \
+             bucket with --config-bucket",
+            tried.join(" and ")
+        ),
+    })
 }
 
 fn entry(item: &HashMap<String, AttributeValue>) -> Option<TableEntry> {

@@ -60,6 +60,24 @@ impl Location {
             .map_err(|e| Error::object_store(self.url_of(prefix), e))
     }
 
+    /// Whether `other` lies strictly inside this location: in the same store (the same bucket,
+    /// `s3a://` being `s3://`; or the local file system), under this prefix segment by segment.
+    /// Decided on resolved locations, after every decoding their URLs went through, never on
+    /// the strings they were given as.
+    pub fn contains(&self, other: &Location) -> bool {
+        self.store_identity() == other.store_identity()
+            && other.prefix != self.prefix
+            && other.prefix.prefix_matches(&self.prefix)
+    }
+
+    fn store_identity(&self) -> (&str, Option<&str>) {
+        let scheme = match self.url.scheme() {
+            "s3a" => "s3",
+            scheme => scheme,
+        };
+        (scheme, self.url.host_str())
+    }
+
     pub fn sub_location(&self, relative: &str) -> Location {
         let prefix = self.child(relative);
         let url = Url::parse(&self.url_of(&prefix)).expect("a child of a valid URL is valid");
@@ -127,7 +145,20 @@ impl Stores {
             location: location.to_owned(),
             message,
         };
-        let absolute = std::path::absolute(path).map_err(|e| bad(e.to_string()))?;
+        // `..` is resolved as a `file://` URL resolves it, so that both forms of a path name the
+        // same place.
+        let absolute = std::path::absolute(path)
+            .map_err(|e| bad(e.to_string()))?
+            .components()
+            .fold(std::path::PathBuf::new(), |mut path, component| {
+                match component {
+                    std::path::Component::ParentDir => {
+                        path.pop();
+                    }
+                    other => path.push(other),
+                }
+                path
+            });
         let prefix = Path::from_absolute_path(&absolute).map_err(|e| bad(e.to_string()))?;
         let url = Url::from_file_path(&absolute).map_err(|_| bad("not an absolute path".into()))?;
         let store = Arc::clone(

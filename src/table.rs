@@ -61,7 +61,13 @@ impl SleeperTable {
         stores: &Stores,
     ) -> Result<Self> {
         let partitions = PartitionTree::new(&properties.table_id, state.partitions().await?)?;
-        let files = state.file_references().await?;
+        // In Sleeper's order (by filename): the order a partition's files are read in.
+        let files: Vec<FileReference> = state
+            .files()
+            .await?
+            .into_iter()
+            .flat_map(|file| file.references)
+            .collect();
         let state_version = state.version().await?;
         if let Some(orphan) = files
             .iter()
@@ -117,7 +123,7 @@ impl SleeperTable {
         &self.properties.table_name
     }
 
-    /// The files a partition references directly, in state-store order.
+    /// The files a partition references directly, in Sleeper's order (by filename).
     pub fn files_of(&self, partition_id: &str) -> impl Iterator<Item = &FileReference> {
         self.files_by_partition
             .get(partition_id)

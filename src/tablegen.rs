@@ -13,8 +13,8 @@ use rand::{Rng, SeedableRng};
 
 use crate::error::{Error, Result};
 use crate::model::{
-    Field, FieldType, FileReference, KeyValue, Partition, PartitionTree, PrimitiveType, Range,
-    Region, Schema, TableProperties,
+    Field, FieldType, FileReference, KeyOrder, KeyValue, Partition, PartitionTree, PrimitiveType,
+    Range, Region, Schema, StateFile, TableProperties,
 };
 use crate::plan::parquet_writer::ParallelParquetWriter;
 use crate::statestore::{snapshot, SNAPSHOTS_DIR};
@@ -68,17 +68,19 @@ const TRICKY_CHARS: &[char] = &[
 ];
 const TRICKY_BYTES: &[u8] = &[0x00, 0x01, 0x41, 0x7f, 0x80, 0x81, 0xc0, 0xfe, 0xff];
 
-/// Deterministic random rows for a schema.
+/// Deterministic random rows for a schema, sorted in a table's key order.
 pub struct RowGenerator {
     schema: Schema,
+    order: KeyOrder,
     style: RowStyle,
     rng: StdRng,
 }
 
 impl RowGenerator {
-    pub fn new(schema: Schema, style: RowStyle, seed: u64) -> Self {
+    pub fn new(schema: Schema, order: KeyOrder, style: RowStyle, seed: u64) -> Self {
         RowGenerator {
             schema,
+            order,
             style,
             rng: StdRng::seed_from_u64(seed),
         }
@@ -132,7 +134,7 @@ impl RowGenerator {
         }
         for _ in 0..32 {
             let candidate = self.random_key(key_type);
-            if range.contains(&candidate) {
+            if range.contains(&candidate, self.order) {
                 return candidate;
             }
         }
@@ -152,7 +154,7 @@ impl RowGenerator {
                 }
                 (_, other) => other,
             };
-            if range.contains(&candidate) {
+            if range.contains(&candidate, self.order) {
                 return candidate;
             }
         }
@@ -179,7 +181,7 @@ impl RowGenerator {
         }
     }
 
-    /// `count` keys (row keys then sort keys) inside `region`, sorted in Sleeper's order.
+    /// `count` keys (row keys then sort keys) inside `region`, sorted in the table's order.
     pub fn sorted_keys(&mut self, region: &Region, count: usize) -> Vec<Vec<KeyValue>> {
         let row_key_types = self.schema.row_key_types();
         let sort_key_types: Vec<PrimitiveType> =
@@ -195,7 +197,7 @@ impl RowGenerator {
                 key
             })
             .collect();
-        keys.sort();
+        keys.sort_by(|a, b| self.order.compare_keys(a, b));
         keys
     }
 
@@ -291,7 +293,8 @@ impl RowGenerator {
                     } else {
                         vec![]
                     };
-                    entry_keys.sort();
+                    // Distinct keys, in any order that is the same on every run.
+                    entry_keys.sort_by(|a, b| KeyOrder::DataFusion.compare(a, b));
                     entry_keys.dedup();
                     lengths.push(entry_keys.len());
                     keys.extend(entry_keys);
@@ -409,7 +412,8 @@ impl TableWriter {
         style: RowStyle,
         seed: u64,
     ) -> Self {
-        let generator = RowGenerator::new(properties.schema.clone(), style, seed);
+        let generator =
+            RowGenerator::new(properties.schema.clone(), properties.key_order, style, seed);
         TableWriter {
             location,
             properties,
@@ -453,7 +457,7 @@ impl TableWriter {
         })
     }
 
-    /// Writes the given batches (which must already be in Sleeper's order) as one data file.
+    /// Writes the given batches (which must already be in the table's order) as one data file.
     pub async fn write_file(
         &mut self,
         data_partition: &str,
@@ -473,7 +477,8 @@ impl TableWriter {
             Arc::clone(&self.location.store),
             path,
             self.properties.schema.arrow_schema(),
-            self.properties.writer_properties()?,
+            self.properties
+                .writer_properties(&self.properties.schema.arrow_schema())?,
         )
         .map_err(|e| output_error(&e))?;
         let mut rows = 0;
@@ -490,6 +495,7 @@ impl TableWriter {
                 number_of_rows: rows / referenced_by.len() as u64,
                 count_approximate: referenced_by.len() > 1,
                 only_contains_data_for_this_partition: referenced_by.len() == 1,
+                job_id: None,
             });
         }
         Ok(url)
@@ -499,7 +505,10 @@ impl TableWriter {
     pub async fn finish(self) -> Result<SleeperTable> {
         SleeperTable::write_properties(&self.location, &self.properties).await?;
         let snapshots = [
-            ("files", snapshot::write_files(&self.files, 0)?),
+            (
+                "files",
+                snapshot::write_files(&StateFile::group(self.files.clone()), 0)?,
+            ),
             (
                 "partitions",
                 snapshot::write_partitions(self.tree.all(), &self.properties.schema)?,

@@ -5,10 +5,11 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
+use datafusion::arrow::array::AsArray;
 use datafusion::physical_plan::{displayable, ExecutionPlan};
 use proptest::prelude::*;
 use sleeper_export::export::{export_table, leaf_export_plan, run_leaf_query, ExportOptions};
-use sleeper_export::model::{Field, KeyValue, PrimitiveType, Schema, TableProperties};
+use sleeper_export::model::{Field, KeyOrder, KeyValue, PrimitiveType, Schema, TableProperties};
 use sleeper_export::query::split_into_leaf_queries;
 use sleeper_export::storage::Stores;
 use sleeper_export::tablegen::{tree_from_split_points, RowStyle, TableWriter};
@@ -30,7 +31,7 @@ async fn check_export_matches_reference(random: &RandomTable, batch_size: usize)
             .await
             .unwrap();
         let exported = read_parquet(&result.file);
-        let expected = reference_export(schema, &query);
+        let expected = reference_export(&table.properties, &query);
         let context = format!(
             "leaf {} of schema {}",
             query.leaf_partition_id,
@@ -68,7 +69,7 @@ proptest! {
 
 async fn export_only_leaf(
     table: &sleeper_export::table::SleeperTable,
-) -> datafusion::arrow::array::RecordBatch {
+) -> Result<datafusion::arrow::array::RecordBatch, Error> {
     let output_dir = tempfile::tempdir().unwrap();
     let summary = export_table(
         table,
@@ -76,10 +77,9 @@ async fn export_only_leaf(
         &ExportOptions::default(),
         |_| {},
     )
-    .await
-    .unwrap();
+    .await?;
     assert_eq!(summary.leaves.len(), 1);
-    read_parquet(&summary.leaves[0].file)
+    Ok(read_parquet(&summary.leaves[0].file))
 }
 
 fn string_schema() -> Schema {
@@ -91,16 +91,34 @@ fn string_schema() -> Schema {
     .unwrap()
 }
 
-async fn single_leaf_table(schema: Schema, dir: &tempfile::TempDir) -> TableWriter {
+async fn single_leaf_table(
+    schema: Schema,
+    order: KeyOrder,
+    dir: &tempfile::TempDir,
+) -> TableWriter {
     let location = local(dir.path());
     let tree = tree_from_split_points("t1", &schema, &[]).unwrap();
-    TableWriter::new(
-        location,
-        TableProperties::new("t1", "table one", schema),
-        tree,
-        RowStyle::default(),
-        7,
-    )
+    let mut properties = TableProperties::new("t1", "table one", schema);
+    properties.key_order = order;
+    TableWriter::new(location, properties, tree, RowStyle::default(), 7)
+}
+
+/// A one-leaf table of the engine of `order`, with one file of each batch (written as given),
+/// exported.
+async fn export_files(
+    order: KeyOrder,
+    schema: &Schema,
+    files: Vec<datafusion::arrow::array::RecordBatch>,
+) -> Result<datafusion::arrow::array::RecordBatch, Error> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut writer = single_leaf_table(schema.clone(), order, &dir).await;
+    for batch in files {
+        writer
+            .write_file("root", vec![batch], &["root"])
+            .await
+            .unwrap();
+    }
+    export_only_leaf(&writer.finish().await.unwrap()).await
 }
 
 fn string_batch(schema: &Schema, keys: &[&str]) -> datafusion::arrow::array::RecordBatch {
@@ -118,83 +136,232 @@ fn string_batch(schema: &Schema, keys: &[&str]) -> datafusion::arrow::array::Rec
     .unwrap()
 }
 
-#[tokio::test]
-async fn strings_are_merged_in_java_order_not_byte_order() {
-    let dir = tempfile::tempdir().unwrap();
+async fn merged_strings(order: KeyOrder, files: &[&[&str]]) -> Result<Vec<String>, Error> {
     let schema = string_schema();
-    let mut writer = single_leaf_table(schema.clone(), &dir).await;
-    // Each file is sorted as Java sorts: U+FF21 (fullwidth A) after U+1F600 (an emoji).
-    writer
-        .write_file(
-            "root",
-            vec![string_batch(&schema, &["a", "\u{1f600}", "\u{ff21}"])],
-            &["root"],
-        )
-        .await
-        .unwrap();
-    writer
-        .write_file(
-            "root",
-            vec![string_batch(&schema, &["b", "\u{10000}", "\u{ffff}"])],
-            &["root"],
-        )
-        .await
-        .unwrap();
-    let exported = export_only_leaf(&writer.finish().await.unwrap()).await;
-    let keys: Vec<&str> = exported
-        .column(0)
-        .as_any()
-        .downcast_ref::<datafusion::arrow::array::StringArray>()
-        .unwrap()
+    let batches = files
         .iter()
-        .map(Option::unwrap)
+        .map(|keys| string_batch(&schema, keys))
         .collect();
+    let exported = export_files(order, &schema, batches).await?;
+    Ok(exported
+        .column(0)
+        .as_string::<i32>()
+        .iter()
+        .map(|k| k.unwrap().to_owned())
+        .collect())
+}
+
+#[tokio::test]
+async fn strings_are_merged_in_the_order_of_the_tables_engine() {
+    // Java: U+FF21 (fullwidth A) and U+FFFF after U+10000 and U+1F600 (UTF-16 surrogates).
+    let java = merged_strings(
+        KeyOrder::Java,
+        &[
+            &["a", "\u{1f600}", "\u{ff21}"],
+            &["b", "\u{10000}", "\u{ffff}"],
+        ],
+    )
+    .await
+    .unwrap();
     assert_eq!(
-        keys,
+        java,
         ["a", "b", "\u{10000}", "\u{1f600}", "\u{ff21}", "\u{ffff}"]
+    );
+    // DataFusion, Sleeper's default engine: UTF-8 bytes.
+    let datafusion = merged_strings(
+        KeyOrder::DataFusion,
+        &[
+            &["a", "\u{ff21}", "\u{1f600}"],
+            &["b", "\u{ffff}", "\u{10000}"],
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        datafusion,
+        ["a", "b", "\u{ff21}", "\u{ffff}", "\u{10000}", "\u{1f600}"]
     );
 }
 
 #[tokio::test]
-async fn byte_arrays_are_merged_as_signed_bytes() {
-    use datafusion::arrow::array::{BinaryArray, Int64Array, RecordBatch};
+async fn a_file_out_of_the_tables_order_fails_naming_the_file_row_keys_and_order() {
+    // A file sorted as the Java engine sorts, in a table of the DataFusion engine.
+    let error = merged_strings(KeyOrder::DataFusion, &[&["a", "\u{1f600}", "\u{ff21}"]])
+        .await
+        .unwrap_err();
+    let Error::UnsortedInputFile {
+        file,
+        row,
+        key,
+        previous,
+        order,
+        other_order_fits,
+        ..
+    } = &error
+    else {
+        panic!("{error:?}");
+    };
+    assert!(file.contains("/data/partition_root/"), "{file}");
+    assert_eq!(*row, 2);
+    assert_eq!(key, "(\"\u{ff21}\", 2)");
+    assert_eq!(previous, "(\"\u{1f600}\", 1)");
+    assert_eq!(
+        (*order, *other_order_fits),
+        (KeyOrder::DataFusion, Some(KeyOrder::Java))
+    );
+    let message = error.to_string();
+    for expected in [
+        "not sorted in the DataFusion engine's order",
+        "its row 2",
+        "the two rows are in the Java engine's order",
+        "sleeper.table.data.engine",
+        "--key-order",
+    ] {
+        assert!(message.contains(expected), "{expected:?} not in: {message}");
+    }
+    // And the other way round; across batches too (one row per batch).
+    let error = merged_strings(KeyOrder::Java, &[&["\u{ff21}", "\u{1f600}"]])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            Error::UnsortedInputFile {
+                row: 1,
+                other_order_fits: Some(KeyOrder::DataFusion),
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    // A file in neither order says nothing of the other.
+    let error = merged_strings(KeyOrder::Java, &[&["a", "c", "b"]])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            Error::UnsortedInputFile {
+                row: 2,
+                other_order_fits: None,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert!(!error.to_string().contains("two rows are in"), "{error}");
+}
+
+#[tokio::test]
+async fn the_order_check_spans_batches_and_names_the_row_in_the_file() {
+    use datafusion::arrow::array::{Int64Array, StringArray};
+    let schema = string_schema();
     let dir = tempfile::tempdir().unwrap();
+    let mut properties = TableProperties::new("t1", "t", schema.clone());
+    properties.parquet.row_group_rows = 3;
+    let tree = tree_from_split_points("t1", &schema, &[]).unwrap();
+    let mut writer = TableWriter::new(local(dir.path()), properties, tree, RowStyle::default(), 7);
+    // Row groups of 3 rows, batches of 2: the descent is at row 7, in the third row group.
+    let keys = ["a", "b", "c", "d", "e", "f", "g", "a0", "h"];
+    let batch = datafusion::arrow::array::RecordBatch::try_new(
+        schema.arrow_schema(),
+        vec![
+            Arc::new(StringArray::from(keys.to_vec())),
+            Arc::new(Int64Array::from_iter_values(0..keys.len() as i64)),
+            Arc::new(StringArray::from(keys.to_vec())),
+        ],
+    )
+    .unwrap();
+    writer
+        .write_file("root", vec![batch], &["root"])
+        .await
+        .unwrap();
+    let table = writer.finish().await.unwrap();
+    let output = tempfile::tempdir().unwrap();
+    for (batch_size, verify_order) in [(2, true), (8192, true), (2, false)] {
+        let options = ExportOptions {
+            batch_size,
+            verify_order,
+            ..ExportOptions::default()
+        };
+        let query = &split_into_leaf_queries(&table, "e")[0];
+        let result = run_leaf_query(&table, query, &local(output.path()), &options).await;
+        match (verify_order, result) {
+            (
+                true,
+                Err(Error::UnsortedInputFile {
+                    row, key, previous, ..
+                }),
+            ) => {
+                assert_eq!(
+                    (row, key.as_str(), previous.as_str()),
+                    (7, "(\"a0\", 7)", "(\"g\", 6)")
+                );
+            }
+            (false, Ok(written)) => assert_eq!(written.rows_written, keys.len() as u64),
+            (_, other) => panic!("batch size {batch_size}, verify {verify_order}: {other:?}"),
+        }
+    }
+}
+
+async fn merged_bytes(order: KeyOrder, files: &[&[&[u8]]]) -> Result<Vec<Vec<u8>>, Error> {
+    use datafusion::arrow::array::{BinaryArray, Int64Array, RecordBatch};
     let schema = Schema::new(
         vec![Field::primitive("key", PrimitiveType::ByteArray)],
         vec![],
         vec![Field::primitive("n", PrimitiveType::Long)],
     )
     .unwrap();
-    let mut writer = single_leaf_table(schema.clone(), &dir).await;
-    let batch = |keys: Vec<&[u8]>| {
-        RecordBatch::try_new(
-            schema.arrow_schema(),
-            vec![
-                Arc::new(BinaryArray::from(keys.clone())),
-                Arc::new(Int64Array::from_iter_values(0..keys.len() as i64)),
-            ],
-        )
-        .unwrap()
-    };
-    // Signed order: 0x80 (-128) < 0xff (-1) < 0x00 < 0x7f.
-    writer
-        .write_file("root", vec![batch(vec![&[0x80], &[0x00]])], &["root"])
-        .await
-        .unwrap();
-    writer
-        .write_file("root", vec![batch(vec![&[0xff], &[0x7f]])], &["root"])
-        .await
-        .unwrap();
-    let exported = export_only_leaf(&writer.finish().await.unwrap()).await;
-    let keys: Vec<&[u8]> = exported
-        .column(0)
-        .as_any()
-        .downcast_ref::<BinaryArray>()
-        .unwrap()
+    let batches = files
         .iter()
-        .map(Option::unwrap)
+        .map(|keys| {
+            RecordBatch::try_new(
+                schema.arrow_schema(),
+                vec![
+                    Arc::new(BinaryArray::from(keys.to_vec())),
+                    Arc::new(Int64Array::from_iter_values(0..keys.len() as i64)),
+                ],
+            )
+            .unwrap()
+        })
         .collect();
-    assert_eq!(keys, [&[0x80u8][..], &[0xff], &[0x00], &[0x7f]]);
+    let exported = export_files(order, &schema, batches).await?;
+    Ok(exported
+        .column(0)
+        .as_binary::<i32>()
+        .iter()
+        .map(|k| k.unwrap().to_vec())
+        .collect())
+}
+
+#[tokio::test]
+async fn byte_arrays_are_merged_signed_for_java_and_unsigned_for_datafusion() {
+    // Signed: 0x80 (-128) < 0xff (-1) < 0x00 < 0x7f.
+    let java = merged_bytes(KeyOrder::Java, &[&[&[0x80], &[0x00]], &[&[0xff], &[0x7f]]])
+        .await
+        .unwrap();
+    assert_eq!(java, [vec![0x80u8], vec![0xff], vec![0x00], vec![0x7f]]);
+    let datafusion = merged_bytes(
+        KeyOrder::DataFusion,
+        &[&[&[0x00], &[0x80]], &[&[0x7f], &[0xff]]],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        datafusion,
+        [vec![0x00u8], vec![0x7f], vec![0x80], vec![0xff]]
+    );
+    let error = merged_bytes(KeyOrder::DataFusion, &[&[&[0x80], &[0x00]]])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            Error::UnsortedInputFile { key, other_order_fits: Some(KeyOrder::Java), .. }
+                if key == "(0x00)"
+        ),
+        "{error:?}"
+    );
 }
 
 #[tokio::test]
@@ -289,7 +456,7 @@ async fn files_land_at_sleepers_paths() {
 async fn two_file_table(
     dir: &tempfile::TempDir,
 ) -> (sleeper_export::table::SleeperTable, Vec<String>) {
-    let mut writer = single_leaf_table(string_schema(), dir).await;
+    let mut writer = single_leaf_table(string_schema(), KeyOrder::default(), dir).await;
     let first = writer
         .write_random_file("root", 1000, &["root"])
         .await
@@ -405,7 +572,7 @@ async fn a_file_with_another_schema_is_named() {
     )
     .unwrap();
     let other_dir = tempfile::tempdir().unwrap();
-    let mut writer = single_leaf_table(other, &other_dir).await;
+    let mut writer = single_leaf_table(other, KeyOrder::default(), &other_dir).await;
     let wrong = writer
         .write_random_file("root", 10, &["root"])
         .await
@@ -472,7 +639,7 @@ async fn integer_keyed_leaves_read_only_the_row_groups_of_their_region() {
             .unwrap();
         assert_same_rows(
             &read_parquet(&result.file),
-            &reference_export(&table.properties.schema, &query),
+            &reference_export(&table.properties, &query),
             &query.leaf_partition_id,
         );
         // At most one row group of slack at each end of the leaf's range.
@@ -519,4 +686,23 @@ async fn exported_files_use_the_tables_row_group_size() {
     assert_eq!(sizes, [100, 100, 50]);
     let codec = reader.metadata().row_group(0).column(0).compression();
     assert!(codec.to_string().starts_with("ZSTD"), "{codec}");
+}
+
+/// Sleeper's own file references may be plain paths as well as `file://` URLs: both are files of
+/// the table, judged on where they resolve to.
+#[tokio::test]
+async fn a_table_whose_files_are_named_by_plain_paths_exports_the_same_rows() {
+    let random = random_table(23).await;
+    assert!(!random.table.files.is_empty());
+    let out = tempfile::tempdir().unwrap();
+    let expected = exported_rows(&random.table, &local(&out.path().join("urls"))).await;
+    let plain = with_files_renamed(&random.table, |name| {
+        name.strip_prefix("file://").unwrap().to_owned()
+    })
+    .await;
+    assert!(plain.files.iter().all(|f| f.filename.starts_with('/')));
+    assert_eq!(
+        exported_rows(&plain, &local(&out.path().join("paths"))).await,
+        expected
+    );
 }

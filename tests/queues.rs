@@ -114,6 +114,7 @@ impl Setup {
         Planner {
             tables: TableIndex::new(vec![self.table.clone()]),
             output: self.output(),
+            export: ExportOptions::default(),
         }
     }
 
@@ -381,6 +382,7 @@ async fn planned_big_leaf(
     let planner = Planner {
         tables: TableIndex::new(vec![table.clone()]),
         output: output.clone(),
+        export: ExportOptions::default(),
     };
     let query = BulkExportQuery::of_table(table.id(), export_id);
     planner.plan(&query.to_json(), &leaf_queue).await.unwrap();
@@ -632,4 +634,216 @@ async fn a_runner_stopped_with_sigterm_finishes_its_leaf_and_exits() {
         drain(&leaf_queue).await.is_empty(),
         "its message was deleted"
     );
+}
+
+/// A table of `leaves` leaves (split on a long key) with a file only in the first leaf.
+async fn table_with_empty_leaves(
+    location: sleeper_export::storage::Location,
+    leaves: i64,
+) -> SleeperTable {
+    use sleeper_export::model::{Field, KeyValue, PrimitiveType, Schema, TableProperties};
+    use sleeper_export::tablegen::{tree_from_split_points, RowStyle, TableWriter};
+    let schema = Schema::new(
+        vec![Field::primitive("id", PrimitiveType::Long)],
+        vec![],
+        vec![Field::primitive("name", PrimitiveType::String)],
+    )
+    .unwrap();
+    let splits: Vec<KeyValue> = (1..leaves).map(|i| KeyValue::Long(i * 100)).collect();
+    let tree = tree_from_split_points("sparse", &schema, &splits).unwrap();
+    let first = tree.leaves()[0].id.clone();
+    let style = RowStyle {
+        key_span: 100,
+        ..RowStyle::default()
+    };
+    let mut writer = TableWriter::new(
+        location,
+        TableProperties::new("sparse", "sparse", schema),
+        tree,
+        style,
+        5,
+    );
+    writer
+        .write_random_file(&first, 50, &[&first])
+        .await
+        .unwrap();
+    writer.finish().await.unwrap()
+}
+
+/// Sleeper's runner rejects a leaf query without files ("No input paths supplied"), and its
+/// planner sends none: ours writes those leaves' empty files itself, so that a Sleeper runner
+/// on the same queue has nothing to dead-letter, and the export still has a file per leaf.
+#[tokio::test]
+async fn leaves_without_files_are_written_by_the_planner_and_not_queued() {
+    let bucket = create_bucket("sparse");
+    let stores = Stores::default();
+    let table = table_with_empty_leaves(
+        stores
+            .resolve(&format!("s3://{bucket}/tables/sparse"))
+            .unwrap(),
+        3,
+    )
+    .await;
+    let setup = Setup {
+        client: SqsQueue::client().await,
+        stores,
+        bucket,
+        table,
+    };
+    let (leaf_queue, leaf_dead_letters) = queue_pair(&setup.client, "leaf", 3, 30).await;
+    let planned = setup
+        .planner()
+        .plan(
+            &BulkExportQuery::of_table("sparse", "e").to_json(),
+            &leaf_queue,
+        )
+        .await
+        .unwrap();
+    assert_eq!((planned.leaves, planned.empty_leaves.len()), (3, 2));
+    let records = ExportRecords::new(&setup.output(), "sparse", "e");
+    let status = records.status().await.unwrap();
+    assert_eq!(
+        (status.done.len(), status.pending.len()),
+        (2, 1),
+        "{status:?}"
+    );
+
+    let queued = drain(&leaf_queue).await;
+    assert_eq!(queued.len(), 1);
+    let query = sleeper_export::query::BulkExportLeafPartitionQuery::from_json(&queued[0], |_| {
+        Ok(setup.table.properties.schema.clone())
+    })
+    .unwrap();
+    assert_eq!(
+        query.leaf_partition_id,
+        setup.table.partitions.leaves()[0].id
+    );
+    assert!(!query.files.is_empty());
+    leaf_queue.send_all(queued).await.unwrap();
+    let leaf_queue: Arc<dyn MessageQueue> = Arc::new(leaf_queue);
+    let report = setup
+        .runner(1)
+        .run(
+            leaf_queue,
+            Some(Arc::new(leaf_dead_letters.clone())),
+            std::future::pending(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.done.len(), 1, "{report:?}");
+    let status = records.status().await.unwrap();
+    assert!(status.is_complete(), "{status:?}");
+    assert_eq!(status.done.len(), 3);
+    assert_eq!(setup.parquet_objects("e").await.len(), 3);
+    for empty in &planned.empty_leaves {
+        let location = setup.stores.resolve(&empty.file).unwrap();
+        let bytes = sleeper_export::statestore::read_all(location.store.as_ref(), &location.prefix)
+            .await
+            .unwrap();
+        let rows = parquet_bytes_to_batch(bytes);
+        assert_eq!(rows.num_rows(), 0);
+        assert_eq!(
+            rows.schema().fields(),
+            setup.table.properties.schema.arrow_schema().fields()
+        );
+    }
+    assert!(drain(&leaf_dead_letters).await.is_empty());
+}
+
+/// Whether a leaf query naming `file` passes the trust check of `table`.
+fn admits(table: &SleeperTable, file: &str) -> sleeper_export::Result<()> {
+    let mut query = sleeper_export::query::split_into_leaf_queries(table, "e").remove(0);
+    query.files = vec![file.to_owned()];
+    sleeper_export::queue::trust::check_leaf_query(&query, table)
+}
+
+/// Files are judged on where they resolve to, after every decoding a URL goes through: any way
+/// of writing a file of the table is accepted, and no way of writing one outside it is.
+#[tokio::test]
+async fn leaf_queries_read_only_their_tables_files_however_they_are_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let table_dir = dir.path().join("srv/t");
+    let table = table_with_empty_leaves(local(&table_dir), 2).await;
+    let file = table.files[0].filename.clone();
+    let path = file.strip_prefix("file://").unwrap().to_owned();
+    let (data, name) = path.rsplit_once('/').unwrap();
+    let secret_dir = dir.path().join("srv/secret");
+    std::fs::create_dir_all(&secret_dir).unwrap();
+    std::fs::copy(&path, secret_dir.join("secret.parquet")).unwrap();
+    let root = table_dir.to_str().unwrap();
+    for inside in [
+        file.clone(),
+        path.clone(),
+        format!("file://{data}/./{name}"),
+        format!("{data}/../{}/{name}", data.rsplit('/').next().unwrap()),
+        format!(
+            "file://{data}/%2e%2e/{}/{name}",
+            data.rsplit('/').next().unwrap()
+        ),
+        path.replace('/', "//"),
+    ] {
+        admits(&table, &inside).unwrap_or_else(|e| panic!("{inside}: {e}"));
+    }
+    for outside in [
+        format!("file://{root}/data/%2e%2e/%2e%2e/secret/secret.parquet"),
+        format!("file://{root}/data/%2E%2E/%2E%2E/secret/secret.parquet"),
+        format!("file://{root}/data/.%2e/.%2E/secret/secret.parquet"),
+        format!("file://{root}/data/..%2F..%2Fsecret%2Fsecret.parquet"),
+        format!("file://{root}/data/..\\..\\secret\\secret.parquet"),
+        format!("file://{root}/data/.\t./.\n./secret/secret.parquet"),
+        format!("{root}/data/../../secret/secret.parquet"),
+        format!("{root}/data/partition_x/../../../secret/secret.parquet"),
+        format!("{root}/database/x.parquet"),
+        format!("{root}/data"),
+        format!("{root}/table.properties"),
+        format!("file://otherhost{path}"),
+        format!("s3://bucket{path}"),
+        format!("http://localhost{path}"),
+        "relative/data/x.parquet".to_owned(),
+    ] {
+        let error = admits(&table, &outside)
+            .err()
+            .unwrap_or_else(|| panic!("{outside:?} was admitted"));
+        let message = error.to_string();
+        assert!(
+            matches!(error, sleeper_export::Error::Untrusted(_))
+                && message.contains("under table sparse's data location")
+                && !message.contains("missing")
+                && !message.contains("not readable"),
+            "{outside:?}: {message}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn s3_leaf_queries_read_only_their_tables_files_however_they_are_written() {
+    let setup = setup(1).await;
+    let file = setup.table.files[0].filename.clone();
+    let key = file
+        .strip_prefix(&format!("s3://{}/", setup.bucket))
+        .unwrap();
+    let bucket = &setup.bucket;
+    for inside in [
+        file.clone(),
+        format!("s3a://{bucket}/{key}"),
+        format!("s3://{bucket}//{key}"),
+    ] {
+        admits(&setup.table, &inside).unwrap_or_else(|e| panic!("{inside}: {e}"));
+    }
+    for outside in [
+        format!("s3://other-{bucket}/{key}"),
+        format!("s3://{bucket}/tables/demo/data/../../secret.parquet"),
+        format!("s3://{bucket}/tables/demo/data%2F..%2F..%2Fsecret.parquet"),
+        format!("s3://{bucket}/tables/demo/database/x.parquet"),
+        format!("s3://{bucket}/tables/other/data/x.parquet"),
+        "file:///tables/demo/data/x.parquet".to_owned(),
+    ] {
+        let error = admits(&setup.table, &outside)
+            .err()
+            .unwrap_or_else(|| panic!("{outside:?} was admitted"));
+        assert!(
+            matches!(error, sleeper_export::Error::Untrusted(_)),
+            "{outside}: {error}"
+        );
+    }
 }

@@ -196,3 +196,33 @@ async fn sql_creates_copies_and_reads_tables_on_s3() {
         in_table
     );
 }
+
+/// Sleeper names its files `s3a://…`: they are the table's files as much as `s3://` ones.
+#[tokio::test]
+async fn a_table_whose_files_are_named_s3a_exports_the_same_rows() {
+    let bucket = create_bucket("s3a");
+    let stores = Stores::default();
+    let table = random_table_at(
+        stores.resolve(&format!("s3://{bucket}/tables/t")).unwrap(),
+        5,
+    )
+    .await;
+    let expected = exported_rows(
+        &table,
+        &stores.resolve(&format!("s3://{bucket}/out/s3")).unwrap(),
+    )
+    .await;
+    let renamed = with_files_renamed(&table, |name| name.replacen("s3://", "s3a://", 1)).await;
+    assert!(renamed
+        .files
+        .iter()
+        .all(|f| f.filename.starts_with("s3a://")));
+    assert_eq!(
+        exported_rows(
+            &renamed,
+            &stores.resolve(&format!("s3://{bucket}/out/s3a")).unwrap()
+        )
+        .await,
+        expected
+    );
+}

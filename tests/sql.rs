@@ -12,7 +12,7 @@ use datafusion::arrow::array::{AsArray, Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use sleeper_export::export::{export_table, ExportOptions};
-use sleeper_export::model::{Field, KeyValue, PrimitiveType, Schema, TableProperties};
+use sleeper_export::model::{Field, KeyOrder, KeyValue, PrimitiveType, Schema, TableProperties};
 use sleeper_export::plan::sink::summary_schema;
 use sleeper_export::sql::{sleeper_session, SleeperSessionExt};
 use sleeper_export::storage::Stores;
@@ -164,27 +164,28 @@ async fn write_numbers(location: &Path) -> SleeperTable {
     writer.finish().await.unwrap()
 }
 
-/// `words`: string keys split at "m", with characters on both sides of the one place where
-/// SQL's string order and Sleeper's disagree (U+FF21 against U+1F600).
-async fn write_words(location: &Path) -> SleeperTable {
+/// `words` (Java engine) and `utf8_words` (DataFusion engine): string keys split at "m", with
+/// characters on both sides of the one place where the engines' orders disagree (U+FF21
+/// against U+1F600); SQL's order is the DataFusion engine's.
+async fn write_words(location: &Path, table_id: &str, order: KeyOrder) -> SleeperTable {
     let schema = Schema::new(
         vec![Field::primitive("word", PrimitiveType::String)],
         vec![],
         vec![Field::primitive("n", PrimitiveType::Long)],
     )
     .unwrap();
-    let tree = tree_from_split_points("words", &schema, &[KeyValue::String("m".into())]).unwrap();
-    let properties = TableProperties::new("words", "words", schema.clone());
+    let tree = tree_from_split_points(table_id, &schema, &[KeyValue::String("m".into())]).unwrap();
+    let mut properties = TableProperties::new(table_id, table_id, schema.clone());
+    properties.key_order = order;
     let arrow_schema = schema.arrow_schema();
     let leaves: Vec<String> = tree.leaves().into_iter().map(|l| l.id.clone()).collect();
     let mut writer = TableWriter::new(local(location), properties, tree, RowStyle::default(), 1);
-    // Each file in Sleeper's order: U+1F600 (a surrogate pair in UTF-16) before U+FF21.
+    // Each file in the table's order: for Java, U+1F600 (a surrogate pair in UTF-16) first.
+    let mut right = vec!["mango", "orange", "\u{1f600}y", "\u{ff21}x"];
+    right.sort_by(|a, b| order.compare_strings(a, b));
     let files = [
         (&leaves[0], vec!["apple", "banana", "kiwi", "lemon"]),
-        (
-            &leaves[1],
-            vec!["mango", "orange", "\u{1f600}y", "\u{ff21}x"],
-        ),
+        (&leaves[1], right),
     ];
     let mut n = 0;
     for (leaf, words) in files {
@@ -216,7 +217,13 @@ fn sql_logic_tests() {
     runtime().block_on(async {
         let dir = tempfile::tempdir().unwrap();
         write_numbers(&dir.path().join("numbers")).await;
-        write_words(&dir.path().join("words")).await;
+        write_words(&dir.path().join("words"), "words", KeyOrder::Java).await;
+        write_words(
+            &dir.path().join("utf8_words"),
+            "utf8_words",
+            KeyOrder::DataFusion,
+        )
+        .await;
         std::fs::write(dir.path().join("not-a-directory"), "a file").unwrap();
         let dir_text = dir.path().to_str().unwrap().to_owned();
         let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sql");

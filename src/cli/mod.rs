@@ -16,7 +16,8 @@ use datafusion::prelude::SessionConfig;
 
 use crate::error::{Error, Result};
 use crate::export::{export_table, ExportOptions, ExportSummary};
-use crate::instance::{config_bucket, Instance, INSTANCE_PROPERTIES};
+use crate::instance::{find_config_bucket, Instance, INSTANCE_PROPERTIES};
+use crate::model::KeyOrder;
 use crate::plan::sink::summary_schema;
 use crate::plan::SleeperTableProvider;
 use crate::query::BulkExportQuery;
@@ -69,25 +70,52 @@ pub enum Command {
 #[derive(Debug, Args, Clone, Default)]
 pub struct InstanceArgs {
     /// The Sleeper instance id: its properties come from its config bucket
-    /// (sleeper-<id>-config), its tables' state from its DynamoDB transaction logs.
+    /// (sleeper-<id>-config-<AWS account> as Sleeper 0.35 names it, the account from STS; or
+    /// sleeper-<id>-config, its name before 0.35), its tables' state from its DynamoDB
+    /// transaction logs.
     #[arg(long, env = "SLEEPER_INSTANCE_ID")]
     pub instance: Option<String>,
-    /// The instance's config bucket, where it is not Sleeper's default for --instance.
+    /// The instance's config bucket, where it is not Sleeper's for --instance.
     #[arg(long, env = "SLEEPER_CONFIG_BUCKET")]
     pub config_bucket: Option<String>,
 }
 
 impl InstanceArgs {
-    fn bucket(&self) -> Option<String> {
-        self.config_bucket
-            .clone()
-            .or_else(|| self.instance.as_deref().map(config_bucket))
+    async fn bucket(&self, stores: &Stores) -> Result<Option<String>> {
+        match (&self.config_bucket, &self.instance) {
+            (Some(bucket), _) => Ok(Some(bucket.clone())),
+            (None, Some(instance)) => Ok(Some(find_config_bucket(instance, stores).await?)),
+            (None, None) => Ok(None),
+        }
     }
 
     async fn open(&self, stores: &Stores) -> Result<Option<Instance>> {
-        match self.bucket() {
+        match self.bucket(stores).await? {
             Some(bucket) => Ok(Some(Instance::open(&bucket, stores).await?)),
             None => Ok(None),
+        }
+    }
+}
+
+/// How leaves are exported, where the table's own settings are not what is wanted.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ExportSettingsArgs {
+    /// The order of the table's files: `datafusion` (unsigned bytes) or `java` (UTF-16 strings,
+    /// signed bytes), instead of its data engine's (sleeper.table.data.engine).
+    #[arg(long, value_name = "ENGINE")]
+    pub key_order: Option<KeyOrder>,
+    /// The codec to write (uncompressed, snappy, gzip, lz4, brotli, zstd), instead of the
+    /// table's (sleeper.table.parquet.compression.codec).
+    #[arg(long, value_name = "CODEC")]
+    pub compression: Option<String>,
+}
+
+impl ExportSettingsArgs {
+    fn options(&self) -> ExportOptions {
+        ExportOptions {
+            key_order: self.key_order,
+            compression: self.compression.clone(),
+            ..ExportOptions::default()
         }
     }
 }
@@ -132,11 +160,14 @@ pub struct QueueArgs {
 
 impl QueueArgs {
     async fn config(&self, stores: &Stores) -> Result<BulkExportConfig> {
-        let properties = self.instance_properties.clone().or_else(|| {
-            self.instance
-                .bucket()
-                .map(|bucket| format!("s3://{bucket}/{INSTANCE_PROPERTIES}"))
-        });
+        let properties = match &self.instance_properties {
+            Some(location) => Some(location.clone()),
+            None => self
+                .instance
+                .bucket(stores)
+                .await?
+                .map(|bucket| format!("s3://{bucket}/{INSTANCE_PROPERTIES}")),
+        };
         let mut config = match &properties {
             Some(location) => BulkExportConfig::load(location, stores).await?,
             None => BulkExportConfig::default(),
@@ -212,12 +243,17 @@ pub struct WorkerArgs {
 pub struct PlanArgs {
     #[command(flatten)]
     pub worker: WorkerArgs,
+    /// For the leaves without files, whose (empty) files the planner writes.
+    #[command(flatten)]
+    pub settings: ExportSettingsArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
     #[command(flatten)]
     pub worker: WorkerArgs,
+    #[command(flatten)]
+    pub settings: ExportSettingsArgs,
     /// Leaf queries exported at once.
     #[arg(long, default_value_t = 1)]
     pub concurrency: usize,
@@ -253,6 +289,8 @@ pub struct ExportArgs {
     /// Export the stored rows as they are, without the table's filters and aggregations.
     #[arg(long)]
     pub raw: bool,
+    #[command(flatten)]
+    pub settings: ExportSettingsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -310,7 +348,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Export(args) => {
             let instance = args.instance.open(&stores).await?;
             let table = open_table(&args.table, instance.as_ref(), &stores).await?;
-            let defaults = ExportOptions::default();
+            let defaults = args.settings.options();
             let options = ExportOptions {
                 export_id: args.export_id,
                 parallelism: args.parallelism.unwrap_or(defaults.parallelism),
@@ -373,7 +411,10 @@ pub async fn run(cli: Cli) -> Result<()> {
                 .await?;
             println!("{}", query.export_id.expect("with_export_id sets it"));
         }
-        Command::Plan(PlanArgs { worker: args }) => {
+        Command::Plan(PlanArgs {
+            worker: args,
+            settings,
+        }) => {
             let config = args.queues.config(&stores).await?;
             let client = SqsQueue::client().await;
             let queue = SqsQueue::new(
@@ -394,6 +435,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                     &config.output,
                     queue_config::BUCKET,
                 )?)?,
+                export: settings.options(),
             };
             let outcomes = planner
                 .run(
@@ -415,6 +457,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Run(RunArgs {
             worker: args,
+            settings,
             concurrency,
         }) => {
             let config = args.queues.config(&stores).await?;
@@ -433,7 +476,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                     &config.output,
                     queue_config::BUCKET,
                 )?)?,
-                export: ExportOptions::default(),
+                export: settings.options(),
                 config,
                 concurrency: concurrency.max(1),
                 idle_exit: args.idle_exit_seconds.map(Duration::from_secs),

@@ -8,7 +8,8 @@ pub mod region;
 pub mod schema;
 
 pub use compaction::{AgeOff, Aggregation, AggregationOp, CompactionRules};
-pub use partition::{FileReference, Partition, PartitionTree};
+pub use order::KeyOrder;
+pub use partition::{FileReference, Partition, PartitionTree, StateFile};
 pub use properties::{JavaProperties, ParquetOptions, TableProperties};
 pub use region::{KeyValue, Range, Region};
 pub use schema::{Field, FieldType, PrimitiveType, Schema};

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 
+use super::order::KeyOrder;
 use super::region::{KeyValue, Range, Region};
 use crate::error::{Error, Result};
 
@@ -25,6 +26,51 @@ pub struct FileReference {
     pub number_of_rows: u64,
     pub count_approximate: bool,
     pub only_contains_data_for_this_partition: bool,
+    /// The compaction job the reference is assigned to (Sleeper's `jobId`), if any.
+    pub job_id: Option<String>,
+}
+
+/// Every reference to one file, as Sleeper's state holds a file. A file with no references left
+/// (replaced by a compaction) stays in the state, and still exists for Sleeper's rules, until
+/// garbage collection deletes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateFile {
+    pub filename: String,
+    /// In order of partition id, as Sleeper keeps them.
+    pub references: Vec<FileReference>,
+}
+
+impl StateFile {
+    /// Files with their references grouped, in Sleeper's order: by filename, then partition id
+    /// (Java's `TreeMap`s of strings, so in Java's string order).
+    pub fn group(references: impl IntoIterator<Item = FileReference>) -> Vec<StateFile> {
+        let mut by_file: HashMap<String, Vec<FileReference>> = HashMap::new();
+        for reference in references {
+            by_file
+                .entry(reference.filename.clone())
+                .or_default()
+                .push(reference);
+        }
+        let mut files: Vec<StateFile> = by_file
+            .into_iter()
+            .map(|(filename, references)| StateFile {
+                filename,
+                references,
+            })
+            .collect();
+        sort_as_sleeper(&mut files);
+        files
+    }
+}
+
+/// Sleeper's order of files and of each file's references.
+pub fn sort_as_sleeper(files: &mut [StateFile]) {
+    let java = KeyOrder::Java;
+    files.sort_by(|a, b| java.compare_strings(&a.filename, &b.filename));
+    for file in files {
+        file.references
+            .sort_by(|a, b| java.compare_strings(&a.partition_id, &b.partition_id));
+    }
 }
 
 /// A validated tree: one root, every child known, leaves childless.
@@ -135,18 +181,6 @@ impl PartitionTree {
         ancestors
     }
 
-    pub fn leaf_containing(&self, row_key: &[KeyValue]) -> Option<&Partition> {
-        let mut current = self.root();
-        while !current.is_leaf {
-            current = current
-                .child_ids
-                .iter()
-                .filter_map(|c| self.get(c))
-                .find(|child| child.region.contains(row_key))?;
-        }
-        Some(current)
-    }
-
     /// Splits leaf `id` on row key `dimension` at `split_point` into children with the given ids.
     pub fn split(
         &mut self,
@@ -154,6 +188,7 @@ impl PartitionTree {
         dimension: usize,
         split_point: KeyValue,
         child_ids: [String; 2],
+        order: KeyOrder,
     ) -> Result<()> {
         let index = *self.index.get(id).ok_or_else(|| Error::PartitionTree {
             table: String::new(),
@@ -161,7 +196,7 @@ impl PartitionTree {
         })?;
         let parent = &self.partitions[index];
         let range = &parent.region.ranges[dimension];
-        if !parent.is_leaf || !range.contains(&split_point) || range.min == split_point {
+        if !parent.is_leaf || !range.contains(&split_point, order) || range.min == split_point {
             return Err(Error::PartitionTree {
                 table: String::new(),
                 message: format!("cannot split {id} on dimension {dimension} at {split_point}"),

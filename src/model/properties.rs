@@ -2,11 +2,14 @@
 
 use std::collections::BTreeMap;
 
+use datafusion::arrow::datatypes::{DataType, Schema as ArrowSchema};
 use datafusion::parquet::basic::{BrotliLevel, Compression, GzipLevel, ZstdLevel};
+use datafusion::parquet::file::metadata::SortingColumn;
 use datafusion::parquet::file::properties::{WriterProperties, WriterVersion};
 use datafusion::parquet::schema::types::ColumnPath;
 
 use super::compaction::CompactionRules;
+use super::order::KeyOrder;
 use super::schema::Schema;
 use crate::error::{Error, Result};
 
@@ -138,6 +141,35 @@ const STATISTICS_TRUNCATE: &str = "sleeper.table.parquet.statistics.truncate.len
 const DICTIONARY_ROW_KEYS: &str = "sleeper.table.parquet.dictionary.encoding.rowkey.fields";
 const DICTIONARY_SORT_KEYS: &str = "sleeper.table.parquet.dictionary.encoding.sortkey.fields";
 const DICTIONARY_VALUES: &str = "sleeper.table.parquet.dictionary.encoding.value.fields";
+pub const DATA_ENGINE: &str = "sleeper.table.data.engine";
+
+/// The codecs Sleeper allows (its `CompressionCodec`); `lzo` is among them, but no Parquet writer
+/// here (nor Sleeper's DataFusion engine) can write it.
+const SLEEPER_CODECS: [&str; 7] = [
+    "uncompressed",
+    "snappy",
+    "gzip",
+    "lzo",
+    "brotli",
+    "lz4",
+    "zstd",
+];
+
+/// Parquet leaf columns under an Arrow field.
+pub fn leaf_count(data_type: &DataType) -> usize {
+    match data_type {
+        DataType::Map(entries, _) => leaf_count(entries.data_type()),
+        DataType::Struct(fields) => fields.iter().map(|f| leaf_count(f.data_type())).sum(),
+        DataType::List(item) | DataType::LargeList(item) => leaf_count(item.data_type()),
+        _ => 1,
+    }
+}
+
+/// The instance property holding the default of a table property, as Sleeper names them
+/// (`TableDefaultProperty`): `sleeper.table.X` falls back to `sleeper.default.table.X`.
+pub fn instance_default(table_property: &str) -> String {
+    table_property.replacen("sleeper.table.", "sleeper.default.table.", 1)
+}
 
 /// The properties of one table that an export needs, with Sleeper's defaults.
 #[derive(Debug, Clone)]
@@ -150,6 +182,8 @@ pub struct TableProperties {
     pub filters: Option<String>,
     /// `sleeper.table.aggregations` as written, e.g. `sum(v),max(w)`.
     pub aggregations: Option<String>,
+    /// The order of the table's keys, from its data engine (`sleeper.table.data.engine`).
+    pub key_order: KeyOrder,
     pub raw: JavaProperties,
 }
 
@@ -191,13 +225,26 @@ impl TableProperties {
             parquet: ParquetOptions::default(),
             filters: None,
             aggregations: None,
+            key_order: KeyOrder::default(),
             raw: JavaProperties::default(),
         };
         properties.raw = properties.to_java();
         properties
     }
 
+    /// A table's properties with Sleeper's defaults for those not set.
     pub fn from_java(raw: JavaProperties) -> Result<Self> {
+        Self::from_java_with_defaults(raw, &JavaProperties::default())
+    }
+
+    /// A table's properties as Sleeper's `TableProperties` reads them: a property not set falls
+    /// back to the instance's `sleeper.default.table.*` value, then to Sleeper's default.
+    pub fn from_java_with_defaults(raw: JavaProperties, instance: &JavaProperties) -> Result<Self> {
+        let setting = |key: &str| {
+            raw.get(key)
+                .map(str::to_owned)
+                .or_else(|| instance.get(&instance_default(key)).map(str::to_owned))
+        };
         let required = |key: &str| {
             raw.get(key)
                 .map(str::to_owned)
@@ -213,7 +260,7 @@ impl TableProperties {
         })?;
         let defaults = ParquetOptions::default();
         let number = |key: &str, default: usize| -> Result<usize> {
-            raw.get(key).map_or(Ok(default), |v| {
+            setting(key).map_or(Ok(default), |v| {
                 v.trim().parse().map_err(|_| Error::Property {
                     property: key.into(),
                     message: format!("{v:?} is not a whole number"),
@@ -221,7 +268,7 @@ impl TableProperties {
             })
         };
         let flag = |key: &str, default: bool| -> Result<bool> {
-            raw.get(key).map_or(Ok(default), |v| {
+            setting(key).map_or(Ok(default), |v| {
                 match v.trim().to_ascii_lowercase().as_str() {
                     "true" => Ok(true),
                     "false" => Ok(false),
@@ -235,11 +282,9 @@ impl TableProperties {
         let parquet = ParquetOptions {
             row_group_rows: number(ROW_GROUP_ROWS, defaults.row_group_rows)?,
             page_size: number(PAGE_SIZE, defaults.page_size)?,
-            compression: raw
-                .get(COMPRESSION)
+            compression: setting(COMPRESSION)
                 .map_or(defaults.compression, |v| v.trim().to_ascii_lowercase()),
-            writer_version: raw
-                .get(WRITER_VERSION)
+            writer_version: setting(WRITER_VERSION)
                 .map_or(defaults.writer_version, |v| v.trim().to_ascii_lowercase()),
             column_index_truncate_length: number(
                 COLUMN_INDEX_TRUNCATE,
@@ -259,6 +304,16 @@ impl TableProperties {
                 .filter(|v| !v.is_empty())
                 .map(str::to_owned)
         };
+        let key_order = match setting(DATA_ENGINE) {
+            None => KeyOrder::default(),
+            Some(engine) => KeyOrder::of_data_engine(&engine).ok_or_else(|| Error::Property {
+                property: DATA_ENGINE.into(),
+                message: format!(
+                    "table {table_id}: {engine:?} is not a Sleeper data engine (java, datafusion, \
+                     datafusion_experimental)"
+                ),
+            })?,
+        };
         let properties = TableProperties {
             table_name: raw.get(TABLE_NAME).unwrap_or(&table_id).to_owned(),
             table_id,
@@ -266,9 +321,10 @@ impl TableProperties {
             parquet,
             filters: non_empty(FILTERS),
             aggregations: non_empty(AGGREGATIONS),
+            key_order,
             raw,
         };
-        properties.writer_properties()?;
+        properties.validate_parquet_settings()?;
         properties.compaction_rules()?;
         Ok(properties)
     }
@@ -300,7 +356,22 @@ impl TableProperties {
         if let Some(aggregations) = &self.aggregations {
             raw.set(AGGREGATIONS, aggregations);
         }
+        raw.set(DATA_ENGINE, self.key_order.data_engine());
         raw
+    }
+
+    /// What Sleeper validates when it loads a table; a codec Sleeper allows but nothing here can
+    /// write (`lzo`) only fails an export that would write it.
+    fn validate_parquet_settings(&self) -> Result<()> {
+        match self.writer_properties(&self.schema.arrow_schema()) {
+            Err(Error::Property { property, .. })
+                if property == COMPRESSION
+                    && SLEEPER_CODECS.contains(&self.parquet.compression.as_str()) =>
+            {
+                Ok(())
+            }
+            other => other.map(|_| ()),
+        }
     }
 
     /// The table's filters and aggregations, validated against its schema.
@@ -312,21 +383,42 @@ impl TableProperties {
         )
     }
 
-    /// The Parquet writer settings Sleeper would use for this table's files.
-    pub fn writer_properties(&self) -> Result<WriterProperties> {
+    /// The Parquet writer settings Sleeper would use for a file of this table holding `columns`
+    /// (all of the table's, or some of them), with the `sorting_columns` its rows are sorted by.
+    pub fn writer_properties(&self, columns: &ArrowSchema) -> Result<WriterProperties> {
         let p = &self.parquet;
         let bad = |property: &str, message: String| Error::Property {
             property: property.into(),
             message,
         };
         let compression = match p.compression.as_str() {
-            "uncompressed" | "none" => Compression::UNCOMPRESSED,
+            "uncompressed" => Compression::UNCOMPRESSED,
             "snappy" => Compression::SNAPPY,
             "gzip" => Compression::GZIP(GzipLevel::default()),
             "lz4" => Compression::LZ4_RAW,
             "brotli" => Compression::BROTLI(BrotliLevel::default()),
             "zstd" => Compression::ZSTD(ZstdLevel::default()),
-            other => return Err(bad(COMPRESSION, format!("unsupported codec {other:?}"))),
+            "lzo" => {
+                return Err(bad(
+                    COMPRESSION,
+                    format!(
+                        "table {} is compressed with lzo, which Sleeper allows but no Parquet \
+                         writer here (nor Sleeper's DataFusion engine) can write; export it with \
+                         another codec: `--compression zstd` (ExportOptions::compression, or \
+                         COPY's 'format.compression')",
+                        self.table_id
+                    ),
+                ))
+            }
+            other => {
+                return Err(bad(
+                    COMPRESSION,
+                    format!(
+                        "unsupported codec {other:?}; Sleeper's are {}",
+                        SLEEPER_CODECS.join(", ")
+                    ),
+                ))
+            }
         };
         let writer_version = match p.writer_version.as_str() {
             "v1" => WriterVersion::PARQUET_1_0,
@@ -362,7 +454,40 @@ impl TableProperties {
         }
         // Nested columns have leaf paths under the field name; dictionary settings for them follow
         // the writer default, as in Sleeper.
-        Ok(builder.build())
+        Ok(builder
+            .set_sorting_columns(Some(self.sorting_columns(columns)))
+            .build())
+    }
+
+    /// The Parquet leaf columns a file's rows are sorted by, as Parquet orders values: the key
+    /// columns in `columns`, in key order, up to the first one missing or one whose order in
+    /// Parquet (unsigned bytes) is not the table's.
+    fn sorting_columns(&self, columns: &ArrowSchema) -> Vec<SortingColumn> {
+        let mut leaf_start = Vec::with_capacity(columns.fields().len());
+        let mut leaves = 0;
+        for field in columns.fields() {
+            leaf_start.push(leaves);
+            leaves += leaf_count(field.data_type());
+        }
+        let mut sorting = Vec::new();
+        for key in self.schema.key_fields() {
+            let Some(position) = columns.fields().iter().position(|f| f.name() == &key.name) else {
+                break;
+            };
+            let agrees = key
+                .field_type
+                .primitive()
+                .is_some_and(|t| self.key_order.agrees_with_arrow(t));
+            if !agrees {
+                break;
+            }
+            sorting.push(SortingColumn {
+                column_idx: leaf_start[position] as i32,
+                descending: false,
+                nulls_first: false,
+            });
+        }
+        sorting
     }
 }
 
@@ -415,5 +540,47 @@ mod tests {
                     sleeper.table.parquet.compression.codec=lzo2\n";
         let error = TableProperties::from_java(JavaProperties::parse(text)).unwrap_err();
         assert!(error.to_string().contains("lzo2"), "{error}");
+    }
+
+    const TABLE: &str = "sleeper.table.id=abc\nsleeper.table.schema={\"rowKeyFields\":[{\"name\":\"k\",\"type\":\"LongType\"}]}\n";
+
+    #[test]
+    fn unset_properties_fall_back_to_the_instance_then_to_sleeper() {
+        let instance = JavaProperties::parse(
+            "sleeper.default.table.parquet.rowgroup.rows.max=5000\n\
+             sleeper.default.table.parquet.compression.codec=snappy\n\
+             sleeper.default.table.data.engine=java\n",
+        );
+        let own = format!("{TABLE}sleeper.table.parquet.compression.codec=gzip\n");
+        let table =
+            TableProperties::from_java_with_defaults(JavaProperties::parse(&own), &instance)
+                .unwrap();
+        assert_eq!(table.parquet.row_group_rows, 5000);
+        assert_eq!(table.parquet.compression, "gzip");
+        assert_eq!(table.parquet.page_size, 131_072);
+        assert_eq!(table.key_order, KeyOrder::Java);
+        let alone = TableProperties::from_java(JavaProperties::parse(TABLE)).unwrap();
+        assert_eq!(alone.parquet, ParquetOptions::default());
+        assert_eq!(alone.key_order, KeyOrder::DataFusion);
+        let engine = format!("{TABLE}sleeper.table.data.engine=DATAFUSION_EXPERIMENTAL\n");
+        let experimental = TableProperties::from_java(JavaProperties::parse(&engine)).unwrap();
+        assert_eq!(experimental.key_order, KeyOrder::DataFusion);
+        let bad = format!("{TABLE}sleeper.table.data.engine=spark\n");
+        let error = TableProperties::from_java(JavaProperties::parse(&bad)).unwrap_err();
+        assert!(error.to_string().contains(DATA_ENGINE), "{error}");
+    }
+
+    #[test]
+    fn an_lzo_table_opens_but_cannot_be_written_without_another_codec() {
+        let text = format!("{TABLE}sleeper.table.parquet.compression.codec=LZO\n");
+        let mut table = TableProperties::from_java(JavaProperties::parse(&text)).unwrap();
+        let columns = table.schema.arrow_schema();
+        let error = table.writer_properties(&columns).unwrap_err().to_string();
+        assert!(
+            error.contains(COMPRESSION) && error.contains("lzo") && error.contains("--compression"),
+            "{error}"
+        );
+        table.parquet.compression = "zstd".into();
+        table.writer_properties(&columns).unwrap();
     }
 }

@@ -1,4 +1,4 @@
-//! Key values, ranges and regions, with Sleeper's order and Sleeper's Region JSON.
+//! Key values, ranges and regions (compared in a table's [`KeyOrder`]), and Sleeper's Region JSON.
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -13,11 +13,11 @@ use datafusion::arrow::datatypes::{DataType, Int32Type, Int64Type};
 use datafusion::arrow::error::ArrowError;
 use serde_json::{json, Map, Value};
 
-use super::order::{compare_byte_arrays, compare_strings};
+use super::order::KeyOrder;
 use super::schema::{PrimitiveType, Schema};
 use crate::error::{Error, Result};
 
-/// One value of a key column. Ordered as Sleeper orders keys (see [`super::order`]).
+/// One value of a key column. Values have no order of their own: a table's [`KeyOrder`] orders them.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum KeyValue {
     Int(i32),
@@ -132,25 +132,6 @@ impl KeyValue {
     }
 }
 
-impl PartialOrd for KeyValue {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for KeyValue {
-    fn cmp(&self, other: &Self) -> Ordering {
-        match (self, other) {
-            (KeyValue::Int(a), KeyValue::Int(b)) => a.cmp(b),
-            (KeyValue::Long(a), KeyValue::Long(b)) => a.cmp(b),
-            (KeyValue::String(a), KeyValue::String(b)) => compare_strings(a, b),
-            (KeyValue::Bytes(a), KeyValue::Bytes(b)) => compare_byte_arrays(a, b),
-            // Values of one column always share a type; this only keeps the order total.
-            _ => (self.key_type() as u8).cmp(&(other.key_type() as u8)),
-        }
-    }
-}
-
 impl fmt::Display for KeyValue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -190,19 +171,19 @@ impl Range {
         Range::partition(KeyValue::minimum(key_type), None)
     }
 
-    pub fn contains(&self, value: &KeyValue) -> bool {
-        let above_min = match value.cmp(&self.min) {
+    pub fn contains(&self, value: &KeyValue, order: KeyOrder) -> bool {
+        let above_min = match order.compare(value, &self.min) {
             Ordering::Greater => true,
             Ordering::Equal => self.min_inclusive,
             Ordering::Less => false,
         };
-        above_min && self.below_max(value)
+        above_min && self.below_max(value, order)
     }
 
-    pub fn below_max(&self, value: &KeyValue) -> bool {
+    pub fn below_max(&self, value: &KeyValue, order: KeyOrder) -> bool {
         match &self.max {
             None => true,
-            Some(max) => match value.cmp(max) {
+            Some(max) => match order.compare(value, max) {
                 Ordering::Less => true,
                 Ordering::Equal => self.max_inclusive,
                 Ordering::Greater => false,
@@ -211,18 +192,18 @@ impl Range {
     }
 
     /// Whether some value in the closed interval `[low, high]` may be in the range.
-    pub fn overlaps(&self, low: &KeyValue, high: &KeyValue) -> bool {
-        let high_reaches_min = match high.cmp(&self.min) {
+    pub fn overlaps(&self, low: &KeyValue, high: &KeyValue, order: KeyOrder) -> bool {
+        let high_reaches_min = match order.compare(high, &self.min) {
             Ordering::Greater => true,
             Ordering::Equal => self.min_inclusive,
             Ordering::Less => false,
         };
-        high_reaches_min && self.below_max(low)
+        high_reaches_min && self.below_max(low, order)
     }
 
     /// The values in both ranges; `None` when there are none.
-    pub fn intersect(&self, other: &Range) -> Option<Range> {
-        let (min, min_inclusive) = match self.min.cmp(&other.min) {
+    pub fn intersect(&self, other: &Range, order: KeyOrder) -> Option<Range> {
+        let (min, min_inclusive) = match order.compare(&self.min, &other.min) {
             Ordering::Greater => (&self.min, self.min_inclusive),
             Ordering::Less => (&other.min, other.min_inclusive),
             Ordering::Equal => (&self.min, self.min_inclusive && other.min_inclusive),
@@ -231,7 +212,7 @@ impl Range {
             (None, None) => (None, false),
             (Some(max), None) => (Some(max), self.max_inclusive),
             (None, Some(max)) => (Some(max), other.max_inclusive),
-            (Some(a), Some(b)) => match a.cmp(b) {
+            (Some(a), Some(b)) => match order.compare(a, b) {
                 Ordering::Less => (Some(a), self.max_inclusive),
                 Ordering::Greater => (Some(b), other.max_inclusive),
                 Ordering::Equal => (Some(a), self.max_inclusive && other.max_inclusive),
@@ -243,14 +224,14 @@ impl Range {
             max: max.cloned(),
             max_inclusive,
         };
-        (!range.is_empty()).then_some(range)
+        (!range.is_empty(order)).then_some(range)
     }
 
     /// Whether the range admits no value at all (min above max, or an empty half-open range).
-    pub fn is_empty(&self) -> bool {
+    pub fn is_empty(&self, order: KeyOrder) -> bool {
         match &self.max {
             None => false,
-            Some(max) => match self.min.cmp(max) {
+            Some(max) => match order.compare(&self.min, max) {
                 Ordering::Less => false,
                 Ordering::Equal => !(self.min_inclusive && self.max_inclusive),
                 Ordering::Greater => true,
@@ -288,21 +269,21 @@ impl Region {
     }
 
     /// The rows in both regions; `None` when there are none.
-    pub fn intersect(&self, other: &Region) -> Option<Region> {
+    pub fn intersect(&self, other: &Region, order: KeyOrder) -> Option<Region> {
         let ranges = self
             .ranges
             .iter()
             .zip(&other.ranges)
-            .map(|(a, b)| a.intersect(b))
+            .map(|(a, b)| a.intersect(b, order))
             .collect::<Option<Vec<Range>>>()?;
         Some(Region { ranges })
     }
 
-    pub fn contains(&self, row_key: &[KeyValue]) -> bool {
+    pub fn contains(&self, row_key: &[KeyValue], order: KeyOrder) -> bool {
         self.ranges
             .iter()
             .zip(row_key)
-            .all(|(range, value)| range.contains(value))
+            .all(|(range, value)| range.contains(value, order))
     }
 
     /// Region JSON as Sleeper writes it: strings Base64, unbounded max left out.
@@ -417,13 +398,14 @@ mod tests {
             max: None,
             max_inclusive: false,
         };
-        let both = partition.intersect(&at_most_15).unwrap();
+        let order = KeyOrder::default();
+        let both = partition.intersect(&at_most_15, order).unwrap();
         assert_eq!((both.min, both.max), (long(10), Some(long(15))));
         assert!(both.min_inclusive && both.max_inclusive);
-        assert_eq!(partition.intersect(&from_20), None);
-        assert!(!partition.intersect(&above_10).unwrap().min_inclusive);
+        assert_eq!(partition.intersect(&from_20, order), None);
+        assert!(!partition.intersect(&above_10, order).unwrap().min_inclusive);
         assert_eq!(
-            Range::everything(PrimitiveType::Long).intersect(&partition),
+            Range::everything(PrimitiveType::Long).intersect(&partition, order),
             Some(partition)
         );
     }
@@ -486,13 +468,14 @@ mod tests {
             max: Some(KeyValue::Int(3)),
             max_inclusive: true,
         };
-        assert!(!range.contains(&KeyValue::Int(1)));
-        assert!(range.contains(&KeyValue::Int(2)));
-        assert!(range.contains(&KeyValue::Int(3)));
-        assert!(!range.contains(&KeyValue::Int(4)));
-        assert!(range.overlaps(&KeyValue::Int(-5), &KeyValue::Int(2)));
-        assert!(range.overlaps(&KeyValue::Int(3), &KeyValue::Int(9)));
-        assert!(!range.overlaps(&KeyValue::Int(-5), &KeyValue::Int(1)));
-        assert!(!range.overlaps(&KeyValue::Int(4), &KeyValue::Int(9)));
+        let order = KeyOrder::default();
+        assert!(!range.contains(&KeyValue::Int(1), order));
+        assert!(range.contains(&KeyValue::Int(2), order));
+        assert!(range.contains(&KeyValue::Int(3), order));
+        assert!(!range.contains(&KeyValue::Int(4), order));
+        assert!(range.overlaps(&KeyValue::Int(-5), &KeyValue::Int(2), order));
+        assert!(range.overlaps(&KeyValue::Int(3), &KeyValue::Int(9), order));
+        assert!(!range.overlaps(&KeyValue::Int(-5), &KeyValue::Int(1), order));
+        assert!(!range.overlaps(&KeyValue::Int(4), &KeyValue::Int(9), order));
     }
 }

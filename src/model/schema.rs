@@ -81,7 +81,10 @@ impl FieldType {
     }
 
     /// Map entries and list elements use the Parquet names (`key_value`/`key`/`value`, `element`)
-    /// that Sleeper's writers use, so our files read back with the same Arrow types.
+    /// that Sleeper's writers use, so our files read back with the same Arrow types. Map values
+    /// and list elements are declared nullable, as Sleeper's DataFusion compaction writes them
+    /// (`optional` in its files; Sleeper's Java writer makes them `required`, which reads as
+    /// nullable without loss, where the reverse would need every value checked).
     pub fn arrow_type(&self) -> DataType {
         match self {
             FieldType::Primitive(p) => p.arrow_type(),
@@ -90,7 +93,7 @@ impl FieldType {
                     "key_value",
                     DataType::Struct(Fields::from(vec![
                         ArrowField::new("key", key.arrow_type(), false),
-                        ArrowField::new("value", value.arrow_type(), false),
+                        ArrowField::new("value", value.arrow_type(), true),
                     ])),
                     false,
                 )),
@@ -99,7 +102,7 @@ impl FieldType {
             FieldType::List { element } => DataType::List(Arc::new(ArrowField::new(
                 "element",
                 element.arrow_type(),
-                false,
+                true,
             ))),
         }
     }

@@ -2,7 +2,7 @@
 //! order, so each run of equal keys collapses into one row as it passes, with no hash table and
 //! no more than one batch held back (the last run of a batch may continue in the next).
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -201,7 +201,8 @@ fn take_extremes<'a>(
     take(column, &picks, None)
 }
 
-/// Each group's maps merged key by key; keys come out in Sleeper's key order.
+/// Each group's maps merged key by key; keys come out in the order they were first seen, as
+/// Sleeper's DataFusion compaction writes them (`d_aggregation` of its fixtures).
 fn aggregate_maps(
     maps: &MapArray,
     op: AggregationOp,
@@ -214,28 +215,30 @@ fn aggregate_maps(
     let mut merged_values: Vec<i64> = Vec::new();
     let mut lengths = Vec::with_capacity(ranges.len());
     for range in ranges {
-        let mut merged: BTreeMap<KeyValue, i64> = BTreeMap::new();
+        let group_start = merged_keys.len();
+        let mut positions: HashMap<KeyValue, usize> = HashMap::new();
         for entry in offsets[range.start] as usize..offsets[range.end] as usize {
             let key = KeyValue::from_array(keys, entry)?;
             let value = match values.data_type() {
                 DataType::Int32 => values.as_primitive::<Int32Type>().value(entry) as i64,
                 _ => values.as_primitive::<Int64Type>().value(entry),
             };
-            merged
-                .entry(key)
-                .and_modify(|acc| {
+            match positions.get(&key) {
+                Some(&position) => {
+                    let acc = &mut merged_values[position];
                     *acc = match values.data_type() {
                         DataType::Int32 => combine(op, *acc as i32, value as i32) as i64,
                         _ => combine(op, *acc, value),
-                    }
-                })
-                .or_insert(value);
+                    };
+                }
+                None => {
+                    positions.insert(key.clone(), merged_keys.len());
+                    merged_keys.push(key);
+                    merged_values.push(value);
+                }
+            }
         }
-        lengths.push(merged.len());
-        for (key, value) in merged {
-            merged_keys.push(key);
-            merged_values.push(value);
-        }
+        lengths.push(merged_keys.len() - group_start);
     }
     let DataType::Map(entries_field, sorted) = maps.data_type() else {
         unreachable!("a map array has a map type")

@@ -1,5 +1,5 @@
 //! The exact region filter: a file referenced by several partitions holds rows of all of them,
-//! so every row is checked against the leaf's region, in Sleeper's key order.
+//! so every row is checked against the leaf's region, in the table's key order.
 
 use std::cmp::Ordering;
 
@@ -11,19 +11,18 @@ use datafusion::arrow::compute::kernels::cmp::{gt, gt_eq, lt, lt_eq};
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
 
-use crate::model::order::{order_preserving_bytes, sleeper_ordered_array};
-use crate::model::{KeyValue, PrimitiveType, Range, Region};
+use crate::model::{KeyOrder, KeyValue, PrimitiveType, Range, Region};
 
-/// A key value as an Arrow scalar comparable with [`sleeper_ordered_array`] output.
-fn ordered_scalar(value: &KeyValue) -> Box<dyn Datum + Send + Sync> {
+/// A key value as an Arrow scalar comparable with [`KeyOrder::ordered_array`] output.
+fn ordered_scalar(value: &KeyValue, order: KeyOrder) -> Box<dyn Datum + Send + Sync> {
     match value {
         KeyValue::Int(v) => Box::new(Int32Array::new_scalar(*v)),
         KeyValue::Long(v) => Box::new(Int64Array::new_scalar(*v)),
         KeyValue::String(s) => Box::new(Scalar::new(BinaryArray::from_vec(vec![
-            &order_preserving_bytes(PrimitiveType::String, s.as_bytes())[..],
+            &order.ordered_bytes(PrimitiveType::String, s.as_bytes())[..],
         ]))),
         KeyValue::Bytes(b) => Box::new(Scalar::new(BinaryArray::from_vec(vec![
-            &order_preserving_bytes(PrimitiveType::ByteArray, b)[..],
+            &order.ordered_bytes(PrimitiveType::ByteArray, b)[..],
         ]))),
     }
 }
@@ -36,31 +35,34 @@ struct Bound {
 struct DimensionFilter {
     column: usize,
     key_type: PrimitiveType,
+    order: KeyOrder,
     min: Option<Bound>,
     max: Option<Bound>,
 }
 
 impl DimensionFilter {
-    fn new(column: usize, key_type: PrimitiveType, range: &Range) -> Option<Self> {
+    fn new(column: usize, key_type: PrimitiveType, range: &Range, order: KeyOrder) -> Option<Self> {
         let min =
             (range.min != KeyValue::minimum(key_type) || !range.min_inclusive).then(|| Bound {
-                value: ordered_scalar(&range.min),
+                value: ordered_scalar(&range.min, order),
                 inclusive: range.min_inclusive,
             });
         let max = range.max.as_ref().map(|max| Bound {
-            value: ordered_scalar(max),
+            value: ordered_scalar(max, order),
             inclusive: range.max_inclusive,
         });
         (min.is_some() || max.is_some()).then_some(DimensionFilter {
             column,
             key_type,
+            order,
             min,
             max,
         })
     }
 
     fn ordered(&self, batch: &RecordBatch) -> ArrayRef {
-        sleeper_ordered_array(self.key_type, batch.column(self.column))
+        self.order
+            .ordered_array(self.key_type, batch.column(self.column))
     }
 
     fn evaluate(&self, batch: &RecordBatch) -> Result<BooleanArray, ArrowError> {
@@ -103,7 +105,7 @@ struct RegionFilter {
 }
 
 impl RegionFilter {
-    fn new(region: &Region, key_types: &[PrimitiveType]) -> Self {
+    fn new(region: &Region, key_types: &[PrimitiveType], order: KeyOrder) -> Self {
         RegionFilter {
             dimensions: region
                 .ranges
@@ -111,7 +113,7 @@ impl RegionFilter {
                 .zip(key_types)
                 .enumerate()
                 .filter_map(|(column, (range, &key_type))| {
-                    DimensionFilter::new(column, key_type, range)
+                    DimensionFilter::new(column, key_type, range, order)
                 })
                 .collect(),
         }
@@ -147,6 +149,7 @@ impl RowFilter {
         partition: &Region,
         query_regions: &[Region],
         row_key_types: &[PrimitiveType],
+        order: KeyOrder,
     ) -> Self {
         let whole_partition = query_regions.iter().any(|r| r == partition);
         let partition_first = &partition.ranges[0];
@@ -155,7 +158,7 @@ impl RowFilter {
         } else {
             query_regions
                 .iter()
-                .filter_map(|r| r.ranges[0].intersect(partition_first))
+                .filter_map(|r| r.ranges[0].intersect(partition_first, order))
                 .collect()
         };
         let furthest = first_key_ranges
@@ -164,18 +167,20 @@ impl RowFilter {
                 (None, None) => Ordering::Equal,
                 (None, Some(_)) => Ordering::Greater,
                 (Some(_), None) => Ordering::Less,
-                (Some(x), Some(y)) => x.cmp(y).then(a.max_inclusive.cmp(&b.max_inclusive)),
+                (Some(x), Some(y)) => order
+                    .compare(x, y)
+                    .then(a.max_inclusive.cmp(&b.max_inclusive)),
             })
             .unwrap_or(partition_first);
         RowFilter {
-            partition: RegionFilter::new(partition, row_key_types),
+            partition: RegionFilter::new(partition, row_key_types, order),
             query_regions: (!whole_partition).then(|| {
                 query_regions
                     .iter()
-                    .map(|r| RegionFilter::new(r, row_key_types))
+                    .map(|r| RegionFilter::new(r, row_key_types, order))
                     .collect()
             }),
-            first_key_end: DimensionFilter::new(0, row_key_types[0], furthest),
+            first_key_end: DimensionFilter::new(0, row_key_types[0], furthest, order),
             first_key_ranges,
         }
     }

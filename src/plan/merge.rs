@@ -10,10 +10,10 @@ use bytes::Bytes;
 use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch};
 use datafusion::arrow::compute::kernels::boolean::and;
 use datafusion::arrow::compute::kernels::cmp::gt_eq;
-use datafusion::arrow::compute::{cast, filter_record_batch, interleave};
+use datafusion::arrow::compute::{cast, filter_record_batch, interleave, prep_null_mask_filter};
 use datafusion::arrow::datatypes::{DataType, Schema as ArrowSchema, SchemaRef};
 use datafusion::arrow::error::ArrowError;
-use datafusion::arrow::row::{RowConverter, Rows, SortField};
+use datafusion::arrow::row::{OwnedRow, Row, RowConverter, Rows, SortField};
 use datafusion::common::runtime::SpawnedTask;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result as DFResult};
@@ -47,8 +47,7 @@ use tokio::sync::mpsc;
 use super::aggregate::RowAggregator;
 use super::filter::RowFilter;
 use crate::error::{Error, Result};
-use crate::model::order::sleeper_ordered_array;
-use crate::model::{CompactionRules, KeyValue, PrimitiveType, Region, Schema};
+use crate::model::{CompactionRules, KeyOrder, KeyValue, PrimitiveType, Region, Schema};
 use crate::storage::Stores;
 
 /// What one leaf partition's merge reads.
@@ -70,6 +69,10 @@ const READ_AHEAD_BATCHES: usize = 2;
 pub struct LeafMergeExec {
     table_id: String,
     schema: Arc<Schema>,
+    /// The order of the table's files, which the merge and the region filter follow.
+    order: KeyOrder,
+    /// Whether to check, as files are read, that their rows are in that order.
+    verify_order: bool,
     /// Positions in `read_schema` of the output columns.
     output_columns: Vec<usize>,
     /// Table columns read from files: the key columns first, then the projected value columns.
@@ -93,6 +96,7 @@ impl LeafMergeExec {
     pub fn new(
         table_id: impl Into<String>,
         schema: Arc<Schema>,
+        order: KeyOrder,
         leaves: Vec<LeafInput>,
         projection: Option<&[usize]>,
         rules: CompactionRules,
@@ -135,6 +139,7 @@ impl LeafMergeExec {
         );
         let cache = Arc::new(Self::compute_properties(
             &schema,
+            order,
             &output_schema,
             &output_columns,
             leaves.len(),
@@ -142,6 +147,8 @@ impl LeafMergeExec {
         LeafMergeExec {
             table_id: table_id.into(),
             schema,
+            order,
+            verify_order: true,
             output_columns,
             read_schema,
             output_schema,
@@ -157,6 +164,13 @@ impl LeafMergeExec {
 
     pub fn with_pruned_leaves(mut self, count: usize) -> Self {
         self.pruned_leaves = count;
+        self
+    }
+
+    /// Skips the check that input files are in the table's order (it costs about 1 % of an
+    /// export; see the `leaf_export` bench), for inputs known to be.
+    pub fn with_order_check(mut self, verify: bool) -> Self {
+        self.verify_order = verify;
         self
     }
 
@@ -177,19 +191,21 @@ impl LeafMergeExec {
         }
     }
 
-    /// Every leaf is sorted in Sleeper's key order. DataFusion is told only the prefix of that
-    /// order it shares: integer keys. Strings and byte arrays order differently in DataFusion
-    /// (see `model::order`), and a declared order that is false would let it skip a sort that
-    /// `ORDER BY` needs. Exports never sort either way: the sink takes each leaf's stream as it is.
+    /// Every leaf is sorted in the table's key order. DataFusion is told the prefix of that order
+    /// it shares: every key for the DataFusion engine's order, the integer keys for the Java
+    /// engine's (strings and byte arrays order differently there, see `model::order`, and a
+    /// declared order that is false would let DataFusion skip a sort that `ORDER BY` needs).
+    /// Exports never sort either way: the sink takes each leaf's stream as it is.
     fn compute_properties(
         schema: &Schema,
+        order: KeyOrder,
         output_schema: &SchemaRef,
         output_columns: &[usize],
         leaf_count: usize,
     ) -> PlanProperties {
         let mut ordering = Vec::new();
         for (key_index, key_type) in schema.key_types().into_iter().enumerate() {
-            if !matches!(key_type, PrimitiveType::Int | PrimitiveType::Long) {
+            if !order.agrees_with_arrow(key_type) {
                 break;
             }
             let Some(output_index) = output_columns.iter().position(|&c| c == key_index) else {
@@ -267,6 +283,7 @@ impl LeafMergeExec {
             &leaf.partition_region,
             &leaf.query_regions,
             &self.schema.row_key_types(),
+            self.order,
         ));
         let age_offs = Arc::new(self.age_off_cutoffs(partition));
         let rows_read = MetricBuilder::new(&self.metrics).counter("rows_read", partition);
@@ -282,6 +299,8 @@ impl LeafMergeExec {
                 partition_id: leaf.partition_id.clone(),
                 read_schema: Arc::clone(&self.read_schema),
                 key_types: key_types.clone(),
+                order: self.order,
+                verify_order: self.verify_order,
                 converter: Arc::clone(&converter),
                 filter: Arc::clone(&filter),
                 age_offs: Arc::clone(&age_offs),
@@ -327,7 +346,7 @@ impl DisplayAs for LeafMergeExec {
         match t {
             DisplayFormatType::Default | DisplayFormatType::Verbose => write!(
                 f,
-                "LeafMergeExec: table={}, leaves={}, files={}, order=[{}]",
+                "LeafMergeExec: table={}, leaves={}, files={}, order=[{}] ({})",
                 self.table_id,
                 self.leaf_count_text(),
                 files,
@@ -335,7 +354,8 @@ impl DisplayAs for LeafMergeExec {
                     .key_fields()
                     .map(|k| k.name.as_str())
                     .collect::<Vec<_>>()
-                    .join(", ")
+                    .join(", "),
+                self.order.data_engine()
             ),
             DisplayFormatType::TreeRender => {
                 write!(f, "leaves={}\nfiles={}", self.leaf_count_text(), files)
@@ -429,44 +449,48 @@ impl ExecutionPlan for LeafMergeExec {
     }
 }
 
-/// A batch that passed the region filter, with its keys in Sleeper-ordered row format.
+/// A batch that passed the filters, with its keys in the table's order, as row format.
 struct KeyedBatch {
     batch: RecordBatch,
     keys: SortKeys,
 }
 
-/// Row-format keys, and the first eight bytes of each as a big-endian integer: comparing two
-/// integers settles almost every comparison without touching the rows.
+/// Row-format keys, and the first eight bytes of each kept row's as a big-endian integer:
+/// comparing two integers settles almost every comparison without touching the rows.
 struct SortKeys {
+    /// Every row of the batch as read, kept or not (the order check reads them all).
     rows: Rows,
+    /// The position in `rows` of each kept row, when the filters dropped some.
+    kept: Option<Vec<u32>>,
     prefixes: Vec<u64>,
 }
 
-impl SortKeys {
-    fn new(rows: Rows) -> Self {
-        let prefixes = rows
-            .iter()
-            .map(|row| {
-                let bytes = row.as_ref();
-                let mut prefix = [0u8; 8];
-                let length = bytes.len().min(8);
-                prefix[..length].copy_from_slice(&bytes[..length]);
-                u64::from_be_bytes(prefix)
-            })
-            .collect();
-        SortKeys { rows, prefixes }
-    }
+/// Zero padding only ever makes a shorter row tie with or sort before a longer one, which the
+/// full comparison then settles.
+fn prefix(row: Row<'_>) -> u64 {
+    let bytes = row.as_ref();
+    let mut prefix = [0u8; 8];
+    let length = bytes.len().min(8);
+    prefix[..length].copy_from_slice(&bytes[..length]);
+    u64::from_be_bytes(prefix)
+}
 
+impl SortKeys {
     fn len(&self) -> usize {
         self.prefixes.len()
     }
 
-    /// Row order: the prefixes decide unless equal (zero padding only ever makes a shorter row
-    /// tie with or sort before a longer one, which the full comparison then settles).
+    fn row(&self, kept_row: usize) -> Row<'_> {
+        match &self.kept {
+            Some(kept) => self.rows.row(kept[kept_row] as usize),
+            None => self.rows.row(kept_row),
+        }
+    }
+
     fn compare(&self, row: usize, other: &SortKeys, other_row: usize) -> Ordering {
         self.prefixes[row]
             .cmp(&other.prefixes[other_row])
-            .then_with(|| self.rows.row(row).cmp(&other.rows.row(other_row)))
+            .then_with(|| self.row(row).cmp(&other.row(other_row)))
     }
 }
 
@@ -475,6 +499,8 @@ struct FileReader {
     partition_id: String,
     read_schema: SchemaRef,
     key_types: Vec<PrimitiveType>,
+    order: KeyOrder,
+    verify_order: bool,
     converter: Arc<RowConverter>,
     filter: Arc<RowFilter>,
     /// Age-off filters: a column and the oldest time it may hold.
@@ -485,13 +511,84 @@ struct FileReader {
 }
 
 /// How to turn a file's batches into the table's columns: which file column feeds each table
-/// column, and a cast where the file names nested fields differently (as other writers do).
+/// column, and a cast where the file's type has another shape of the same values (nested field
+/// names or nullability, as other writers choose them).
 struct ColumnAdapter {
     positions: Vec<usize>,
     casts: Vec<Option<DataType>>,
 }
 
+/// Where a file's rows stand in the check that they are in the table's order.
+#[derive(Default)]
+struct OrderCheck {
+    /// The last row read, in row format and as key values (for the message).
+    last: Option<(OwnedRow, Vec<KeyValue>)>,
+    rows_checked: u64,
+    /// The first row number in the file, and the row count, of each row group read.
+    row_groups: Vec<(u64, u64)>,
+}
+
+impl OrderCheck {
+    /// The row number in the file of the `index`th row read.
+    fn file_row(&self, index: u64) -> u64 {
+        let mut before = 0;
+        for &(start, rows) in &self.row_groups {
+            if index < before + rows {
+                return start + index - before;
+            }
+            before += rows;
+        }
+        index
+    }
+}
+
 type ParquetStream = ParquetRecordBatchStream<ObjectFileReader>;
+
+/// Whether two Arrow types hold the same values, whatever their nested fields are named and
+/// whether those are declared nullable (a cast turns one into the other).
+fn same_values(a: &DataType, b: &DataType) -> bool {
+    match (a, b) {
+        (DataType::List(x), DataType::List(y)) | (DataType::Map(x, _), DataType::Map(y, _)) => {
+            same_values(x.data_type(), y.data_type())
+        }
+        (DataType::Struct(x), DataType::Struct(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .zip(y)
+                    .all(|(f, g)| same_values(f.data_type(), g.data_type()))
+        }
+        _ => a == b,
+    }
+}
+
+/// The bounds a row group's statistics give its first row key, where the table's order is
+/// Parquet's own and the bounds are exact (byte-array statistics may be truncated).
+fn statistics_bounds(
+    statistics: &ParquetStatistics,
+    key_type: PrimitiveType,
+) -> Option<(KeyValue, KeyValue)> {
+    match (statistics, key_type) {
+        (ParquetStatistics::Int32(s), PrimitiveType::Int) => {
+            Some((KeyValue::Int(*s.min_opt()?), KeyValue::Int(*s.max_opt()?)))
+        }
+        (ParquetStatistics::Int64(s), PrimitiveType::Long) => {
+            Some((KeyValue::Long(*s.min_opt()?), KeyValue::Long(*s.max_opt()?)))
+        }
+        (ParquetStatistics::ByteArray(s), PrimitiveType::String | PrimitiveType::ByteArray)
+            if s.min_is_exact() && s.max_is_exact() =>
+        {
+            let (min, max) = (s.min_opt()?.data(), s.max_opt()?.data());
+            Some(match key_type {
+                PrimitiveType::String => (
+                    KeyValue::String(std::str::from_utf8(min).ok()?.to_owned()),
+                    KeyValue::String(std::str::from_utf8(max).ok()?.to_owned()),
+                ),
+                _ => (KeyValue::Bytes(min.to_vec()), KeyValue::Bytes(max.to_vec())),
+            })
+        }
+        _ => None,
+    }
+}
 
 impl FileReader {
     fn mismatch(&self, message: String) -> Error {
@@ -510,7 +607,7 @@ impl FileReader {
         }
     }
 
-    async fn open(&self, stores: &Stores) -> Result<(ParquetStream, ColumnAdapter)> {
+    async fn open(&self, stores: &Stores) -> Result<(ParquetStream, ColumnAdapter, OrderCheck)> {
         let location = stores.resolve(&self.file)?;
         let meta = location
             .store
@@ -529,7 +626,11 @@ impl FileReader {
             path: location.prefix,
             size: meta.size,
         };
-        let builder = ParquetRecordBatchStreamBuilder::new(reader)
+        // Column types come from the Parquet schema, not from an Arrow schema its writer embedded:
+        // Sleeper's DataFusion compaction declares its strings Utf8View and its byte arrays
+        // BinaryView there, and both read as the table's Utf8 and Binary this way.
+        let options = ArrowReaderOptions::new().with_skip_arrow_metadata(true);
+        let builder = ParquetRecordBatchStreamBuilder::new_with_options(reader, options)
             .await
             .map_err(|e| self.corrupt(e))?;
         let file_schema = Arc::clone(builder.schema());
@@ -541,7 +642,7 @@ impl FileReader {
                 .ok_or_else(|| self.mismatch(format!("it has no column {:?}", field.name())))?;
             if file_field.data_type() == field.data_type() {
                 casts.push(None);
-            } else if file_field.data_type().equals_datatype(field.data_type()) {
+            } else if same_values(file_field.data_type(), field.data_type()) {
                 casts.push(Some(field.data_type().clone()));
             } else {
                 return Err(self.mismatch(format!(
@@ -565,20 +666,37 @@ impl FileReader {
             .collect();
         let mask = ProjectionMask::roots(builder.parquet_schema(), selected);
         let row_groups = self.row_groups_in_region(builder.metadata());
+        let metadata = builder.metadata();
+        let mut starts = Vec::with_capacity(metadata.num_row_groups());
+        let mut start = 0u64;
+        for group in metadata.row_groups() {
+            starts.push(start);
+            start += group.num_rows() as u64;
+        }
+        let check = OrderCheck {
+            row_groups: row_groups
+                .iter()
+                .map(|&g| (starts[g], metadata.row_group(g).num_rows() as u64))
+                .collect(),
+            ..OrderCheck::default()
+        };
         let stream = builder
             .with_projection(mask)
             .with_row_groups(row_groups)
             .with_batch_size(self.batch_size)
             .build()
             .map_err(|e| self.corrupt(e))?;
-        Ok((stream, ColumnAdapter { positions, casts }))
+        Ok((stream, ColumnAdapter { positions, casts }, check))
     }
 
     /// Row groups that may hold rows the region filter keeps, judged by the statistics of the
-    /// first row key. Only integer keys are pruned: Parquet's statistics for strings and byte arrays
-    /// are minima and maxima in byte order, which do not bound values in Sleeper's order.
+    /// first row key where they bound its values in the table's order.
     fn row_groups_in_region(&self, metadata: &ParquetMetaData) -> Vec<usize> {
         let all = 0..metadata.num_row_groups();
+        let key_type = self.key_types[0];
+        if !self.order.agrees_with_arrow(key_type) {
+            return all.collect();
+        }
         let ranges = self.filter.first_key_ranges();
         let first_key = self.read_schema.field(0).name();
         let column = metadata
@@ -592,21 +710,15 @@ impl FileReader {
         };
         let kept: Vec<usize> = all
             .filter(|&i| {
-                let bounds = match metadata.row_group(i).column(column).statistics() {
-                    Some(ParquetStatistics::Int32(s)) => s
-                        .min_opt()
-                        .zip(s.max_opt())
-                        .map(|(l, h)| (KeyValue::Int(*l), KeyValue::Int(*h))),
-                    Some(ParquetStatistics::Int64(s)) => s
-                        .min_opt()
-                        .zip(s.max_opt())
-                        .map(|(l, h)| (KeyValue::Long(*l), KeyValue::Long(*h))),
-                    _ => None,
-                };
+                let bounds = metadata
+                    .row_group(i)
+                    .column(column)
+                    .statistics()
+                    .and_then(|s| statistics_bounds(s, key_type));
                 bounds.is_none_or(|(low, high)| {
-                    ranges.iter().any(|range| {
-                        low.key_type() != range.min.key_type() || range.overlaps(&low, &high)
-                    })
+                    ranges
+                        .iter()
+                        .any(|range| range.overlaps(&low, &high, self.order))
                 })
             })
             .collect();
@@ -617,13 +729,13 @@ impl FileReader {
 
     async fn run(
         self,
-        (mut stream, adapter): (ParquetStream, ColumnAdapter),
+        (mut stream, adapter, mut check): (ParquetStream, ColumnAdapter, OrderCheck),
         sender: mpsc::Sender<Result<KeyedBatch>>,
     ) {
         while let Some(batch) = stream.next().await {
             let (keyed, past_end) = match batch
                 .map_err(|e| self.corrupt(e))
-                .and_then(|b| self.prepare(b, &adapter))
+                .and_then(|b| self.prepare(b, &adapter, &mut check))
             {
                 Ok(prepared) => prepared,
                 Err(error) => {
@@ -656,14 +768,19 @@ impl FileReader {
                 None => recent,
             });
         }
-        Ok(mask)
+        Ok(mask.map(|mask| match mask.null_count() {
+            0 => mask,
+            _ => prep_null_mask_filter(&mask),
+        }))
     }
 
-    /// Adapts, filters and encodes one batch; also says whether the file has passed the region.
+    /// Adapts, checks the order of, filters and encodes one batch; also says whether the file
+    /// has passed the region.
     fn prepare(
         &self,
         batch: RecordBatch,
         adapter: &ColumnAdapter,
+        check: &mut OrderCheck,
     ) -> Result<(Option<KeyedBatch>, bool)> {
         let arrow_error = |source| Error::Arrow {
             context: format!("reading {} for partition {}", self.file, self.partition_id),
@@ -682,31 +799,115 @@ impl FileReader {
                 }
             })
             .collect::<std::result::Result<Vec<ArrayRef>, _>>()
-            .map_err(arrow_error)?;
+            .map_err(|e| self.mismatch(format!("its values do not fit the table schema: {e}")))?;
         let batch = RecordBatch::try_new(Arc::clone(&self.read_schema), columns)
             .map_err(|e| self.mismatch(format!("its rows do not fit the table schema: {e}")))?;
         let past_end = self.filter.past_kept_keys(&batch).map_err(arrow_error)?;
-        let batch = match self.keep(&batch).map_err(arrow_error)? {
-            Some(mask) => filter_record_batch(&batch, &mask).map_err(arrow_error)?,
-            None => batch,
-        };
-        if batch.num_rows() == 0 {
-            return Ok((None, past_end));
-        }
         let keys: Vec<ArrayRef> = self
             .key_types
             .iter()
             .enumerate()
-            .map(|(i, &t)| sleeper_ordered_array(t, batch.column(i)))
+            .map(|(i, &t)| self.order.ordered_array(t, batch.column(i)))
             .collect();
-        let keys = self.converter.convert_columns(&keys).map_err(arrow_error)?;
+        let rows = self.converter.convert_columns(&keys).map_err(arrow_error)?;
+        let prefixes: Vec<u64> = rows.iter().map(prefix).collect();
+        if self.verify_order {
+            self.check_order(&batch, &rows, &prefixes, check)?;
+        }
+        let (batch, kept, prefixes) = match self.keep(&batch).map_err(arrow_error)? {
+            None => (batch, None, prefixes),
+            Some(mask) if mask.true_count() == batch.num_rows() => (batch, None, prefixes),
+            Some(mask) if mask.true_count() == 0 => return Ok((None, past_end)),
+            Some(mask) => {
+                let kept: Vec<u32> = mask.values().set_indices().map(|i| i as u32).collect();
+                let prefixes = kept.iter().map(|&i| prefixes[i as usize]).collect();
+                let batch = filter_record_batch(&batch, &mask).map_err(arrow_error)?;
+                (batch, Some(kept), prefixes)
+            }
+        };
         Ok((
             Some(KeyedBatch {
                 batch,
-                keys: SortKeys::new(keys),
+                keys: SortKeys {
+                    rows,
+                    kept,
+                    prefixes,
+                },
             }),
             past_end,
         ))
+    }
+
+    /// Fails on the first row that sorts before the row read before it: the merge of files not
+    /// in the table's order would be out of order, silently. Every row read is checked; rows a
+    /// file holds past the region's end are not read, so not checked.
+    fn check_order(
+        &self,
+        batch: &RecordBatch,
+        rows: &Rows,
+        prefixes: &[u64],
+        check: &mut OrderCheck,
+    ) -> Result<()> {
+        let Some(last) = prefixes.len().checked_sub(1) else {
+            return Ok(());
+        };
+        if let Some((previous, _)) = &check.last {
+            if rows.row(0) < previous.row() {
+                return Err(self.unsorted(batch, 0, check));
+            }
+        }
+        // A fold over the prefixes vectorises; rows are compared only where prefixes tie.
+        let (descends, ties) = prefixes
+            .windows(2)
+            .fold((false, false), |(descends, ties), pair| {
+                (descends | (pair[1] < pair[0]), ties | (pair[1] == pair[0]))
+            });
+        if descends || ties {
+            let descent = (1..prefixes.len()).find(|&i| match prefixes[i].cmp(&prefixes[i - 1]) {
+                Ordering::Less => true,
+                Ordering::Equal => rows.row(i) < rows.row(i - 1),
+                Ordering::Greater => false,
+            });
+            if let Some(row) = descent {
+                return Err(self.unsorted(batch, row, check));
+            }
+        }
+        check.last = Some((rows.row(last).owned(), self.key_values(batch, last)));
+        check.rows_checked += prefixes.len() as u64;
+        Ok(())
+    }
+
+    fn key_values(&self, batch: &RecordBatch, row: usize) -> Vec<KeyValue> {
+        (0..self.key_types.len())
+            .filter_map(|column| KeyValue::from_array(batch.column(column), row).ok())
+            .collect()
+    }
+
+    fn unsorted(&self, batch: &RecordBatch, row: usize, check: &OrderCheck) -> Error {
+        let key = self.key_values(batch, row);
+        let previous = match row {
+            0 => check
+                .last
+                .as_ref()
+                .map(|(_, values)| values.clone())
+                .unwrap_or_default(),
+            _ => self.key_values(batch, row - 1),
+        };
+        let other = self.order.other();
+        let fits_other = other.compare_keys(&previous, &key) != Ordering::Greater;
+        let show = |values: &[KeyValue]| {
+            let shown: Vec<String> = values.iter().map(KeyValue::to_string).collect();
+            format!("({})", shown.join(", "))
+        };
+        Error::UnsortedInputFile {
+            file: self.file.clone(),
+            partition: self.partition_id.clone(),
+            row: check.file_row(check.rows_checked + row as u64),
+            key: show(&key),
+            previous: show(&previous),
+            order: self.order,
+            other_order_fits: fits_other.then_some(other),
+        }
     }
 }
 

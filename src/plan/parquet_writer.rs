@@ -11,7 +11,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::{ArrayRef, RecordBatch};
-use datafusion::arrow::datatypes::{DataType, FieldRef, SchemaRef};
+use datafusion::arrow::datatypes::{FieldRef, SchemaRef};
 use datafusion::common::runtime::SpawnedTask;
 use datafusion::parquet::arrow::arrow_writer::{
     compute_leaves, ArrowColumnChunk, ArrowColumnWriter, ArrowRowGroupWriterFactory,
@@ -24,6 +24,8 @@ use object_store::buffered::BufWriter;
 use object_store::path::Path;
 use object_store::ObjectStore;
 use tokio::io::AsyncWriteExt;
+
+use crate::model::properties::leaf_count;
 
 /// Row groups encoding at once: one being filled while up to this many encode keeps every core
 /// busy without holding more than a few row groups in memory.
@@ -223,16 +225,6 @@ impl ParallelParquetWriter {
         if let Err(e) = self.upload.abort().await {
             log::warn!("could not abort an unfinished upload: {e}");
         }
-    }
-}
-
-/// Parquet leaf columns under an Arrow field: the writers a field's values are spread over.
-fn leaf_count(data_type: &DataType) -> usize {
-    match data_type {
-        DataType::Map(entries, _) => leaf_count(entries.data_type()),
-        DataType::Struct(fields) => fields.iter().map(|f| leaf_count(f.data_type())).sum(),
-        DataType::List(item) | DataType::LargeList(item) => leaf_count(item.data_type()),
-        _ => 1,
     }
 }
 

@@ -1,5 +1,5 @@
 //! A Sleeper table as a DataFusion table: its scan has one execution partition per leaf
-//! partition, each the leaf's merged, region-filtered rows in Sleeper's key order.
+//! partition, each the leaf's merged, region-filtered rows in the table's key order.
 
 use std::sync::Arc;
 
@@ -14,7 +14,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use super::merge::{LeafInput, LeafMergeExec};
 use super::pushdown::{intersect_unions, key_regions};
 use crate::error::Result;
-use crate::model::Region;
+use crate::model::{KeyOrder, Region};
 use crate::query::splitter::leaf_files;
 use crate::table::SleeperTable;
 
@@ -51,7 +51,7 @@ impl SleeperTableProvider {
                     None => vec![leaf.region.clone()],
                     Some(query) => query
                         .iter()
-                        .filter_map(|region| leaf.region.intersect(region))
+                        .filter_map(|region| leaf.region.intersect(region, self.order()))
                         .collect(),
                 };
                 (!query_regions.is_empty()).then(|| LeafInput {
@@ -66,6 +66,7 @@ impl SleeperTableProvider {
         Ok(LeafMergeExec::new(
             self.table.id(),
             Arc::new(self.table.properties.schema.clone()),
+            self.order(),
             leaves,
             projection,
             self.table.properties.compaction_rules()?,
@@ -74,14 +75,18 @@ impl SleeperTableProvider {
         .with_pruned_leaves(pruned))
     }
 
+    fn order(&self) -> KeyOrder {
+        self.table.properties.key_order
+    }
+
     /// The regions rows must lie in to pass every filter; `None` when the filters say nothing
     /// about row keys.
     fn query_regions(&self, filters: &[Expr]) -> Option<Vec<Region>> {
         let schema = &self.table.properties.schema;
         filters
             .iter()
-            .filter_map(|filter| key_regions(filter, schema))
-            .reduce(|left, right| intersect_unions(&left, &right))
+            .filter_map(|filter| key_regions(filter, schema, self.order()))
+            .reduce(|left, right| intersect_unions(&left, &right, self.order()))
     }
 }
 
@@ -104,7 +109,7 @@ impl TableProvider for SleeperTableProvider {
         let schema = &self.table.properties.schema;
         Ok(filters
             .iter()
-            .map(|filter| match key_regions(filter, schema) {
+            .map(|filter| match key_regions(filter, schema, self.order()) {
                 Some(_) => TableProviderFilterPushDown::Exact,
                 None => TableProviderFilterPushDown::Unsupported,
             })

@@ -3,7 +3,9 @@
 //!
 //! A predicate is translated only when the region holds exactly the rows the predicate keeps in
 //! SQL's own order. Equality does not depend on order. Ranges do for strings and byte arrays,
-//! which DataFusion compares by unsigned bytes and Sleeper does not (see `model::order`):
+//! which DataFusion compares by unsigned bytes: the order of tables of Sleeper's DataFusion
+//! engine, so their ranges are always translated, but not of the Java engine's (see
+//! `model::order`). For a Java-engine table:
 //! - a string bound made only of characters below U+E000 splits every string the same way in
 //!   both orders (the orders disagree only between U+E000..=U+FFFF and characters above U+FFFF,
 //!   and such a bound is neither), so such ranges are translated;
@@ -13,7 +15,7 @@
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::{Between, BinaryExpr, Expr, Operator};
 
-use crate::model::{KeyValue, PrimitiveType, Range, Region, Schema};
+use crate::model::{KeyOrder, KeyValue, PrimitiveType, Range, Region, Schema};
 
 /// More regions than this from one predicate are not worth checking row by row: the predicate is
 /// left to DataFusion's filter, which evaluates it far more cheaply.
@@ -21,23 +23,29 @@ pub const MAX_REGIONS: usize = 64;
 
 /// The regions whose union holds exactly the rows `filter` keeps, or `None` when it is not (only)
 /// a predicate on row keys that can be translated exactly.
-pub fn key_regions(filter: &Expr, schema: &Schema) -> Option<Vec<Region>> {
+pub fn key_regions(filter: &Expr, schema: &Schema, order: KeyOrder) -> Option<Vec<Region>> {
     let regions = match filter {
         Expr::BinaryExpr(BinaryExpr {
             left,
             op: Operator::And,
             right,
-        }) => intersect_unions(&key_regions(left, schema)?, &key_regions(right, schema)?),
+        }) => intersect_unions(
+            &key_regions(left, schema, order)?,
+            &key_regions(right, schema, order)?,
+            order,
+        ),
         Expr::BinaryExpr(BinaryExpr {
             left,
             op: Operator::Or,
             right,
         }) => {
-            let mut regions = key_regions(left, schema)?;
-            regions.extend(key_regions(right, schema)?);
+            let mut regions = key_regions(left, schema, order)?;
+            regions.extend(key_regions(right, schema, order)?);
             regions
         }
-        Expr::BinaryExpr(BinaryExpr { left, op, right }) => comparison(left, *op, right, schema)?,
+        Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+            comparison(left, *op, right, schema, order)?
+        }
         Expr::Between(Between {
             expr,
             negated: false,
@@ -45,15 +53,17 @@ pub fn key_regions(filter: &Expr, schema: &Schema) -> Option<Vec<Region>> {
             high,
         }) => {
             let (dimension, key_type) = row_key(expr, schema)?;
-            let low = ordered_bound(literal(low, key_type)?)?;
-            let high = ordered_bound(literal(high, key_type)?)?;
+            let low = ordered_bound(literal(low, key_type)?, order)?;
+            let high = ordered_bound(literal(high, key_type)?, order)?;
             let range = Range {
                 min: low,
                 min_inclusive: true,
                 max: Some(high),
                 max_inclusive: true,
             };
-            region_on(schema, dimension, range).into_iter().collect()
+            region_on(schema, dimension, range, order)
+                .into_iter()
+                .collect()
         }
         Expr::InList(in_list) if !in_list.negated => {
             let (dimension, key_type) = row_key(&in_list.expr, schema)?;
@@ -65,6 +75,7 @@ pub fn key_regions(filter: &Expr, schema: &Schema) -> Option<Vec<Region>> {
                         schema,
                         dimension,
                         point(literal(value, key_type)?),
+                        order,
                     ))
                 })
                 .collect::<Option<Vec<_>>>()?
@@ -78,13 +89,19 @@ pub fn key_regions(filter: &Expr, schema: &Schema) -> Option<Vec<Region>> {
 }
 
 /// The rows in both unions of regions, as a union of regions.
-pub fn intersect_unions(left: &[Region], right: &[Region]) -> Vec<Region> {
+pub fn intersect_unions(left: &[Region], right: &[Region], order: KeyOrder) -> Vec<Region> {
     left.iter()
-        .flat_map(|a| right.iter().filter_map(move |b| a.intersect(b)))
+        .flat_map(|a| right.iter().filter_map(move |b| a.intersect(b, order)))
         .collect()
 }
 
-fn comparison(left: &Expr, op: Operator, right: &Expr, schema: &Schema) -> Option<Vec<Region>> {
+fn comparison(
+    left: &Expr,
+    op: Operator,
+    right: &Expr,
+    schema: &Schema,
+    order: KeyOrder,
+) -> Option<Vec<Region>> {
     let (column, op, value) = match (left, right) {
         (column, value @ Expr::Literal(..)) => (column, op, value),
         (value @ Expr::Literal(..), column) => (column, op.swap()?, value),
@@ -98,24 +115,28 @@ fn comparison(left: &Expr, op: Operator, right: &Expr, schema: &Schema) -> Optio
         Operator::Lt | Operator::LtEq => Range {
             min: minimum,
             min_inclusive: true,
-            max: Some(ordered_bound(value)?),
+            max: Some(ordered_bound(value, order)?),
             max_inclusive: op == Operator::LtEq,
         },
         Operator::Gt | Operator::GtEq => Range {
-            min: ordered_bound(value)?,
+            min: ordered_bound(value, order)?,
             min_inclusive: op == Operator::GtEq,
             max: None,
             max_inclusive: false,
         },
         _ => return None,
     };
-    Some(region_on(schema, dimension, range).into_iter().collect())
+    Some(
+        region_on(schema, dimension, range, order)
+            .into_iter()
+            .collect(),
+    )
 }
 
 /// Everything, except on one row key.
-fn region_on(schema: &Schema, dimension: usize, range: Range) -> Option<Region> {
+fn region_on(schema: &Schema, dimension: usize, range: Range, order: KeyOrder) -> Option<Region> {
     let mut region = Region::everything(schema);
-    region.ranges[dimension] = region.ranges[dimension].intersect(&range)?;
+    region.ranges[dimension] = region.ranges[dimension].intersect(&range, order)?;
     Some(region)
 }
 
@@ -128,13 +149,14 @@ fn point(value: KeyValue) -> Range {
     }
 }
 
-/// A range bound, if splitting values at it gives the same sides in SQL's order as in Sleeper's.
-fn ordered_bound(value: KeyValue) -> Option<KeyValue> {
-    let agrees = match &value {
-        KeyValue::Int(_) | KeyValue::Long(_) => true,
-        KeyValue::String(s) => s.chars().all(|c| c < '\u{E000}'),
-        KeyValue::Bytes(_) => false,
-    };
+/// A range bound, if splitting values at it gives the same sides in SQL's order as in the
+/// table's.
+fn ordered_bound(value: KeyValue, order: KeyOrder) -> Option<KeyValue> {
+    let agrees = order.agrees_with_arrow(value.key_type())
+        || match &value {
+            KeyValue::String(s) => s.chars().all(|c| c < '\u{E000}'),
+            _ => false,
+        };
     agrees.then_some(value)
 }
 
@@ -204,6 +226,8 @@ mod tests {
     #[test]
     fn comparisons_and_their_combinations_become_regions() {
         let schema = schema();
+        let key_regions =
+            |filter: &Expr, schema: &Schema| key_regions(filter, schema, KeyOrder::Java);
         let long = KeyValue::Long;
         let between = col("id").gt_eq(lit(10i64)).and(lit(20i64).gt(col("id")));
         assert_eq!(
@@ -224,8 +248,10 @@ mod tests {
     }
 
     #[test]
-    fn only_exact_translations_are_made() {
+    fn only_exact_translations_are_made_for_the_java_order() {
         let schema = schema();
+        let key_regions =
+            |filter: &Expr, schema: &Schema| key_regions(filter, schema, KeyOrder::Java);
         for untranslatable in [
             col("value").eq(lit(1i64)),
             col("id").not_eq(lit(1i64)),
@@ -243,5 +269,23 @@ mod tests {
         }
         assert!(key_regions(&col("name").lt(lit("m")), &schema).is_some());
         assert!(key_regions(&col("raw").eq(lit(vec![0x80u8])), &schema).is_some());
+    }
+
+    #[test]
+    fn every_range_translates_in_the_datafusion_order() {
+        let schema = schema();
+        for range in [
+            col("name").lt(lit("\u{ff21}")),
+            col("raw").gt(lit(vec![0x80u8])),
+        ] {
+            assert!(
+                key_regions(&range, &schema, KeyOrder::DataFusion).is_some(),
+                "{range}"
+            );
+        }
+        assert_eq!(
+            key_regions(&col("value").eq(lit(1i64)), &schema, KeyOrder::DataFusion),
+            None
+        );
     }
 }

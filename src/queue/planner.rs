@@ -6,6 +6,7 @@ use super::manifest::ExportRecords;
 use super::trust::check_id;
 use super::{Message, MessageQueue};
 use crate::error::{Error, Result};
+use crate::export::{run_leaf_query, ExportOptions, LeafExportResult};
 use crate::query::{split_into_leaf_queries, BulkExportQuery, TableSelector};
 use crate::storage::Location;
 use crate::table::TableIndex;
@@ -15,6 +16,8 @@ pub struct PlannedExport {
     pub table_id: String,
     pub export_id: String,
     pub leaves: usize,
+    /// The leaves without files, whose (empty) files the planner wrote itself.
+    pub empty_leaves: Vec<LeafExportResult>,
 }
 
 /// What became of one message.
@@ -32,10 +35,17 @@ pub enum Outcome<T> {
 pub struct Planner {
     pub tables: TableIndex,
     pub output: Location,
+    /// How the planner writes the files of leaves without input files.
+    pub export: ExportOptions,
 }
 
 impl Planner {
-    /// Validates and splits one query, writes the export's manifest, then sends the leaf queries.
+    /// Validates and splits one query, writes the export's manifest, writes the files of the
+    /// leaves that have no input files, then sends the other leaves' queries.
+    ///
+    /// Every leaf gets a file, but only leaves with files go on the queue: Sleeper's planner sends
+    /// no query for a leaf without files and Sleeper's runner rejects one ("No input paths
+    /// supplied"), so a Sleeper runner on the same queue would dead-letter it.
     pub async fn plan(&self, body: &str, leaf_queue: &dyn MessageQueue) -> Result<PlannedExport> {
         let query = BulkExportQuery::from_json(body)?.with_export_id();
         let export_id = query.export_id.clone().expect("with_export_id sets it");
@@ -46,12 +56,20 @@ impl Planner {
         };
         let table = &self.tables.current(table).await?;
         let leaf_queries = split_into_leaf_queries(table, &export_id);
-        ExportRecords::new(&self.output, table.id(), &export_id)
+        let records = ExportRecords::new(&self.output, table.id(), &export_id);
+        records
             .write_manifest(&leaf_queries, table.state_version)
             .await?;
+        let mut empty_leaves = Vec::new();
+        for query in leaf_queries.iter().filter(|q| q.files.is_empty()) {
+            let written = run_leaf_query(table, query, &self.output, &self.export).await?;
+            records.record_completion(&written).await?;
+            empty_leaves.push(written);
+        }
         let schema = &table.properties.schema;
         let bodies = leaf_queries
             .iter()
+            .filter(|q| !q.files.is_empty())
             .map(|q| q.to_json(schema, false))
             .collect();
         leaf_queue.send_all(bodies).await?;
@@ -59,6 +77,7 @@ impl Planner {
             table_id: table.id().to_owned(),
             export_id,
             leaves: leaf_queries.len(),
+            empty_leaves,
         })
     }
 
@@ -73,10 +92,13 @@ impl Planner {
         match self.plan(&message.body, leaf_queue).await {
             Ok(planned) => {
                 log::info!(
-                    "planned export {} of table {}: {} leaf queries",
+                    "planned export {} of table {}: {} leaves, {} queued, {} without files \
+                     written",
                     planned.export_id,
                     planned.table_id,
-                    planned.leaves
+                    planned.leaves,
+                    planned.leaves - planned.empty_leaves.len(),
+                    planned.empty_leaves.len()
                 );
                 queue.delete(&message.receipt).await?;
                 Ok(Outcome::Done(planned))

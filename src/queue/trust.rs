@@ -25,30 +25,25 @@ pub fn check_id(field: &str, value: &str) -> Result<()> {
     }
 }
 
-/// The table's data location as a URL prefix, with Sleeper's `s3a://` read as `s3://`.
-fn normalised(url: &str) -> String {
-    match url.strip_prefix("s3a://") {
-        Some(rest) => format!("s3://{rest}"),
-        None => url.to_owned(),
-    }
-}
-
-/// Checks the ids of a leaf query, and that it only reads files under its table's data location.
+/// Checks the ids of a leaf query, and that every file it reads resolves to a place inside its
+/// table's `data/` location. Nothing is read before this passes, so a rejected file tells the
+/// sender nothing about what exists.
 pub fn check_leaf_query(query: &BulkExportLeafPartitionQuery, table: &SleeperTable) -> Result<()> {
     check_id("tableId", &query.table_id)?;
     check_id("exportId", &query.export_id)?;
     check_id("subExportId", &query.sub_export_id)?;
-    let data = normalised(&format!(
-        "{}/data/",
-        table.location.url.as_str().trim_end_matches('/')
-    ));
+    let data = table.location.sub_location("data");
     for file in &query.files {
-        let file_url = normalised(file);
-        if !file_url.starts_with(&data) || file_url.contains("/../") || file_url.contains("/./") {
-            return Err(Error::Untrusted(format!(
-                "file {file} is outside table {}'s data location {data}",
+        let untrusted = |what: String| {
+            Error::Untrusted(format!(
+                "file {file:?} {what}: only files under table {}'s data location {data} are read",
                 query.table_id
-            )));
+            ))
+        };
+        match table.stores.resolve(file) {
+            Ok(location) if data.contains(&location) => {}
+            Ok(location) => return Err(untrusted(format!("resolves to {location}"))),
+            Err(error) => return Err(untrusted(format!("is not a location ({error})"))),
         }
     }
     Ok(())

@@ -12,6 +12,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use datafusion::arrow::datatypes::Schema as ArrowSchema;
 use datafusion::catalog::Session;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{DFSchema, DFSchemaRef};
@@ -106,7 +107,7 @@ impl ExportNode {
             schema: Arc::new(DFSchema::try_from(summary_schema())?),
         };
         // Bad options are reported when the statement is planned, before anything runs.
-        node.writer_properties()?;
+        node.writer_properties(node.input.schema().as_arrow())?;
         Ok(Some(node))
     }
 
@@ -120,9 +121,14 @@ impl ExportNode {
         Ok(export_id)
     }
 
-    /// The table's Parquet settings, with those the `COPY` options change.
-    fn writer_properties(&self) -> Result<WriterProperties> {
-        let mut builder = self.table.properties.writer_properties()?.into_builder();
+    /// The table's Parquet settings for a file of `columns`, with those the `COPY` options change.
+    fn writer_properties(&self, columns: &ArrowSchema) -> Result<WriterProperties> {
+        let mut properties = self.table.properties.as_ref().clone();
+        if self.options.contains_key("format.compression") {
+            // Replaced below; the table's own codec may be one nothing here writes (lzo).
+            properties.parquet.compression = "uncompressed".into();
+        }
+        let mut builder = properties.writer_properties(columns)?.into_builder();
         for (key, value) in &self.options {
             let bad = |message: String| Error::Property {
                 property: key.clone(),
@@ -305,11 +311,12 @@ impl ExtensionPlanner for ExportPlanner {
                 }
             })
             .collect();
+        let writer_properties = export.writer_properties(&input.schema())?;
         Ok(Some(Arc::new(LeafExportExec::try_new(
             input,
             Arc::clone(&output.store),
             targets,
-            export.writer_properties()?,
+            writer_properties,
         )?)))
     }
 }

@@ -9,14 +9,15 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 
 use crate::error::{Error, Result};
-use crate::model::{FileReference, Partition, Schema};
+use crate::model::{Partition, Schema, StateFile};
 use crate::storage::Location;
 
 /// The state of one table as Sleeper's state store holds it.
 #[async_trait]
 pub trait StateStore: Send + Sync + std::fmt::Debug {
     async fn partitions(&self) -> Result<Vec<Partition>>;
-    async fn file_references(&self) -> Result<Vec<FileReference>>;
+    /// Every file the state holds, referenced or not, in Sleeper's order.
+    async fn files(&self) -> Result<Vec<StateFile>>;
 
     /// The last transactions the state includes, where the store has a log.
     async fn version(&self) -> Result<Option<StateVersion>> {
@@ -119,8 +120,10 @@ impl StateStore for SnapshotStateStore {
         snapshot::read_partitions(&bytes, &url, &self.schema).map_err(|e| self.with_table(e))
     }
 
-    async fn file_references(&self) -> Result<Vec<FileReference>> {
+    async fn files(&self) -> Result<Vec<StateFile>> {
         let (url, bytes) = self.read("files").await?;
-        snapshot::read_files(&bytes, &url).map_err(|e| self.with_table(e))
+        let mut files = snapshot::read_files(&bytes, &url).map_err(|e| self.with_table(e))?;
+        crate::model::partition::sort_as_sleeper(&mut files);
+        Ok(files)
     }
 }

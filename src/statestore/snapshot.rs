@@ -7,7 +7,7 @@ use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BinaryArray, BooleanArray, Int32Array, Int64Array, ListArray,
     RecordBatch, StringArray, StructArray, TimestampMillisecondArray, UInt32Array, UInt64Array,
 };
-use datafusion::arrow::buffer::{NullBuffer, OffsetBuffer};
+use datafusion::arrow::buffer::OffsetBuffer;
 use datafusion::arrow::datatypes::{
     DataType, Field, Fields, Schema as ArrowSchema, SchemaRef, TimeUnit,
 };
@@ -15,7 +15,9 @@ use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::arrow::ipc::writer::StreamWriter;
 
 use crate::error::{Error, Result};
-use crate::model::{FileReference, KeyValue, Partition, PrimitiveType, Range, Region, Schema};
+use crate::model::{
+    FileReference, KeyValue, Partition, PrimitiveType, Range, Region, Schema, StateFile,
+};
 
 /// Sleeper writes snapshots in batches; so do we, to keep memory flat for large tables.
 const ROWS_PER_BATCH: usize = 10_000;
@@ -117,24 +119,22 @@ fn write_stream(
     writer.into_inner().map_err(arrow_error)
 }
 
-pub fn write_files(files: &[FileReference], update_time_millis: i64) -> Result<Vec<u8>> {
-    // One row per file, with all of its references.
-    let mut by_file: Vec<(&str, Vec<&FileReference>)> = Vec::new();
-    for reference in files {
-        match by_file
-            .iter_mut()
-            .find(|(name, _)| *name == reference.filename)
-        {
-            Some((_, refs)) => refs.push(reference),
-            None => by_file.push((&reference.filename, vec![reference])),
+/// Writes every file of the state, referenced or not, as Sleeper's `StateStoreFilesArrowFormat`
+/// does: one row per file, a batch ending once it holds `ROWS_PER_BATCH` references (a file with
+/// none counting as one).
+pub fn write_files(files: &[StateFile], update_time_millis: i64) -> Result<Vec<u8>> {
+    let schema = files_schema();
+    let mut chunks: Vec<&[StateFile]> = Vec::new();
+    let (mut start, mut elements) = (0, 0);
+    for (i, file) in files.iter().enumerate() {
+        elements += file.references.len().max(1);
+        if elements >= ROWS_PER_BATCH || i + 1 == files.len() {
+            chunks.push(&files[start..=i]);
+            (start, elements) = (i + 1, 0);
         }
     }
-    let schema = files_schema();
-    let batches = by_file.chunks(ROWS_PER_BATCH).map(|chunk| {
-        let refs: Vec<&FileReference> = chunk
-            .iter()
-            .flat_map(|(_, refs)| refs.iter().copied())
-            .collect();
+    let batches = chunks.into_iter().map(|chunk| {
+        let refs: Vec<&FileReference> = chunk.iter().flat_map(|f| &f.references).collect();
         let references = StructArray::new(
             reference_fields(),
             vec![
@@ -145,7 +145,9 @@ pub fn write_files(files: &[FileReference], update_time_millis: i64) -> Result<V
                     update_time_millis;
                     refs.len()
                 ])),
-                Arc::new(StringArray::from(vec![None::<&str>; refs.len()])),
+                Arc::new(StringArray::from_iter(
+                    refs.iter().map(|r| r.job_id.as_deref()),
+                )),
                 Arc::new(UInt64Array::from_iter_values(
                     refs.iter().map(|r| r.number_of_rows),
                 )),
@@ -163,7 +165,7 @@ pub fn write_files(files: &[FileReference], update_time_millis: i64) -> Result<V
             Arc::clone(&schema),
             vec![
                 Arc::new(StringArray::from_iter_values(
-                    chunk.iter().map(|(name, _)| *name),
+                    chunk.iter().map(|f| &f.filename),
                 )),
                 Arc::new(TimestampMillisecondArray::from(vec![
                     update_time_millis;
@@ -171,7 +173,7 @@ pub fn write_files(files: &[FileReference], update_time_millis: i64) -> Result<V
                 ])),
                 list(
                     Field::new("reference", DataType::Struct(reference_fields()), false),
-                    chunk.iter().map(|(_, refs)| refs.len()),
+                    chunk.iter().map(|f| f.references.len()),
                     Arc::new(references),
                 ),
             ],
@@ -184,27 +186,25 @@ pub fn write_files(files: &[FileReference], update_time_millis: i64) -> Result<V
     write_stream(Arc::clone(&schema), batches, "files")
 }
 
+/// Key values as Sleeper's `StateStorePartitionsArrowFormat.writeRowKeyValue` writes them: always
+/// a valid struct, with only the child of the key's type set, and none set for an unbounded max.
 fn key_values(values: &[Option<&KeyValue>]) -> StructArray {
-    let pick = |f: fn(&KeyValue) -> bool| values.iter().map(move |v| v.filter(|v| f(v)));
-    let strings =
-        StringArray::from_iter(pick(|v| matches!(v, KeyValue::String(_))).map(|v| match v {
-            Some(KeyValue::String(s)) => Some(s.as_str()),
-            _ => None,
-        }));
-    let longs = Int64Array::from_iter(pick(|v| matches!(v, KeyValue::Long(_))).map(|v| match v {
+    let strings = StringArray::from_iter(values.iter().map(|v| match v {
+        Some(KeyValue::String(s)) => Some(s.as_str()),
+        _ => None,
+    }));
+    let longs = Int64Array::from_iter(values.iter().map(|v| match v {
         Some(KeyValue::Long(l)) => Some(*l),
         _ => None,
     }));
-    let ints = Int32Array::from_iter(pick(|v| matches!(v, KeyValue::Int(_))).map(|v| match v {
+    let ints = Int32Array::from_iter(values.iter().map(|v| match v {
         Some(KeyValue::Int(i)) => Some(*i),
         _ => None,
     }));
-    let bytes =
-        BinaryArray::from_iter(pick(|v| matches!(v, KeyValue::Bytes(_))).map(|v| match v {
-            Some(KeyValue::Bytes(b)) => Some(b.as_slice()),
-            _ => None,
-        }));
-    let nulls = NullBuffer::from_iter(values.iter().map(Option::is_some));
+    let bytes = BinaryArray::from_iter(values.iter().map(|v| match v {
+        Some(KeyValue::Bytes(b)) => Some(b.as_slice()),
+        _ => None,
+    }));
     StructArray::new(
         key_value_fields(),
         vec![
@@ -213,7 +213,7 @@ fn key_values(values: &[Option<&KeyValue>]) -> StructArray {
             Arc::new(ints),
             Arc::new(bytes),
         ],
-        nulls.null_count().gt(&0).then_some(nulls),
+        None,
     )
 }
 
@@ -345,8 +345,10 @@ fn read_stream(bytes: &[u8], file: &str) -> Result<Vec<RecordBatch>> {
         .map_err(arrow_error)
 }
 
-pub fn read_files(bytes: &[u8], file: &str) -> Result<Vec<FileReference>> {
-    let mut references = Vec::new();
+/// Every file of a files snapshot, with its references (none for a file awaiting garbage
+/// collection).
+pub fn read_files(bytes: &[u8], file: &str) -> Result<Vec<StateFile>> {
+    let mut files = Vec::new();
     for batch in read_stream(bytes, file)? {
         let columns = Columns {
             batch: &batch,
@@ -359,26 +361,34 @@ pub fn read_files(bytes: &[u8], file: &str) -> Result<Vec<FileReference>> {
             .as_struct_opt()
             .ok_or_else(|| columns.error("references are not structs".into()))?;
         let partition_ids = struct_child(refs, "partitionId", file)?.as_string::<i32>();
+        let job_ids = struct_child(refs, "jobId", file)?.as_string::<i32>();
         let rows = struct_child(refs, "numberOfRows", file)?
             .as_primitive::<datafusion::arrow::datatypes::UInt64Type>();
         let approximate = struct_child(refs, "countApproximate", file)?.as_boolean();
         let only_this = struct_child(refs, "onlyContainsDataForThisPartition", file)?.as_boolean();
+        let offsets = lists.value_offsets();
         for row in 0..batch.num_rows() {
-            let offsets = lists.value_offsets();
-            for i in offsets[row] as usize..offsets[row + 1] as usize {
-                references.push(FileReference {
-                    filename: filenames.value(row).to_owned(),
-                    partition_id: partition_ids.value(i).to_owned(),
-                    number_of_rows: rows.value(i),
-                    count_approximate: approximate.value(i),
-                    only_contains_data_for_this_partition: only_this.value(i),
-                });
-            }
+            let filename = filenames.value(row);
+            files.push(StateFile {
+                filename: filename.to_owned(),
+                references: (offsets[row] as usize..offsets[row + 1] as usize)
+                    .map(|i| FileReference {
+                        filename: filename.to_owned(),
+                        partition_id: partition_ids.value(i).to_owned(),
+                        number_of_rows: rows.value(i),
+                        count_approximate: approximate.value(i),
+                        only_contains_data_for_this_partition: only_this.value(i),
+                        job_id: job_ids.is_valid(i).then(|| job_ids.value(i).to_owned()),
+                    })
+                    .collect(),
+            });
         }
     }
-    Ok(references)
+    Ok(files)
 }
 
+/// A region bound; `None` (unbounded) when the struct is null, or valid with its typed child
+/// null, as Sleeper's Java writes an unbounded max.
 fn read_key_value(
     values: &StructArray,
     i: usize,
@@ -389,11 +399,7 @@ fn read_key_value(
         return Ok(None);
     }
     let child = |name| struct_child(values, name, file);
-    let missing = || Error::StateStore {
-        table: String::new(),
-        message: format!("snapshot {file}: region value {i} has no {key_type:?}"),
-    };
-    let value = match key_type {
+    Ok(match key_type {
         PrimitiveType::String => {
             let column = child("string")?.as_string::<i32>();
             column
@@ -414,8 +420,7 @@ fn read_key_value(
                 .is_valid(i)
                 .then(|| KeyValue::Bytes(column.value(i).to_vec()))
         }
-    };
-    value.map(Some).ok_or_else(missing)
+    })
 }
 
 pub fn read_partitions(bytes: &[u8], file: &str, schema: &Schema) -> Result<Vec<Partition>> {
@@ -478,8 +483,9 @@ pub fn read_partitions(bytes: &[u8], file: &str, schema: &Schema) -> Result<Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Field, PartitionTree};
+    use crate::model::{Field, KeyOrder, PartitionTree};
     use crate::tablegen::tree_from_split_points;
+    use datafusion::arrow::buffer::NullBuffer;
 
     fn schema() -> Schema {
         Schema::new(
@@ -493,41 +499,127 @@ mod tests {
         .unwrap()
     }
 
-    #[test]
-    fn partitions_round_trip() {
-        let schema = schema();
+    fn tree() -> PartitionTree {
         let splits: Vec<KeyValue> = ["d", "h", "p", "t"]
             .iter()
             .map(|s| KeyValue::String((*s).into()))
             .collect();
-        let mut tree = tree_from_split_points("t", &schema, &splits).unwrap();
+        let mut tree = tree_from_split_points("t", &schema(), &splits).unwrap();
         let leaf = tree.leaves()[0].id.clone();
         tree.split(
             &leaf,
             1,
             KeyValue::Bytes(vec![0x80]),
             ["x".into(), "y".into()],
+            KeyOrder::DataFusion,
         )
         .unwrap();
+        tree
+    }
+
+    /// The `max` bounds of every range of a partitions snapshot.
+    fn max_bounds(bytes: &[u8]) -> StructArray {
+        let batch = &read_stream(bytes, "test").unwrap()[0];
+        let ranges = batch
+            .column_by_name("region")
+            .unwrap()
+            .as_list::<i32>()
+            .values();
+        ranges
+            .as_struct()
+            .column_by_name("max")
+            .unwrap()
+            .as_struct()
+            .clone()
+    }
+
+    #[test]
+    fn partitions_round_trip_with_unbounded_maxima_written_as_sleeper_writes_them() {
+        let schema = schema();
+        let tree = tree();
         let bytes = write_partitions(tree.all(), &schema).unwrap();
         let read = read_partitions(&bytes, "test", &schema).unwrap();
         assert_eq!(read, tree.all());
         PartitionTree::new("t", read).unwrap();
+        // `writeRowKeyValue` starts the struct, then writes null into the typed child.
+        let maxima = max_bounds(&bytes);
+        assert_eq!(maxima.null_count(), 0);
+        let unbounded = (0..maxima.len())
+            .filter(|&i| (0..4).all(|c| maxima.column(c).is_null(i)))
+            .count();
+        let expected = tree
+            .all()
+            .iter()
+            .flat_map(|p| &p.region.ranges)
+            .filter(|r| r.max.is_none())
+            .count();
+        assert!(expected > 0);
+        assert_eq!(unbounded, expected);
     }
 
     #[test]
-    fn files_round_trip_with_several_references() {
-        let reference = |file: &str, partition: &str, split: bool| FileReference {
+    fn a_null_max_struct_also_reads_as_unbounded() {
+        let schema = schema();
+        let tree = tree();
+        let batches = read_stream(&write_partitions(tree.all(), &schema).unwrap(), "t").unwrap();
+        let rewritten = batches.into_iter().map(|batch| {
+            let region = batch.column_by_name("region").unwrap().as_list::<i32>();
+            let (field_names, types, min, max) = {
+                let ranges = region.values().as_struct();
+                (
+                    Arc::clone(ranges.column(0)),
+                    Arc::clone(ranges.column(1)),
+                    Arc::clone(ranges.column(2)),
+                    ranges.column(3).as_struct().clone(),
+                )
+            };
+            let valid: NullBuffer = (0..max.len())
+                .map(|i| (0..4).any(|c| max.column(c).is_valid(i)))
+                .collect();
+            let (fields, children, _) = max.into_parts();
+            let max = StructArray::new(fields, children, Some(valid));
+            let ranges = StructArray::new(
+                range_fields(),
+                vec![field_names, types, min, Arc::new(max)],
+                None,
+            );
+            let (item, offsets, _, nulls) = region.clone().into_parts();
+            let region = ListArray::new(item, offsets, Arc::new(ranges), nulls);
+            let mut columns = batch.columns().to_vec();
+            columns[5] = Arc::new(region);
+            Ok(RecordBatch::try_new(batch.schema(), columns).unwrap())
+        });
+        let bytes = write_stream(partitions_schema(), rewritten, "partitions").unwrap();
+        assert!(max_bounds(&bytes).null_count() > 0);
+        assert_eq!(read_partitions(&bytes, "t", &schema).unwrap(), tree.all());
+    }
+
+    #[test]
+    fn files_round_trip_with_job_ids_and_unreferenced_files() {
+        let reference = |file: &str, partition: &str, job: Option<&str>| FileReference {
             filename: file.into(),
             partition_id: partition.into(),
             number_of_rows: 50,
-            count_approximate: split,
-            only_contains_data_for_this_partition: !split,
+            count_approximate: job.is_some(),
+            only_contains_data_for_this_partition: job.is_none(),
+            job_id: job.map(str::to_owned),
         };
         let files = vec![
-            reference("f1", "root", false),
-            reference("f2", "L", true),
-            reference("f2", "R", true),
+            StateFile {
+                filename: "compacted-away".into(),
+                references: vec![],
+            },
+            StateFile {
+                filename: "f1".into(),
+                references: vec![reference("f1", "root", None)],
+            },
+            StateFile {
+                filename: "f2".into(),
+                references: vec![
+                    reference("f2", "L", Some("job-1")),
+                    reference("f2", "R", None),
+                ],
+            },
         ];
         let bytes = write_files(&files, 1_700_000_000_000).unwrap();
         assert_eq!(read_files(&bytes, "test").unwrap(), files);
@@ -535,12 +627,9 @@ mod tests {
 
     #[test]
     fn a_missing_column_names_the_snapshot() {
-        let file = FileReference {
+        let file = StateFile {
             filename: "f".into(),
-            partition_id: "root".into(),
-            number_of_rows: 1,
-            count_approximate: false,
-            only_contains_data_for_this_partition: true,
+            references: vec![],
         };
         let bytes = write_files(&[file], 0).unwrap();
         let error = read_partitions(

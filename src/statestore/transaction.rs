@@ -1,5 +1,18 @@
-//! Sleeper's state-store transactions (the bodies of its transaction log, as JSON) and the table
-//! state they build: partitions, and files with their partition references.
+//! Sleeper's state-store transactions (the bodies of its transaction logs, as JSON) and the table
+//! state they build, applied exactly as Sleeper applies them (`TransactionLogHead` and each
+//! transaction's `apply` in `sleeper.core.statestore.transactionlog`):
+//! - a log holds only its own kind: Sleeper skips, with a warning, a transaction of the other
+//!   log's kind (`TransactionLogHead.applyTransaction`);
+//! - some transactions stay in the log but change nothing when applied: an `ADD_FILES` naming a
+//!   file the state already holds is skipped whole (`AddFilesTransaction.apply`), and a
+//!   `REPLACE_FILE_REFERENCES` job whose inputs are not all referenced on its partition and
+//!   assigned to it, or whose output already exists, is skipped
+//!   (`ReplaceFileReferencesRequest.validateStateChange`);
+//! - a file whose references are all gone stays in the state, and counts as existing, until a
+//!   `DELETE_FILES` (garbage collection) removes it;
+//! - files are held by filename, and each file's references by partition id (`StateStoreFiles`,
+//!   `StateStoreFile`: Java `TreeMap`s), which is the order a leaf's files are read in, and so
+//!   decides the order of rows with equal keys.
 
 use std::collections::HashMap;
 
@@ -7,22 +20,22 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::model::{FileReference, Partition, Region, Schema};
+use crate::model::partition::sort_as_sleeper;
+use crate::model::{FileReference, Partition, Region, Schema, StateFile};
 
 /// One transaction of a table's file or partition log.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Transaction {
-    AddFiles(Vec<(String, Vec<FileReference>)>),
-    /// Assigns compaction jobs to file references (its requests as written): it changes
-    /// nothing an export reads.
-    AssignJobIds(Value),
+    AddFiles(Vec<StateFile>),
+    /// Assigns file references to compaction jobs, which their commits then require.
+    AssignJobIds(Vec<AssignJobIdRequest>),
     ClearFiles,
     DeleteFiles(Vec<String>),
     InitialisePartitions(Vec<Partition>),
     /// Compaction results: each job's input references on its partition give way to its output.
-    ReplaceFileReferences(Vec<(Vec<String>, FileReference)>),
+    ReplaceFileReferences(Vec<ReplaceJob>),
     /// Each old reference is replaced by references on the partition's children.
-    SplitFileReferences(Vec<(FileReference, Vec<FileReference>)>),
+    SplitFileReferences(Vec<SplitRequest>),
     SplitPartition {
         parent: Partition,
         children: Vec<Partition>,
@@ -31,6 +44,37 @@ pub enum Transaction {
         updated: Vec<Partition>,
         added: Vec<Partition>,
     },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssignJobIdRequest {
+    pub job_id: String,
+    pub partition_id: String,
+    pub filenames: Vec<String>,
+}
+
+/// One compaction job's commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplaceJob {
+    pub job_id: String,
+    pub task_id: Option<String>,
+    pub job_run_id: Option<String>,
+    pub input_files: Vec<String>,
+    /// The output file, referenced on the job's partition.
+    pub new_reference: FileReference,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SplitRequest {
+    pub old_reference: FileReference,
+    pub new_references: Vec<FileReference>,
+}
+
+/// The two logs of a table, each holding its own kind of transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Log {
+    Files,
+    Partitions,
 }
 
 /// The transaction types, as the log's `TYPE` attribute names them.
@@ -57,6 +101,8 @@ struct FileJson {
 #[serde(rename_all = "camelCase")]
 struct PartitionReferenceJson {
     partition_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    job_id: Option<String>,
     number_of_rows: u64,
     count_approximate: bool,
     only_contains_data_for_this_partition: bool,
@@ -85,8 +131,10 @@ struct PartitionJson {
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct AssignJobIdsJson {
-    requests: Vec<Value>,
+struct AssignJobIdJson {
+    job_id: String,
+    partition_id: String,
+    filenames: Vec<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -112,6 +160,7 @@ impl PartitionReferenceJson {
     fn of(reference: &FileReference) -> Self {
         PartitionReferenceJson {
             partition_id: reference.partition_id.clone(),
+            job_id: reference.job_id.clone(),
             number_of_rows: reference.number_of_rows,
             count_approximate: reference.count_approximate,
             only_contains_data_for_this_partition: reference.only_contains_data_for_this_partition,
@@ -125,6 +174,7 @@ impl PartitionReferenceJson {
             number_of_rows: self.number_of_rows,
             count_approximate: self.count_approximate,
             only_contains_data_for_this_partition: self.only_contains_data_for_this_partition,
+            job_id: self.job_id,
         }
     }
 }
@@ -204,20 +254,32 @@ impl Transaction {
                 Transaction::AddFiles(
                     files
                         .into_iter()
-                        .map(|file| {
-                            let references = file
+                        .map(|file| StateFile {
+                            references: file
                                 .references
                                 .into_iter()
                                 .map(|r| r.into_file(file.filename.clone()))
-                                .collect();
-                            (file.filename, references)
+                                .collect(),
+                            filename: file.filename,
                         })
                         .collect(),
                 )
             }
-            "ASSIGN_JOB_IDS" => Transaction::AssignJobIds(Value::Array(
-                parse::<AssignJobIdsJson>(value, &bad)?.requests,
-            )),
+            "ASSIGN_JOB_IDS" => {
+                let requests: Vec<AssignJobIdJson> = parse(field("requests"), &bad)?;
+                // As `AssignJobIdsTransaction`'s constructor: requests naming no file are dropped.
+                Transaction::AssignJobIds(
+                    requests
+                        .into_iter()
+                        .filter(|r| !r.filenames.is_empty())
+                        .map(|r| AssignJobIdRequest {
+                            job_id: r.job_id,
+                            partition_id: r.partition_id,
+                            filenames: r.filenames,
+                        })
+                        .collect(),
+                )
+            }
             "CLEAR_FILES" => Transaction::ClearFiles,
             "DELETE_FILES" => Transaction::DeleteFiles(parse(field("filenames"), &bad)?),
             "INITIALISE_PARTITIONS" => Transaction::InitialisePartitions(partitions_from(
@@ -226,22 +288,37 @@ impl Transaction {
             )?),
             "REPLACE_FILE_REFERENCES" => {
                 let jobs: Vec<ReplaceJobJson> = parse(field("jobs"), &bad)?;
-                Transaction::ReplaceFileReferences(
-                    jobs.into_iter()
-                        .map(|job| (job.input_files, job.new_reference.into()))
-                        .collect(),
-                )
+                let jobs: Vec<ReplaceJob> = jobs
+                    .into_iter()
+                    .map(|job| ReplaceJob {
+                        job_id: job.job_id,
+                        task_id: job.task_id,
+                        job_run_id: job.job_run_id,
+                        input_files: job.input_files,
+                        new_reference: job.new_reference.into(),
+                    })
+                    .collect();
+                // Sleeper refuses to build such a transaction (`validateNewReference`), so a log
+                // holding one cannot be read by Sleeper either.
+                if let Some(job) = jobs
+                    .iter()
+                    .find(|job| job.input_files.contains(&job.new_reference.filename))
+                {
+                    return Err(bad(format!(
+                        "job {} replaces file {} with itself",
+                        job.job_id, job.new_reference.filename
+                    )));
+                }
+                Transaction::ReplaceFileReferences(jobs)
             }
             "SPLIT_FILE_REFERENCES" => {
                 let requests: Vec<SplitRequestJson> = parse(field("requests"), &bad)?;
                 Transaction::SplitFileReferences(
                     requests
                         .into_iter()
-                        .map(|r| {
-                            (
-                                r.old_reference.into(),
-                                r.new_references.into_iter().map(Into::into).collect(),
-                            )
+                        .map(|r| SplitRequest {
+                            old_reference: r.old_reference.into(),
+                            new_references: r.new_references.into_iter().map(Into::into).collect(),
                         })
                         .collect(),
                 )
@@ -278,20 +355,38 @@ impl Transaction {
         }
     }
 
-    /// The JSON body Sleeper writes for this transaction (compaction job ids are not kept: each
-    /// `REPLACE_FILE_REFERENCES` job is written as `job`).
+    /// The log this kind of transaction belongs in.
+    pub fn log(&self) -> Log {
+        match self {
+            Transaction::InitialisePartitions(_)
+            | Transaction::SplitPartition { .. }
+            | Transaction::ExtendPartitionTree { .. } => Log::Partitions,
+            _ => Log::Files,
+        }
+    }
+
+    /// The JSON body Sleeper writes for this transaction.
     pub fn to_json(&self, schema: &Schema) -> String {
         let value = match self {
             Transaction::AddFiles(files) => serde_json::json!({
                 "files": files
                     .iter()
-                    .map(|(filename, references)| FileJson {
-                        filename: filename.clone(),
-                        references: references.iter().map(PartitionReferenceJson::of).collect(),
+                    .map(|file| FileJson {
+                        filename: file.filename.clone(),
+                        references: file.references.iter().map(PartitionReferenceJson::of).collect(),
                     })
                     .collect::<Vec<_>>()
             }),
-            Transaction::AssignJobIds(requests) => serde_json::json!({ "requests": requests }),
+            Transaction::AssignJobIds(requests) => serde_json::json!({
+                "requests": requests
+                    .iter()
+                    .map(|r| AssignJobIdJson {
+                        job_id: r.job_id.clone(),
+                        partition_id: r.partition_id.clone(),
+                        filenames: r.filenames.clone(),
+                    })
+                    .collect::<Vec<_>>()
+            }),
             Transaction::ClearFiles => serde_json::json!({}),
             Transaction::DeleteFiles(filenames) => serde_json::json!({ "filenames": filenames }),
             Transaction::InitialisePartitions(partitions) => {
@@ -300,21 +395,21 @@ impl Transaction {
             Transaction::ReplaceFileReferences(jobs) => serde_json::json!({
                 "jobs": jobs
                     .iter()
-                    .map(|(inputs, output)| ReplaceJobJson {
-                        job_id: "job".into(),
-                        task_id: None,
-                        job_run_id: None,
-                        input_files: inputs.clone(),
-                        new_reference: output.into(),
+                    .map(|job| ReplaceJobJson {
+                        job_id: job.job_id.clone(),
+                        task_id: job.task_id.clone(),
+                        job_run_id: job.job_run_id.clone(),
+                        input_files: job.input_files.clone(),
+                        new_reference: (&job.new_reference).into(),
                     })
                     .collect::<Vec<_>>()
             }),
             Transaction::SplitFileReferences(requests) => serde_json::json!({
                 "requests": requests
                     .iter()
-                    .map(|(old, new)| SplitRequestJson {
-                        old_reference: old.into(),
-                        new_references: references_json(new),
+                    .map(|r| SplitRequestJson {
+                        old_reference: (&r.old_reference).into(),
+                        new_references: references_json(&r.new_references),
                     })
                     .collect::<Vec<_>>()
             }),
@@ -331,24 +426,21 @@ impl Transaction {
     }
 }
 
-/// Partitions and files of a table, built from a snapshot and the transactions after it. Both
-/// keep the order things were added in, as Sleeper's state does: file order breaks ties between
-/// equal keys in an export.
+/// Partitions and files of a table, built from snapshots and the transactions after them.
 #[derive(Debug, Clone, Default)]
 pub struct TableState {
     partitions: Vec<Option<Partition>>,
     partition_index: HashMap<String, usize>,
-    /// Every file the state knows, with its references (none once replaced, until deleted).
-    files: Vec<Option<(String, Vec<FileReference>)>>,
-    file_index: HashMap<String, usize>,
+    /// Every file the state holds, with its references by partition id.
+    files: HashMap<String, HashMap<String, FileReference>>,
 }
 
 impl TableState {
-    pub fn new(partitions: Vec<Partition>, references: Vec<FileReference>) -> Self {
+    pub fn new(partitions: Vec<Partition>, files: Vec<StateFile>) -> Self {
         let mut state = TableState::default();
         state.set_partitions(partitions);
-        for reference in references {
-            state.file_entry(&reference.filename).push(reference);
+        for file in files {
+            state.add_file(file);
         }
         state
     }
@@ -372,69 +464,113 @@ impl TableState {
         }
     }
 
-    fn file_entry(&mut self, filename: &str) -> &mut Vec<FileReference> {
-        let position = match self.file_index.get(filename) {
-            Some(&position) => position,
-            None => {
-                self.file_index
-                    .insert(filename.to_owned(), self.files.len());
-                self.files.push(Some((filename.to_owned(), Vec::new())));
-                self.files.len() - 1
-            }
-        };
-        &mut self.files[position]
-            .as_mut()
-            .expect("indexed files are present")
-            .1
+    fn add_file(&mut self, file: StateFile) {
+        self.files.insert(
+            file.filename,
+            file.references
+                .into_iter()
+                .map(|r| (r.partition_id.clone(), r))
+                .collect(),
+        );
     }
 
-    fn remove_reference(&mut self, filename: &str, partition_id: &str) {
-        if let Some(&position) = self.file_index.get(filename) {
-            if let Some((_, references)) = &mut self.files[position] {
-                references.retain(|r| r.partition_id != partition_id);
-            }
+    /// The references of a file the transaction needs to exist. Sleeper cannot apply such a
+    /// transaction either (it fails on the missing file), so neither can we.
+    fn existing(
+        &mut self,
+        transaction: &'static str,
+        filename: &str,
+    ) -> Result<&mut HashMap<String, FileReference>> {
+        self.files
+            .get_mut(filename)
+            .ok_or_else(|| Error::Transaction {
+                context: transaction.into(),
+                message: format!(
+                    "it names file {filename}, which the state does not hold (Sleeper fails to \
+                     apply it too)"
+                ),
+            })
+    }
+
+    /// Applies a transaction read from `log`. One of the other log's kind is skipped, as
+    /// Sleeper skips it (with a warning); returns whether it was applied.
+    pub fn apply_from_log(&mut self, log: Log, transaction: Transaction) -> Result<bool> {
+        if transaction.log() != log {
+            return Ok(false);
         }
+        self.apply(transaction)?;
+        Ok(true)
     }
 
-    fn remove_file(&mut self, filename: &str) {
-        if let Some(position) = self.file_index.remove(filename) {
-            self.files[position] = None;
-        }
-    }
-
-    pub fn apply(&mut self, transaction: Transaction) {
+    /// Applies one transaction with Sleeper's rules (see the module's notes).
+    pub fn apply(&mut self, transaction: Transaction) -> Result<()> {
         match transaction {
             Transaction::AddFiles(files) => {
-                for (filename, references) in files {
-                    *self.file_entry(&filename) = references;
+                if let Some(existing) = files.iter().find(|f| self.files.contains_key(&f.filename))
+                {
+                    log::debug!(
+                        "skipping ADD_FILES: file {} is already in the state",
+                        existing.filename
+                    );
+                    return Ok(());
+                }
+                for file in files {
+                    self.add_file(file);
                 }
             }
-            Transaction::AssignJobIds(_) => {}
-            Transaction::ClearFiles => {
-                self.files.clear();
-                self.file_index.clear();
+            Transaction::AssignJobIds(requests) => {
+                for request in requests {
+                    for filename in &request.filenames {
+                        let reference = self
+                            .existing("ASSIGN_JOB_IDS", filename)?
+                            .get_mut(&request.partition_id)
+                            .ok_or_else(|| Error::Transaction {
+                                context: "ASSIGN_JOB_IDS".into(),
+                                message: format!(
+                                    "it assigns file {filename} on partition {}, where the file \
+                                     is not referenced (Sleeper fails to apply it too)",
+                                    request.partition_id
+                                ),
+                            })?;
+                        reference.job_id = Some(request.job_id.clone());
+                    }
+                }
             }
+            Transaction::ClearFiles => self.files.clear(),
             Transaction::DeleteFiles(filenames) => {
                 for filename in filenames {
-                    self.remove_file(&filename);
+                    self.files.remove(&filename);
                 }
             }
-            Transaction::InitialisePartitions(partitions) => self.set_partitions(partitions),
             Transaction::ReplaceFileReferences(jobs) => {
-                for (inputs, output) in jobs {
-                    for input in &inputs {
-                        self.remove_reference(input, &output.partition_id);
+                for job in jobs {
+                    if let Err(reason) = self.replacement_applies(&job) {
+                        log::debug!("skipping compaction commit of job {}: {reason}", job.job_id);
+                        continue;
                     }
-                    let filename = output.filename.clone();
-                    *self.file_entry(&filename) = vec![output];
+                    let partition = &job.new_reference.partition_id;
+                    for input in &job.input_files {
+                        if let Some(references) = self.files.get_mut(input) {
+                            references.remove(partition);
+                        }
+                    }
+                    self.add_file(StateFile {
+                        filename: job.new_reference.filename.clone(),
+                        references: vec![job.new_reference],
+                    });
                 }
             }
             Transaction::SplitFileReferences(requests) => {
-                for (old, new) in requests {
-                    self.remove_reference(&old.filename, &old.partition_id);
-                    self.file_entry(&old.filename).extend(new);
+                for request in requests {
+                    let old = &request.old_reference;
+                    let references = self.existing("SPLIT_FILE_REFERENCES", &old.filename)?;
+                    references.remove(&old.partition_id);
+                    for new in request.new_references {
+                        references.insert(new.partition_id.clone(), new);
+                    }
                 }
             }
+            Transaction::InitialisePartitions(partitions) => self.set_partitions(partitions),
             Transaction::SplitPartition { parent, children } => {
                 self.put_partition(parent);
                 for child in children {
@@ -447,19 +583,53 @@ impl TableState {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Sleeper's `ReplaceFileReferencesRequest.validateStateChange`: every input referenced on
+    /// the job's partition and assigned to the job, and no file yet by the output's name.
+    fn replacement_applies(&self, job: &ReplaceJob) -> std::result::Result<(), String> {
+        let partition = &job.new_reference.partition_id;
+        for input in &job.input_files {
+            let reference = self
+                .files
+                .get(input)
+                .ok_or_else(|| format!("input {input} is not in the state"))?
+                .get(partition)
+                .ok_or_else(|| {
+                    format!("input {input} is not referenced on partition {partition}")
+                })?;
+            if reference.job_id.as_deref() != Some(job.job_id.as_str()) {
+                return Err(format!(
+                    "input {input} on partition {partition} is not assigned to the job"
+                ));
+            }
+        }
+        if self.files.contains_key(&job.new_reference.filename) {
+            return Err(format!(
+                "output {} already exists",
+                job.new_reference.filename
+            ));
+        }
+        Ok(())
     }
 
     pub fn partitions(&self) -> Vec<Partition> {
         self.partitions.iter().flatten().cloned().collect()
     }
 
-    /// Every partition reference of every file, in file order.
-    pub fn file_references(&self) -> Vec<FileReference> {
-        self.files
+    /// Every file, referenced or not, in Sleeper's order.
+    pub fn files(&self) -> Vec<StateFile> {
+        let mut files: Vec<StateFile> = self
+            .files
             .iter()
-            .flatten()
-            .flat_map(|(_, references)| references.iter().cloned())
-            .collect()
+            .map(|(filename, references)| StateFile {
+                filename: filename.clone(),
+                references: references.values().cloned().collect(),
+            })
+            .collect();
+        sort_as_sleeper(&mut files);
+        files
     }
 }
 
@@ -507,14 +677,15 @@ mod tests {
     }
 
     #[test]
-    fn every_fixture_parses_and_writes_back_what_it_read() {
+    fn every_fixture_parses_and_writes_back_the_json_sleeper_wrote() {
         for (name, kind) in FIXTURES {
-            let transaction = Transaction::from_json(kind, &fixture(name), &schema())
+            let text = fixture(name);
+            let transaction = Transaction::from_json(kind, &text, &schema())
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(transaction.type_name(), kind);
-            let again = Transaction::from_json(kind, &transaction.to_json(&schema()), &schema())
-                .unwrap_or_else(|e| panic!("{name} written back: {e}"));
-            assert_eq!(again, transaction, "{name}");
+            let written: Value = serde_json::from_str(&transaction.to_json(&schema())).unwrap();
+            let sleepers: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(written, sleepers, "{name}");
         }
         let error = Transaction::from_json("MERGE_FILES", "{}", &schema()).unwrap_err();
         assert!(
@@ -523,75 +694,185 @@ mod tests {
         );
     }
 
-    /// The fixtures in the order Sleeper could have committed them: the tree, files on the root,
-    /// a compaction, a split of the root's files to L and R, a split of L, garbage collection.
-    #[test]
-    fn transactions_fold_into_the_state_they_describe() {
-        let mut state = TableState::default();
-        state.apply(parsed("InitialisePartitions"));
-        let leaves = |state: &TableState| {
-            let mut ids: Vec<String> = state
-                .partitions()
-                .into_iter()
-                .filter(|p| p.is_leaf)
-                .map(|p| p.id)
-                .collect();
-            ids.sort();
-            ids
-        };
-        assert_eq!(leaves(&state), ["LL", "LR", "RL", "RR"]);
-        let references = |state: &TableState| {
-            state
-                .file_references()
-                .into_iter()
-                .map(|r| {
-                    let name = r.filename.rsplit('/').next().unwrap().to_owned();
-                    format!("{name}@{}", r.partition_id)
+    fn reference(file: &str, partition: &str) -> FileReference {
+        FileReference {
+            filename: file.into(),
+            partition_id: partition.into(),
+            number_of_rows: 10,
+            count_approximate: false,
+            only_contains_data_for_this_partition: true,
+            job_id: None,
+        }
+    }
+
+    fn add(files: &[&str]) -> Transaction {
+        Transaction::AddFiles(
+            files
+                .iter()
+                .map(|f| StateFile {
+                    filename: (*f).into(),
+                    references: vec![reference(f, "root")],
                 })
-                .collect::<Vec<_>>()
-        };
+                .collect(),
+        )
+    }
 
-        state.apply(parsed("AddFiles"));
-        assert_eq!(
-            references(&state),
-            ["file1.parquet@root", "file2.parquet@root"]
-        );
-        state.apply(parsed("AssignJobIds"));
-        state.apply(parsed("ReplaceFileReferences"));
-        assert_eq!(references(&state), ["file3.parquet@root"]);
-        state.apply(parsed("DeleteFiles"));
-        assert_eq!(references(&state), ["file3.parquet@root"]);
+    fn assign(job: &str, files: &[&str]) -> Transaction {
+        Transaction::AssignJobIds(vec![AssignJobIdRequest {
+            job_id: job.into(),
+            partition_id: "root".into(),
+            filenames: files.iter().map(|f| (*f).into()).collect(),
+        }])
+    }
 
-        let mut split = TableState::default();
-        split.apply(parsed("AddFiles"));
-        split.apply(parsed("SplitFileReferences"));
-        // The fixture splits file2 on L, where it is not: nothing to remove there.
-        assert_eq!(
-            references(&split),
-            [
-                "file1.parquet@L",
-                "file1.parquet@R",
-                "file2.parquet@root",
-                "file2.parquet@LL",
-                "file2.parquet@LR"
-            ]
-        );
-        split.apply(parsed("AddSplitFile"));
-        assert_eq!(references(&split).len(), 7);
-        split.apply(parsed("ClearFiles"));
-        assert!(references(&split).is_empty());
+    fn replace(job: &str, inputs: &[&str], output: &str) -> Transaction {
+        Transaction::ReplaceFileReferences(vec![ReplaceJob {
+            job_id: job.into(),
+            task_id: None,
+            job_run_id: None,
+            input_files: inputs.iter().map(|f| (*f).into()).collect(),
+            new_reference: reference(output, "root"),
+        }])
+    }
 
-        let mut tree = TableState::default();
-        tree.apply(parsed("InitialisePartitions"));
-        tree.apply(parsed("SplitPartition"));
-        tree.apply(parsed("ExtendPartitionTree"));
-        assert_eq!(leaves(&tree), ["LL", "LRL", "LRR", "RL", "RR"]);
-        let lr = tree
-            .partitions()
-            .into_iter()
-            .find(|p| p.id == "LR")
+    /// Each file with its references' partitions and jobs, as `file:partition/job`.
+    fn summary(state: &TableState) -> Vec<String> {
+        state
+            .files()
+            .iter()
+            .map(|file| {
+                let references: Vec<String> = file
+                    .references
+                    .iter()
+                    .map(|r| format!("{}/{}", r.partition_id, r.job_id.as_deref().unwrap_or("-")))
+                    .collect();
+                format!("{}:{}", file.filename, references.join(","))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn transactions_apply_with_sleepers_rules() {
+        let mut state = TableState::default();
+        state.apply(parsed("InitialisePartitions")).unwrap();
+        state.apply(add(&["f2", "f1"])).unwrap();
+        assert_eq!(summary(&state), ["f1:root/-", "f2:root/-"]);
+
+        // A duplicate commit is skipped whole, with the new file it also names.
+        state.apply(add(&["f9", "f2"])).unwrap();
+        assert_eq!(summary(&state), ["f1:root/-", "f2:root/-"]);
+
+        // A compaction whose inputs were never assigned to it changes nothing.
+        state.apply(replace("job-a", &["f1", "f2"], "f3")).unwrap();
+        assert_eq!(summary(&state), ["f1:root/-", "f2:root/-"]);
+
+        state.apply(assign("job-a", &["f1", "f2"])).unwrap();
+        state.apply(replace("job-a", &["f1", "f2"], "f3")).unwrap();
+        // The inputs stay, unreferenced, until garbage collection deletes them.
+        assert_eq!(summary(&state), ["f1:", "f2:", "f3:root/-"]);
+
+        // The same commit again, and an ingest commit of a replaced file, are both skipped.
+        state.apply(replace("job-a", &["f1", "f2"], "f3")).unwrap();
+        state.apply(add(&["f1"])).unwrap();
+        assert_eq!(summary(&state), ["f1:", "f2:", "f3:root/-"]);
+
+        state
+            .apply(Transaction::DeleteFiles(vec!["f1".into(), "f2".into()]))
             .unwrap();
-        assert!(!lr.is_leaf);
-        assert_eq!(lr.child_ids, ["LRL", "LRR"]);
+        state.apply(add(&["f1"])).unwrap();
+        // A compaction whose output already exists is skipped; its assignment stays.
+        state.apply(assign("job-b", &["f3"])).unwrap();
+        state.apply(replace("job-b", &["f3"], "f1")).unwrap();
+        assert_eq!(summary(&state), ["f1:root/-", "f3:root/job-b"]);
+
+        // Each log applies only its own kind of transaction.
+        let split = parsed("SplitPartition");
+        assert!(!state.apply_from_log(Log::Files, split.clone()).unwrap());
+        assert!(!state.apply_from_log(Log::Partitions, add(&["f7"])).unwrap());
+        assert_eq!(summary(&state), ["f1:root/-", "f3:root/job-b"]);
+        assert!(state.apply_from_log(Log::Partitions, split).unwrap());
+
+        state.apply(Transaction::ClearFiles).unwrap();
+        assert!(summary(&state).is_empty());
+    }
+
+    #[test]
+    fn transactions_sleeper_cannot_apply_are_errors_naming_the_file() {
+        let mut state = TableState::default();
+        state.apply(add(&["f1"])).unwrap();
+        let error = state
+            .apply(assign("job", &["gone"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("ASSIGN_JOB_IDS") && error.contains("gone"),
+            "{error}"
+        );
+        let mut on_other_partition = assign("job", &["f1"]);
+        if let Transaction::AssignJobIds(requests) = &mut on_other_partition {
+            requests[0].partition_id = "L".into();
+        }
+        let error = state.apply(on_other_partition).unwrap_err().to_string();
+        assert!(error.contains("partition L"), "{error}");
+        let split = Transaction::SplitFileReferences(vec![SplitRequest {
+            old_reference: reference("gone", "root"),
+            new_references: vec![reference("gone", "L")],
+        }]);
+        let error = state.apply(split).unwrap_err().to_string();
+        assert!(
+            error.contains("SPLIT_FILE_REFERENCES") && error.contains("gone"),
+            "{error}"
+        );
+        let body = replace("job", &["f1"], "f1").to_json(&schema());
+        let error = Transaction::from_json("REPLACE_FILE_REFERENCES", &body, &schema())
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("with itself"), "{error}");
+    }
+
+    #[test]
+    fn files_are_in_javas_order_of_filenames_and_partition_ids() {
+        // Java's TreeMap orders strings by UTF-16 code units: U+FFFF after U+10000.
+        let mut state = TableState::default();
+        state
+            .apply(Transaction::AddFiles(vec![
+                StateFile {
+                    filename: "f\u{ffff}".into(),
+                    references: vec![reference("f\u{ffff}", "root")],
+                },
+                StateFile {
+                    filename: "f\u{10000}".into(),
+                    references: vec![reference("f\u{10000}", "R"), reference("f\u{10000}", "L")],
+                },
+            ]))
+            .unwrap();
+        assert_eq!(summary(&state), ["f\u{10000}:L/-,R/-", "f\u{ffff}:root/-"]);
+    }
+
+    #[test]
+    fn splits_move_references_to_the_children() {
+        let mut state = TableState::default();
+        state.apply(parsed("AddFiles")).unwrap();
+        let on_l = "s3a://sleeper-instanceid-table-data-test-account/933cd595/data/partition_L/file2.parquet";
+        state
+            .apply(Transaction::AddFiles(vec![StateFile {
+                filename: on_l.into(),
+                references: vec![reference(on_l, "L")],
+            }]))
+            .unwrap();
+        state.apply(parsed("SplitFileReferences")).unwrap();
+        let partitions: Vec<String> = state
+            .files()
+            .iter()
+            .map(|f| {
+                let ids: Vec<&str> = f
+                    .references
+                    .iter()
+                    .map(|r| r.partition_id.as_str())
+                    .collect();
+                ids.join(",")
+            })
+            .collect();
+        assert_eq!(partitions, ["LL,LR", "L,R", "root"]);
     }
 }

@@ -10,10 +10,10 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_dynamodb::Client;
 use tokio::sync::OnceCell;
 
-use super::transaction::{TableState, Transaction};
+use super::transaction::{Log, TableState, Transaction};
 use super::{read_all, snapshot, StateStore, StateVersion};
 use crate::error::{Error, Result};
-use crate::model::{FileReference, Partition, Schema};
+use crate::model::{Partition, Schema, StateFile};
 use crate::storage::{Location, Stores};
 
 /// The DynamoDB tables of an instance's transaction logs (Sleeper's instance properties
@@ -93,14 +93,14 @@ impl TransactionLogStateStore {
         let mut state = TableState::new(partitions, files);
         let partitions_transaction = self
             .apply_log(
-                &self.tables.partitions,
+                Log::Partitions,
                 number("PARTITIONS_TRANSACTION_NUMBER").unwrap_or(0),
                 &mut state,
             )
             .await?;
         let files_transaction = self
             .apply_log(
-                &self.tables.files,
+                Log::Files,
                 number("FILES_TRANSACTION_NUMBER").unwrap_or(0),
                 &mut state,
             )
@@ -128,15 +128,23 @@ impl TransactionLogStateStore {
         Ok(response.items.and_then(|items| items.into_iter().next()))
     }
 
-    /// Applies every transaction of `log` after `after`; returns the last one's number.
-    async fn apply_log(&self, log: &str, after: u64, state: &mut TableState) -> Result<u64> {
+    /// Applies every transaction of `log` after `after`, as Sleeper's `TransactionLogHead` reads
+    /// a log: in order, whatever the numbers (Sleeper does not look for gaps), skipping
+    /// with a warning a transaction of the other log's kind. Returns the number of the last one
+    /// applied, which is where Sleeper's head stands after reading.
+    async fn apply_log(&self, log: Log, after: u64, state: &mut TableState) -> Result<u64> {
+        let table = match log {
+            Log::Files => &self.tables.files,
+            Log::Partitions => &self.tables.partitions,
+        };
         let mut last = after;
+        let mut read = after;
         let mut start: Option<Item> = None;
         loop {
             let response = self
                 .dynamo
                 .query()
-                .table_name(log)
+                .table_name(table)
                 .key_condition_expression("TABLE_ID = :table_id AND TRANSACTION_NUMBER > :number")
                 .expression_attribute_values(":table_id", AttributeValue::S(self.table_id.clone()))
                 .expression_attribute_values(":number", AttributeValue::N(after.to_string()))
@@ -144,16 +152,25 @@ impl TransactionLogStateStore {
                 .set_exclusive_start_key(start.take())
                 .send()
                 .await
-                .map_err(|e| self.dynamo_error(log, e))?;
+                .map_err(|e| self.dynamo_error(table, e))?;
             for item in response.items.unwrap_or_default() {
                 let transaction_number = number(&item, "TRANSACTION_NUMBER").ok_or_else(|| {
-                    self.error(format!("an item of {log} has no TRANSACTION_NUMBER"))
+                    self.error(format!("an item of {table} has no TRANSACTION_NUMBER"))
                 })?;
-                if transaction_number != last + 1 {
-                    return Err(self.error(format!(
-                        "{log} goes from transaction {last} to {transaction_number}: the log has a gap"
-                    )));
+                if transaction_number != read + 1 {
+                    log::warn!(
+                        "table {}: {table} goes from transaction {read} to {transaction_number}; \
+                         applying what is there, as Sleeper does",
+                        self.table_id
+                    );
                 }
+                read = transaction_number;
+                let context = |kind: &str| {
+                    format!(
+                        "table {}, {table} transaction {transaction_number}, {kind}",
+                        self.table_id
+                    )
+                };
                 let kind = string(&item, "TYPE").unwrap_or_default();
                 let body = match (string(&item, "BODY"), string(&item, "BODY_S3_KEY")) {
                     (Some(body), _) => body,
@@ -164,23 +181,31 @@ impl TransactionLogStateStore {
                     }
                     (None, None) => {
                         return Err(self.error(format!(
-                            "transaction {transaction_number} of {log} has neither BODY nor BODY_S3_KEY"
+                            "transaction {transaction_number} of {table} has neither BODY nor BODY_S3_KEY"
                         )))
                     }
                 };
+                let in_context = |error: Error| match error {
+                    Error::Transaction {
+                        context: kind,
+                        message,
+                    } => Error::Transaction {
+                        context: context(&kind),
+                        message,
+                    },
+                    other => other,
+                };
                 let transaction =
-                    Transaction::from_json(&kind, &body, &self.schema).map_err(|e| match e {
-                        Error::Transaction { context, message } => Error::Transaction {
-                            context: format!(
-                                "table {}, {log} transaction {transaction_number}, {context}",
-                                self.table_id
-                            ),
-                            message,
-                        },
-                        other => other,
-                    })?;
-                state.apply(transaction);
-                last = transaction_number;
+                    Transaction::from_json(&kind, &body, &self.schema).map_err(in_context)?;
+                if state.apply_from_log(log, transaction).map_err(in_context)? {
+                    last = transaction_number;
+                } else {
+                    log::warn!(
+                        "table {}: skipping {kind} transaction {transaction_number} found in {table}, \
+                         the log of the other kind, as Sleeper does",
+                        self.table_id
+                    );
+                }
             }
             match response.last_evaluated_key {
                 Some(key) if !key.is_empty() => start = Some(key),
@@ -231,8 +256,8 @@ impl StateStore for TransactionLogStateStore {
         Ok(self.loaded().await?.0.partitions())
     }
 
-    async fn file_references(&self) -> Result<Vec<FileReference>> {
-        Ok(self.loaded().await?.0.file_references())
+    async fn files(&self) -> Result<Vec<StateFile>> {
+        Ok(self.loaded().await?.0.files())
     }
 
     async fn version(&self) -> Result<Option<StateVersion>> {

@@ -10,7 +10,8 @@ use datafusion::arrow::datatypes::{Int32Type, Int64Type, SchemaRef};
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rand::Rng;
 use sleeper_export::model::{
-    Field, FieldType, KeyValue, PartitionTree, PrimitiveType, Region, Schema, TableProperties,
+    Field, FieldType, KeyOrder, KeyValue, PartitionTree, PrimitiveType, Region, Schema,
+    TableProperties,
 };
 use sleeper_export::query::BulkExportLeafPartitionQuery;
 use sleeper_export::storage::Stores;
@@ -71,8 +72,13 @@ pub fn keys_of(batch: &RecordBatch, schema: &Schema, row: usize) -> Vec<KeyValue
 }
 
 /// The export as the issue defines it, done the slow and obvious way: every row of every file of
-/// the leaf, those inside the regions, stably sorted by the keys in Sleeper's order.
-pub fn reference_export(schema: &Schema, query: &BulkExportLeafPartitionQuery) -> RecordBatch {
+/// the leaf, those inside the regions, stably sorted by the keys in the table's order.
+pub fn reference_export(
+    properties: &TableProperties,
+    query: &BulkExportLeafPartitionQuery,
+) -> RecordBatch {
+    let schema = &properties.schema;
+    let order = properties.key_order;
     let arrow_schema: SchemaRef = schema.arrow_schema();
     let batches: Vec<RecordBatch> = query.files.iter().map(|f| read_parquet(f)).collect();
     let all = concat_batches(&arrow_schema, &batches).unwrap();
@@ -80,11 +86,14 @@ pub fn reference_export(schema: &Schema, query: &BulkExportLeafPartitionQuery) -
     let mut rows: Vec<(Vec<KeyValue>, u32)> = (0..all.num_rows())
         .map(|row| (keys_of(&all, schema, row), row as u32))
         .filter(|(keys, _)| {
-            query.partition_region.contains(&keys[..row_keys])
-                && query.regions.iter().any(|r| r.contains(&keys[..row_keys]))
+            query.partition_region.contains(&keys[..row_keys], order)
+                && query
+                    .regions
+                    .iter()
+                    .any(|r| r.contains(&keys[..row_keys], order))
         })
         .collect();
-    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    rows.sort_by(|a, b| order.compare_keys(&a.0, &b.0));
     let indices = UInt32Array::from_iter_values(rows.iter().map(|(_, row)| *row));
     let columns = all
         .columns()
@@ -164,14 +173,15 @@ pub fn random_schema(rng: &mut impl Rng) -> Schema {
 /// Splits random leaves on random dimensions, `splits` times, at keys drawn inside each leaf.
 pub fn random_tree(
     rng: &mut impl Rng,
-    table_id: &str,
-    schema: &Schema,
+    properties: &TableProperties,
     writer_style: &RowStyle,
     splits: usize,
 ) -> PartitionTree {
-    let mut tree = tree_from_split_points(table_id, schema, &[]).unwrap();
+    let schema = &properties.schema;
+    let mut tree = tree_from_split_points(&properties.table_id, schema, &[]).unwrap();
     let mut generator = sleeper_export::tablegen::RowGenerator::new(
         schema.clone(),
+        properties.key_order,
         writer_style.clone(),
         rng.random(),
     );
@@ -185,6 +195,7 @@ pub fn random_tree(
             dimension,
             key[dimension].clone(),
             [format!("p{n}l"), format!("p{n}r")],
+            properties.key_order,
         );
     }
     tree
@@ -206,7 +217,8 @@ pub async fn random_table(seed: u64) -> RandomTable {
     }
 }
 
-/// The random table of `seed`, written at any location (the same rows wherever it is written).
+/// The random table of `seed`, written at any location (the same rows wherever it is written),
+/// of either engine's key order.
 pub async fn random_table_at(
     location: sleeper_export::storage::Location,
     seed: u64,
@@ -214,16 +226,17 @@ pub async fn random_table_at(
     use rand::SeedableRng;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let schema = random_schema(&mut rng);
-    write_random_table(
-        location,
-        &mut rng,
-        TableProperties::new("table-1", "random", schema),
-    )
-    .await
+    let mut properties = TableProperties::new("table-1", "random", schema);
+    properties.key_order = if rng.random_bool(0.5) {
+        KeyOrder::Java
+    } else {
+        KeyOrder::DataFusion
+    };
+    write_random_table(location, &mut rng, properties).await
 }
 
-/// Rows that make merging hard: short keys from characters and bytes where Sleeper's order
-/// differs from Arrow's, and integer keys from a small span, so keys repeat across files.
+/// Rows that make merging hard: short keys from characters and bytes where the engines' orders
+/// differ, and integer keys from a small span, so keys repeat across files.
 pub fn hard_rows() -> RowStyle {
     RowStyle {
         key_length: 0..=3,
@@ -242,13 +255,7 @@ pub async fn write_random_table(
 ) -> SleeperTable {
     let style = hard_rows();
     let splits = rng.random_range(0..=6);
-    let tree = random_tree(
-        rng,
-        &properties.table_id,
-        &properties.schema,
-        &style,
-        splits,
-    );
+    let tree = random_tree(rng, &properties, &style, splits);
     properties.parquet.row_group_rows = 50;
     let mut writer = TableWriter::new(location, properties, tree.clone(), style, rng.random());
     for partition in tree.all() {
@@ -347,4 +354,48 @@ pub fn everything(schema: &Schema) -> Region {
 
 pub fn arc<T>(value: T) -> Arc<T> {
     Arc::new(value)
+}
+
+/// The table with its file references renamed (a newer files snapshot), as Sleeper or another
+/// writer may have named the same files.
+pub async fn with_files_renamed(
+    table: &SleeperTable,
+    rename: impl Fn(&str) -> String,
+) -> SleeperTable {
+    use object_store::ObjectStoreExt;
+    use sleeper_export::model::{FileReference, StateFile};
+    let files = StateFile::group(table.files.iter().map(|r| FileReference {
+        filename: rename(&r.filename),
+        ..r.clone()
+    }));
+    let path = table.location.child("statestore/snapshots/2-files.arrow");
+    let bytes = sleeper_export::statestore::snapshot::write_files(&files, 0).unwrap();
+    table.location.store.put(&path, bytes.into()).await.unwrap();
+    SleeperTable::open(table.location.url.as_str(), &table.stores)
+        .await
+        .unwrap()
+}
+
+/// Every leaf's exported rows, in leaf order.
+pub async fn exported_rows(
+    table: &SleeperTable,
+    output: &sleeper_export::storage::Location,
+) -> Vec<RecordBatch> {
+    let summary = sleeper_export::export::export_table(
+        table,
+        output,
+        &sleeper_export::export::ExportOptions::default(),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    let mut rows = Vec::new();
+    for leaf in &summary.leaves {
+        let location = table.stores.resolve(&leaf.file).unwrap();
+        let bytes = sleeper_export::statestore::read_all(location.store.as_ref(), &location.prefix)
+            .await
+            .unwrap();
+        rows.push(parquet_bytes_to_batch(bytes));
+    }
+    rows
 }
