@@ -803,30 +803,41 @@ impl FileReader {
         let batch = RecordBatch::try_new(Arc::clone(&self.read_schema), columns)
             .map_err(|e| self.mismatch(format!("its rows do not fit the table schema: {e}")))?;
         let past_end = self.filter.past_kept_keys(&batch).map_err(arrow_error)?;
-        let keys: Vec<ArrayRef> = self
-            .key_types
-            .iter()
-            .enumerate()
-            .map(|(i, &t)| self.order.ordered_array(t, batch.column(i)))
-            .collect();
-        let rows = self.converter.convert_columns(&keys).map_err(arrow_error)?;
-        let prefixes: Vec<u64> = rows.iter().map(prefix).collect();
-        if self.verify_order {
+        let mask = self
+            .keep(&batch)
+            .map_err(arrow_error)?
+            .filter(|mask| mask.true_count() < batch.num_rows());
+        let keyed = if self.verify_order {
+            // Every row read is checked, so every row's key is encoded; the kept rows then
+            // point into those.
+            let (rows, prefixes) = self.sort_keys(&batch)?;
             self.check_order(&batch, &rows, &prefixes, check)?;
-        }
-        let (batch, kept, prefixes) = match self.keep(&batch).map_err(arrow_error)? {
-            None => (batch, None, prefixes),
-            Some(mask) if mask.true_count() == batch.num_rows() => (batch, None, prefixes),
-            Some(mask) if mask.true_count() == 0 => return Ok((None, past_end)),
-            Some(mask) => {
-                let kept: Vec<u32> = mask.values().set_indices().map(|i| i as u32).collect();
-                let prefixes = kept.iter().map(|&i| prefixes[i as usize]).collect();
-                let batch = filter_record_batch(&batch, &mask).map_err(arrow_error)?;
-                (batch, Some(kept), prefixes)
+            match mask {
+                None => Some((batch, rows, None, prefixes)),
+                Some(mask) if mask.true_count() == 0 => None,
+                Some(mask) => {
+                    let kept: Vec<u32> = mask.values().set_indices().map(|i| i as u32).collect();
+                    let prefixes = kept.iter().map(|&i| prefixes[i as usize]).collect();
+                    let batch = filter_record_batch(&batch, &mask).map_err(arrow_error)?;
+                    Some((batch, rows, Some(kept), prefixes))
+                }
+            }
+        } else {
+            let batch = match mask {
+                None => Some(batch),
+                Some(mask) if mask.true_count() == 0 => None,
+                Some(mask) => Some(filter_record_batch(&batch, &mask).map_err(arrow_error)?),
+            };
+            match batch {
+                Some(batch) => {
+                    let (rows, prefixes) = self.sort_keys(&batch)?;
+                    Some((batch, rows, None, prefixes))
+                }
+                None => None,
             }
         };
         Ok((
-            Some(KeyedBatch {
+            keyed.map(|(batch, rows, kept, prefixes)| KeyedBatch {
                 batch,
                 keys: SortKeys {
                     rows,
@@ -836,6 +847,25 @@ impl FileReader {
             }),
             past_end,
         ))
+    }
+
+    /// The batch's keys in the table's order, as row format and as their eight-byte prefixes.
+    fn sort_keys(&self, batch: &RecordBatch) -> Result<(Rows, Vec<u64>)> {
+        let keys: Vec<ArrayRef> = self
+            .key_types
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| self.order.ordered_array(t, batch.column(i)))
+            .collect();
+        let rows = self
+            .converter
+            .convert_columns(&keys)
+            .map_err(|source| Error::Arrow {
+                context: format!("reading {} for partition {}", self.file, self.partition_id),
+                source,
+            })?;
+        let prefixes = rows.iter().map(prefix).collect();
+        Ok((rows, prefixes))
     }
 
     /// Fails on the first row that sorts before the row read before it: the merge of files not
