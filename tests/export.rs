@@ -706,3 +706,61 @@ async fn a_table_whose_files_are_named_by_plain_paths_exports_the_same_rows() {
         expected
     );
 }
+
+/// One file on the root of a string-keyed table split at "g", "n" and "t", in row groups of
+/// 100 rows.
+async fn string_key_table(
+    dir: &std::path::Path,
+    order: KeyOrder,
+) -> sleeper_export::table::SleeperTable {
+    let schema = string_schema();
+    let splits = ["g", "n", "t"].map(|s| KeyValue::String(s.into()));
+    let tree = tree_from_split_points("strings", &schema, &splits).unwrap();
+    let mut properties = TableProperties::new("strings", "strings", schema);
+    properties.parquet.row_group_rows = 100;
+    properties.key_order = order;
+    let mut writer = TableWriter::new(local(dir), properties, tree, RowStyle::default(), 9);
+    let root = writer.tree().root().id.clone();
+    writer
+        .write_random_file(&root, 4000, &[&root])
+        .await
+        .unwrap();
+    writer.finish().await.unwrap()
+}
+
+/// In the DataFusion engine's order, Parquet's statistics of string keys bound them, so each
+/// leaf reads only the row groups of its region; in the Java engine's they do not.
+#[tokio::test]
+async fn string_keyed_leaves_skip_row_groups_in_the_datafusion_order_only() {
+    let dir = tempfile::tempdir().unwrap();
+    for order in [KeyOrder::DataFusion, KeyOrder::Java] {
+        let table = string_key_table(&dir.path().join(order.data_engine()), order).await;
+        let output = local(&dir.path().join(format!("out-{}", order.data_engine())));
+        let options = ExportOptions {
+            batch_size: 100,
+            ..ExportOptions::default()
+        };
+        let queries = split_into_leaf_queries(&table, "e");
+        let mut read_by_last = 0;
+        for query in &queries {
+            let result = run_leaf_query(&table, query, &output, &options)
+                .await
+                .unwrap();
+            assert_same_rows(
+                &read_parquet(&result.file),
+                &reference_export(&table.properties, query),
+                &query.leaf_partition_id,
+            );
+            if order == KeyOrder::DataFusion {
+                assert!(result.rows_read <= result.rows_written + 200, "{result:?}");
+            }
+            read_by_last = result.rows_read;
+        }
+        if order == KeyOrder::Java {
+            assert_eq!(
+                read_by_last, 4000,
+                "the last leaf reads the file from its start"
+            );
+        }
+    }
+}

@@ -324,6 +324,14 @@ async fn export(table: &SleeperTable) -> (ExportSummary, tempfile::TempDir) {
     (summary, dir)
 }
 
+/// The message of an export of `table` into `dir` that fails.
+async fn export_error(table: &SleeperTable, dir: &tempfile::TempDir) -> String {
+    export_table(table, &local(dir.path()), &ExportOptions::default(), |_| {})
+        .await
+        .unwrap_err()
+        .to_string()
+}
+
 /// The instance's table reads as the reference table and exports the same rows, leaf by leaf.
 async fn assert_same_table(from_instance: &SleeperTable, reference: &SleeperTable) {
     let mut partitions = from_instance.partitions.all().to_vec();
@@ -636,16 +644,7 @@ async fn a_table_with_no_snapshot_is_read_from_its_logs_alone() {
     let gone = table.files[0].filename.clone();
     let location = stores.resolve(&gone).unwrap();
     location.store.delete(&location.prefix).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let error = export_table(
-        &table,
-        &local(dir.path()),
-        &ExportOptions::default(),
-        |_| {},
-    )
-    .await
-    .unwrap_err()
-    .to_string();
+    let error = export_error(&table, &tempfile::tempdir().unwrap()).await;
     for expected in [
         gone.as_str(),
         "is gone",
@@ -935,15 +934,7 @@ async fn unset_table_properties_take_the_instances_defaults() {
 
     // An export of it fails before writing anything, naming the property and the override.
     let dir = tempfile::tempdir().unwrap();
-    let error = export_table(
-        &table,
-        &local(dir.path()),
-        &ExportOptions::default(),
-        |_| {},
-    )
-    .await
-    .unwrap_err()
-    .to_string();
+    let error = export_error(&table, &dir).await;
     for expected in [
         "sleeper.table.parquet.compression.codec",
         "lzo",
@@ -952,6 +943,40 @@ async fn unset_table_properties_take_the_instances_defaults() {
         assert!(error.contains(expected), "{expected:?} not in: {error}");
     }
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+
+    // The command line: `tables` lists it, `export` needs another codec and takes it.
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sleeper-export"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let listed = cli(&["tables", "--instance", &instance.id]);
+    assert!(listed.status.success(), "{listed:?}");
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("demo0001"));
+    let out = dir.path().join("cli");
+    let out = out.to_str().unwrap();
+    let export_args = [
+        "export",
+        "--instance",
+        &instance.id,
+        "--table",
+        "demo",
+        "--output",
+        out,
+    ];
+    let refused = cli(&export_args);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("--compression"),
+        "{stderr}"
+    );
+    let exported = cli(&[
+        &export_args[..],
+        &["--compression", "snappy", "--key-order", "datafusion"],
+    ]
+    .concat());
+    assert!(exported.status.success(), "{exported:?}");
 
     let options = ExportOptions {
         compression: Some("zstd".into()),

@@ -163,6 +163,23 @@ impl Setup {
         })
     }
 
+    /// One runner over `leaf_queue` until it has been idle for `idle_seconds`.
+    async fn run_leaves(
+        &self,
+        idle_seconds: u64,
+        leaf_queue: SqsQueue,
+        dead_letters: &SqsQueue,
+    ) -> sleeper_export::queue::runner::RunnerReport {
+        self.runner(idle_seconds)
+            .run(
+                Arc::new(leaf_queue),
+                Some(Arc::new(dead_letters.clone())),
+                std::future::pending(),
+            )
+            .await
+            .unwrap()
+    }
+
     async fn parquet_objects(&self, export_id: &str) -> Vec<String> {
         list_parquet(&self.output(), self.table.id(), export_id).await
     }
@@ -283,16 +300,7 @@ async fn bad_messages_go_to_the_dead_letter_queues_and_good_ones_still_run() {
         ])
         .await
         .unwrap();
-    let leaf_queue: Arc<dyn MessageQueue> = Arc::new(leaf_queue);
-    let report = setup
-        .runner(2)
-        .run(
-            leaf_queue,
-            Some(Arc::new(leaf_dead_letters.clone())),
-            std::future::pending(),
-        )
-        .await
-        .unwrap();
+    let report = setup.run_leaves(2, leaf_queue, &leaf_dead_letters).await;
     assert_eq!(
         (report.done.len(), report.rejected.len()),
         (2, 2),
@@ -720,16 +728,7 @@ async fn leaves_without_files_are_written_by_the_planner_and_not_queued() {
     );
     assert!(!query.files.is_empty());
     leaf_queue.send_all(queued).await.unwrap();
-    let leaf_queue: Arc<dyn MessageQueue> = Arc::new(leaf_queue);
-    let report = setup
-        .runner(1)
-        .run(
-            leaf_queue,
-            Some(Arc::new(leaf_dead_letters.clone())),
-            std::future::pending(),
-        )
-        .await
-        .unwrap();
+    let report = setup.run_leaves(1, leaf_queue, &leaf_dead_letters).await;
     assert_eq!(report.done.len(), 1, "{report:?}");
     let status = records.status().await.unwrap();
     assert!(status.is_complete(), "{status:?}");

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use datafusion::arrow::datatypes::{DataType, Schema as ArrowSchema};
+use datafusion::arrow::datatypes::Schema as ArrowSchema;
 use datafusion::parquet::basic::{BrotliLevel, Compression, GzipLevel, ZstdLevel};
 use datafusion::parquet::file::metadata::SortingColumn;
 use datafusion::parquet::file::properties::{WriterProperties, WriterVersion};
@@ -10,7 +10,7 @@ use datafusion::parquet::schema::types::ColumnPath;
 
 use super::compaction::CompactionRules;
 use super::order::KeyOrder;
-use super::schema::Schema;
+use super::schema::{leaf_count, Schema};
 use crate::error::{Error, Result};
 
 /// A Java properties file, parsed as `java.util.Properties.load` does.
@@ -154,16 +154,6 @@ const SLEEPER_CODECS: [&str; 7] = [
     "lz4",
     "zstd",
 ];
-
-/// Parquet leaf columns under an Arrow field.
-pub fn leaf_count(data_type: &DataType) -> usize {
-    match data_type {
-        DataType::Map(entries, _) => leaf_count(entries.data_type()),
-        DataType::Struct(fields) => fields.iter().map(|f| leaf_count(f.data_type())).sum(),
-        DataType::List(item) | DataType::LargeList(item) => leaf_count(item.data_type()),
-        _ => 1,
-    }
-}
 
 /// The instance property holding the default of a table property, as Sleeper names them
 /// (`TableDefaultProperty`): `sleeper.table.X` falls back to `sleeper.default.table.X`.
@@ -582,5 +572,46 @@ mod tests {
         );
         table.parquet.compression = "zstd".into();
         table.writer_properties(&columns).unwrap();
+    }
+
+    #[test]
+    fn files_record_the_key_columns_they_are_sorted_by_as_parquet_orders_them() {
+        use crate::model::{Field, FieldType, PrimitiveType};
+        let schema = Schema::new(
+            vec![Field::primitive("k", PrimitiveType::String)],
+            vec![Field::primitive("ts", PrimitiveType::Long)],
+            vec![Field::new(
+                "m",
+                FieldType::Map {
+                    key: PrimitiveType::String,
+                    value: PrimitiveType::Long,
+                },
+            )],
+        )
+        .unwrap();
+        let mut table = TableProperties::new("t", "t", schema.clone());
+        let sorting = |table: &TableProperties, columns: &[&str]| -> Vec<i32> {
+            let all = schema.arrow_schema();
+            let fields: Vec<_> = columns
+                .iter()
+                .map(|c| all.field_with_name(c).unwrap().clone())
+                .collect();
+            table
+                .writer_properties(&ArrowSchema::new(fields))
+                .unwrap()
+                .sorting_columns()
+                .unwrap()
+                .iter()
+                .map(|c| c.column_idx)
+                .collect()
+        };
+        assert_eq!(sorting(&table, &["k", "ts", "m"]), [0, 1]);
+        // The map spreads over two leaf columns; a projection may put the keys anywhere.
+        assert_eq!(sorting(&table, &["m", "ts", "k"]), [3, 2]);
+        // Without the first key, the rows are sorted by nothing they hold.
+        assert!(sorting(&table, &["ts", "m"]).is_empty());
+        // Parquet orders strings by their bytes: not the Java engine's order.
+        table.key_order = KeyOrder::Java;
+        assert!(sorting(&table, &["k", "ts", "m"]).is_empty());
     }
 }

@@ -11,6 +11,16 @@ use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
 
+/// Parquet leaf columns under an Arrow field: the column chunks its values are spread over.
+pub fn leaf_count(data_type: &DataType) -> usize {
+    match data_type {
+        DataType::Map(entries, _) => leaf_count(entries.data_type()),
+        DataType::Struct(fields) => fields.iter().map(|f| leaf_count(f.data_type())).sum(),
+        DataType::List(item) | DataType::LargeList(item) => leaf_count(item.data_type()),
+        _ => 1,
+    }
+}
+
 /// The types Sleeper allows for keys and inside maps and lists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PrimitiveType {

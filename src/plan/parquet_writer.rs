@@ -25,7 +25,7 @@ use object_store::path::Path;
 use object_store::ObjectStore;
 use tokio::io::AsyncWriteExt;
 
-use crate::model::properties::leaf_count;
+use crate::model::schema::leaf_count;
 
 /// Row groups encoding at once: one being filled while up to this many encode keeps every core
 /// busy without holding more than a few row groups in memory.

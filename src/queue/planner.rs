@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use futures::{stream, StreamExt, TryStreamExt};
+
 use super::manifest::ExportRecords;
 use super::trust::check_id;
 use super::{Message, MessageQueue};
@@ -10,6 +12,10 @@ use crate::export::{run_leaf_query, ExportOptions, LeafExportResult};
 use crate::query::{split_into_leaf_queries, BulkExportQuery, TableSelector};
 use crate::storage::Location;
 use crate::table::TableIndex;
+
+/// Empty files written at once: a freshly split table can have thousands of empty leaves, and
+/// each file and its status record is a round trip to the store.
+const EMPTY_LEAVES_AT_ONCE: usize = 16;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlannedExport {
@@ -60,12 +66,16 @@ impl Planner {
         records
             .write_manifest(&leaf_queries, table.state_version)
             .await?;
-        let mut empty_leaves = Vec::new();
-        for query in leaf_queries.iter().filter(|q| q.files.is_empty()) {
-            let written = run_leaf_query(table, query, &self.output, &self.export).await?;
-            records.record_completion(&written).await?;
-            empty_leaves.push(written);
-        }
+        let empty_leaves: Vec<LeafExportResult> =
+            stream::iter(leaf_queries.iter().filter(|q| q.files.is_empty()))
+                .map(|query| async {
+                    let written = run_leaf_query(table, query, &self.output, &self.export).await?;
+                    records.record_completion(&written).await?;
+                    Ok::<_, Error>(written)
+                })
+                .buffer_unordered(EMPTY_LEAVES_AT_ONCE)
+                .try_collect()
+                .await?;
         let schema = &table.properties.schema;
         let bodies = leaf_queries
             .iter()
