@@ -425,11 +425,34 @@ fn copy_options_set_the_parquet_writer() {
 
     runtime().block_on(async {
         let dir = tempfile::tempdir().unwrap();
-        write_numbers(&dir.path().join("numbers")).await;
+        let table = write_numbers(&dir.path().join("numbers")).await;
+        // A codec Sleeper allows and nothing here writes: the table opens, a COPY needs another.
+        let mut lzo = (*table.properties).clone();
+        lzo.parquet.compression = "lzo".into();
+        SleeperTable::write_properties(&table.location, &lzo)
+            .await
+            .unwrap();
         let ctx = sleeper_session(Stores::default(), SessionConfig::new()).unwrap();
         ctx.register_sleeper_table("numbers", dir.path().join("numbers").to_str().unwrap())
             .await
             .unwrap();
+        let refused = ctx
+            .sleeper_sql(&format!(
+                "COPY numbers TO '{}'",
+                dir.path().join("refused").display()
+            ))
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .expect_err("an lzo table is not written without another codec")
+            .to_string();
+        assert!(
+            refused.contains("sleeper.table.parquet.compression.codec")
+                && refused.contains("format.compression"),
+            "{refused}"
+        );
+        assert!(!dir.path().join("refused").exists());
         let summary = ctx
             .sleeper_sql(&format!(
                 "COPY numbers TO '{}' OPTIONS ('format.compression' 'snappy', \

@@ -167,7 +167,7 @@ impl LeafMergeExec {
         self
     }
 
-    /// Skips the check that input files are in the table's order (it costs about 1 % of an
+    /// Skips the check that input files are in the table's order (it costs about 0.5 % of an
     /// export; see the `leaf_export` bench), for inputs known to be.
     pub fn with_order_check(mut self, verify: bool) -> Self {
         self.verify_order = verify;
