@@ -431,8 +431,9 @@ impl Transaction {
 pub struct TableState {
     partitions: Vec<Option<Partition>>,
     partition_index: HashMap<String, usize>,
-    /// Every file the state holds, with its references by partition id.
-    files: HashMap<String, HashMap<String, FileReference>>,
+    /// Every file the state holds, with its references (a file has one per partition, and
+    /// rarely more than two).
+    files: HashMap<String, Vec<FileReference>>,
 }
 
 impl TableState {
@@ -465,13 +466,25 @@ impl TableState {
     }
 
     fn add_file(&mut self, file: StateFile) {
-        self.files.insert(
-            file.filename,
-            file.references
-                .into_iter()
-                .map(|r| (r.partition_id.clone(), r))
-                .collect(),
-        );
+        self.files.insert(file.filename, Vec::new());
+        for reference in file.references {
+            self.put_reference(reference);
+        }
+    }
+
+    /// Adds a reference, in place of the file's reference on the same partition, if any.
+    fn put_reference(&mut self, reference: FileReference) {
+        let references = self
+            .files
+            .get_mut(&reference.filename)
+            .expect("the file is in the state");
+        match references
+            .iter_mut()
+            .find(|r| r.partition_id == reference.partition_id)
+        {
+            Some(existing) => *existing = reference,
+            None => references.push(reference),
+        }
     }
 
     /// The references of a file the transaction needs to exist. Sleeper cannot apply such a
@@ -480,7 +493,7 @@ impl TableState {
         &mut self,
         transaction: &'static str,
         filename: &str,
-    ) -> Result<&mut HashMap<String, FileReference>> {
+    ) -> Result<&mut Vec<FileReference>> {
         self.files
             .get_mut(filename)
             .ok_or_else(|| Error::Transaction {
@@ -523,7 +536,8 @@ impl TableState {
                     for filename in &request.filenames {
                         let reference = self
                             .existing("ASSIGN_JOB_IDS", filename)?
-                            .get_mut(&request.partition_id)
+                            .iter_mut()
+                            .find(|r| r.partition_id == request.partition_id)
                             .ok_or_else(|| Error::Transaction {
                                 context: "ASSIGN_JOB_IDS".into(),
                                 message: format!(
@@ -551,7 +565,7 @@ impl TableState {
                     let partition = &job.new_reference.partition_id;
                     for input in &job.input_files {
                         if let Some(references) = self.files.get_mut(input) {
-                            references.remove(partition);
+                            references.retain(|r| &r.partition_id != partition);
                         }
                     }
                     self.add_file(StateFile {
@@ -563,10 +577,13 @@ impl TableState {
             Transaction::SplitFileReferences(requests) => {
                 for request in requests {
                     let old = &request.old_reference;
-                    let references = self.existing("SPLIT_FILE_REFERENCES", &old.filename)?;
-                    references.remove(&old.partition_id);
+                    self.existing("SPLIT_FILE_REFERENCES", &old.filename)?
+                        .retain(|r| r.partition_id != old.partition_id);
                     for new in request.new_references {
-                        references.insert(new.partition_id.clone(), new);
+                        self.put_reference(FileReference {
+                            filename: old.filename.clone(),
+                            ..new
+                        });
                     }
                 }
             }
@@ -595,7 +612,8 @@ impl TableState {
                 .files
                 .get(input)
                 .ok_or_else(|| format!("input {input} is not in the state"))?
-                .get(partition)
+                .iter()
+                .find(|r| &r.partition_id == partition)
                 .ok_or_else(|| {
                     format!("input {input} is not referenced on partition {partition}")
                 })?;
@@ -625,7 +643,7 @@ impl TableState {
             .iter()
             .map(|(filename, references)| StateFile {
                 filename: filename.clone(),
-                references: references.values().cloned().collect(),
+                references: references.clone(),
             })
             .collect();
         sort_as_sleeper(&mut files);
