@@ -599,6 +599,13 @@ impl FileReader {
         }
     }
 
+    fn arrow_error(&self, source: ArrowError) -> Error {
+        Error::Arrow {
+            context: format!("reading {} for partition {}", self.file, self.partition_id),
+            source,
+        }
+    }
+
     fn corrupt(&self, source: datafusion::parquet::errors::ParquetError) -> Error {
         Error::CorruptInputFile {
             file: self.file.clone(),
@@ -782,10 +789,7 @@ impl FileReader {
         adapter: &ColumnAdapter,
         check: &mut OrderCheck,
     ) -> Result<(Option<KeyedBatch>, bool)> {
-        let arrow_error = |source| Error::Arrow {
-            context: format!("reading {} for partition {}", self.file, self.partition_id),
-            source,
-        };
+        let arrow_error = |source| self.arrow_error(source);
         self.rows_read.add(batch.num_rows());
         let columns = adapter
             .positions
@@ -807,46 +811,40 @@ impl FileReader {
             .keep(&batch)
             .map_err(arrow_error)?
             .filter(|mask| mask.true_count() < batch.num_rows());
-        let keyed = if self.verify_order {
-            // Every row read is checked, so every row's key is encoded; the kept rows then
-            // point into those.
-            let (rows, prefixes) = self.sort_keys(&batch)?;
+        // The order check reads every row, so then every row's key is encoded and the kept rows
+        // point into them; without it, only the kept rows' keys are.
+        let (mut batch, mask) = match mask {
+            Some(mask) if !self.verify_order => (
+                filter_record_batch(&batch, &mask).map_err(arrow_error)?,
+                None,
+            ),
+            mask => (batch, mask),
+        };
+        if batch.num_rows() == 0 {
+            return Ok((None, past_end));
+        }
+        let (rows, prefixes) = self.sort_keys(&batch)?;
+        if self.verify_order {
             self.check_order(&batch, &rows, &prefixes, check)?;
-            match mask {
-                None => Some((batch, rows, None, prefixes)),
-                Some(mask) if mask.true_count() == 0 => None,
-                Some(mask) => {
-                    let kept: Vec<u32> = mask.values().set_indices().map(|i| i as u32).collect();
-                    let prefixes = kept.iter().map(|&i| prefixes[i as usize]).collect();
-                    let batch = filter_record_batch(&batch, &mask).map_err(arrow_error)?;
-                    Some((batch, rows, Some(kept), prefixes))
+        }
+        let keys = match mask {
+            None => SortKeys {
+                rows,
+                kept: None,
+                prefixes,
+            },
+            Some(mask) if mask.true_count() == 0 => return Ok((None, past_end)),
+            Some(mask) => {
+                let kept: Vec<u32> = mask.values().set_indices().map(|i| i as u32).collect();
+                batch = filter_record_batch(&batch, &mask).map_err(arrow_error)?;
+                SortKeys {
+                    prefixes: kept.iter().map(|&i| prefixes[i as usize]).collect(),
+                    rows,
+                    kept: Some(kept),
                 }
-            }
-        } else {
-            let batch = match mask {
-                None => Some(batch),
-                Some(mask) if mask.true_count() == 0 => None,
-                Some(mask) => Some(filter_record_batch(&batch, &mask).map_err(arrow_error)?),
-            };
-            match batch {
-                Some(batch) => {
-                    let (rows, prefixes) = self.sort_keys(&batch)?;
-                    Some((batch, rows, None, prefixes))
-                }
-                None => None,
             }
         };
-        Ok((
-            keyed.map(|(batch, rows, kept, prefixes)| KeyedBatch {
-                batch,
-                keys: SortKeys {
-                    rows,
-                    kept,
-                    prefixes,
-                },
-            }),
-            past_end,
-        ))
+        Ok((Some(KeyedBatch { batch, keys }), past_end))
     }
 
     /// The batch's keys in the table's order, as row format and as their eight-byte prefixes.
@@ -860,10 +858,7 @@ impl FileReader {
         let rows = self
             .converter
             .convert_columns(&keys)
-            .map_err(|source| Error::Arrow {
-                context: format!("reading {} for partition {}", self.file, self.partition_id),
-                source,
-            })?;
+            .map_err(|source| self.arrow_error(source))?;
         let prefixes = rows.iter().map(prefix).collect();
         Ok((rows, prefixes))
     }
