@@ -129,17 +129,18 @@ async fn main() {
     };
     let query = BulkExportQuery::of_table(table.id(), "queued");
     planner.plan(&query.to_json(), &leaf_queue).await.unwrap();
-    let runner = Arc::new(Runner {
-        tables: TableIndex::new(vec![table]),
-        output,
-        export: options,
-        config: BulkExportConfig {
-            wait: Duration::from_secs(1),
-            ..BulkExportConfig::default()
-        },
-        concurrency: 1,
-        idle_exit: Some(Duration::ZERO),
-    });
+    let runner = Arc::new(
+        Runner::new(
+            TableIndex::new(vec![table]),
+            output,
+            options,
+            BulkExportConfig {
+                wait: Duration::from_secs(1),
+                ..BulkExportConfig::default()
+            },
+        )
+        .with_idle_exit(Some(Duration::ZERO)),
+    );
     let started = Instant::now();
     let report = runner
         .run(Arc::new(leaf_queue), None, std::future::pending())

@@ -120,6 +120,31 @@ pub enum Error {
         other_order_fits: Option<crate::model::KeyOrder>,
     },
 
+    /// A second planning pass of an export (SQS delivers at least once; `export` may be run again
+    /// with the same id) found the table changed since the first: re-planning would mix two
+    /// states in one export.
+    #[error(
+        "export {export_id} of table {table_id} was planned from another state of the table \
+         ({}) and is not complete: the leaves queued then complete it if their input files \
+         are still there (`sleeper-export status` tells); to export the table as it is now, \
+         use a new export id",
+        match (planned_at, now) {
+            (Some(planned_at), Some(now)) => format!("planned at {planned_at}, now at {now}"),
+            _ => "its partitions or files differ".to_owned(),
+        }
+    )]
+    ExportPlannedFromOtherState {
+        table_id: String,
+        export_id: String,
+        planned_at: Option<crate::statestore::StateVersion>,
+        now: Option<crate::statestore::StateVersion>,
+    },
+
+    /// The export was cancelled (Ctrl-C, SIGTERM past the grace period, or the caller's token):
+    /// the leaves it was writing aborted their uploads.
+    #[error("the export was cancelled; no partial file was left")]
+    Cancelled,
+
     /// A message asked for something it may not: a path outside the table, an unsafe id.
     #[error("rejected: {0}")]
     Untrusted(String),
@@ -165,6 +190,7 @@ impl Error {
                 | Error::TableNotFound { .. }
                 | Error::Region(_)
                 | Error::Untrusted(_)
+                | Error::ExportPlannedFromOtherState { .. }
         )
     }
 

@@ -11,6 +11,7 @@ use datafusion::execution::TaskContext;
 use datafusion::physical_plan::{collect, ExecutionPlan};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use object_store::path::Path;
+use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::model::{CompactionRules, KeyOrder, TableProperties};
@@ -18,6 +19,7 @@ use crate::plan::{ExportTarget, LeafExportExec, LeafInput, LeafMergeExec};
 use crate::query::{BulkExportLeafPartitionQuery, BulkExportQuery};
 use crate::queue::config::BulkExportConfig;
 use crate::queue::local::LocalQueue;
+use crate::queue::manifest::ExportRecords;
 use crate::queue::planner::Planner;
 use crate::queue::runner::Runner;
 use crate::storage::Location;
@@ -43,6 +45,9 @@ pub struct ExportOptions {
     pub compression: Option<String>,
     /// Check, as files are read, that their rows are in the table's order (on by default).
     pub verify_order: bool,
+    /// Cancelling it stops the export: leaves being written abort their uploads and end with
+    /// [`Error::Cancelled`]. Clones of the options share it.
+    pub cancel: CancellationToken,
 }
 
 impl Default for ExportOptions {
@@ -56,6 +61,7 @@ impl Default for ExportOptions {
             key_order: None,
             compression: None,
             verify_order: true,
+            cancel: CancellationToken::new(),
         }
     }
 }
@@ -74,7 +80,9 @@ impl ExportOptions {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A leaf's written file; also its completion record in the export's `_status/`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct LeafExportResult {
     pub leaf_partition_id: String,
     pub sub_export_id: String,
@@ -85,6 +93,7 @@ pub struct LeafExportResult {
     /// CRC32C of the file's bytes, hex.
     pub crc32c: String,
     /// The clock that age-off filters were applied against, when the table has any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub age_off_clock_millis: Option<u64>,
 }
 
@@ -171,12 +180,15 @@ pub fn leaf_export_plan(
         url: output.url_of(&path),
         path,
     };
-    Ok(Arc::new(LeafExportExec::try_new(
-        Arc::new(merge),
-        Arc::clone(&output.store),
-        vec![target],
-        writer_properties,
-    )?))
+    Ok(Arc::new(
+        LeafExportExec::try_new(
+            Arc::new(merge),
+            Arc::clone(&output.store),
+            vec![target],
+            writer_properties,
+        )?
+        .with_cancel(options.cancel.clone()),
+    ))
 }
 
 fn task_context(batch_size: usize) -> Arc<TaskContext> {
@@ -221,7 +233,9 @@ pub async fn run_leaf_query(
 /// Exports every leaf of `table` under `output`, `options.parallelism` leaves at a time, calling
 /// `on_leaf` as each finishes. It schedules exactly as the distributed export does (the same
 /// planner and runner, over an in-process queue), so it also writes the export's manifest and
-/// status records. Every leaf runs; the first failure, if any, is the error returned.
+/// status records, and run again with the same export id it exports only the leaves not done.
+/// Every leaf runs; the first failure, if any, is the error returned. Cancelling
+/// `options.cancel` stops it with [`Error::Cancelled`] and no partial file left.
 pub async fn export_table(
     table: &SleeperTable,
     output: &Location,
@@ -238,6 +252,9 @@ pub async fn export_table(
         .export_id
         .clone()
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let records = ExportRecords::new(output, table.id(), &export_id);
+    // An earlier run of this export that was killed left these behind.
+    remove_unfinished_uploads(output, &records).await;
     let tables = TableIndex::new(vec![table.clone()]);
     // Like Sleeper's queues, a leaf whose export fails is not retried.
     let dead_letters: Arc<LocalQueue> = Arc::default();
@@ -249,26 +266,38 @@ pub async fn export_table(
     };
     let query = BulkExportQuery::of_table(table.id(), export_id.clone());
     let planned = planner.plan(&query.to_json(), leaf_queue.as_ref()).await?;
-    planned.empty_leaves.iter().for_each(&mut on_leaf);
-    let runner = Arc::new(Runner {
-        tables,
-        output: output.clone(),
-        export: options.clone(),
-        config: BulkExportConfig {
-            wait: LOCAL_QUEUE_WAIT,
-            ..BulkExportConfig::default()
-        },
-        concurrency: options.parallelism.max(1),
-        idle_exit: Some(Duration::ZERO),
-    });
+    planned
+        .empty_leaves
+        .iter()
+        .chain(&planned.already_done)
+        .for_each(&mut on_leaf);
+    let runner = Arc::new(
+        Runner::new(
+            tables,
+            output.clone(),
+            options.clone(),
+            BulkExportConfig {
+                wait: LOCAL_QUEUE_WAIT,
+                ..BulkExportConfig::default()
+            },
+        )
+        .with_concurrency(options.parallelism)
+        .with_idle_exit(Some(Duration::ZERO))
+        .with_stop_grace(Duration::ZERO),
+    );
     let report = runner
         .run_reporting(
             leaf_queue,
             Some(dead_letters),
-            std::future::pending(),
+            options.cancel.clone().cancelled_owned(),
             on_leaf,
         )
         .await?;
+    if options.cancel.is_cancelled() {
+        // The writers aborted their uploads; what a dropped one left is removed here.
+        remove_unfinished_uploads(output, &records).await;
+        return Err(Error::Cancelled);
+    }
     if let Some(error) = report.failed.into_iter().chain(report.rejected).next() {
         return Err(error);
     }
@@ -281,6 +310,7 @@ pub async fn export_table(
         .collect();
     let mut leaves = report.done;
     leaves.extend(planned.empty_leaves);
+    leaves.extend(planned.already_done);
     leaves.sort_by_key(|leaf| order.get(leaf.leaf_partition_id.as_str()).copied());
     Ok(ExportSummary {
         table_id: table.id().to_owned(),
@@ -288,6 +318,19 @@ pub async fn export_table(
         leaves,
         elapsed: started.elapsed(),
     })
+}
+
+/// Best effort: an export does not fail for want of tidying (a bucket's lifecycle rule is the
+/// backstop on S3), and `status` names what is left.
+async fn remove_unfinished_uploads(output: &Location, records: &ExportRecords) {
+    match output.abort_unfinished_uploads(&records.folder()).await {
+        Ok(removed) if !removed.is_empty() => tracing::info!(
+            removed = removed.len(),
+            "removed the unfinished uploads of an earlier run of the export"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("could not look for unfinished uploads: {e}"),
+    }
 }
 
 /// How long an idle local runner waits for work before it sees it has none.

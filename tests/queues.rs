@@ -104,6 +104,14 @@ async fn setup(leaves: usize) -> Setup {
 }
 
 impl Setup {
+    /// Fresh export and leaf queues, with their DLQs: a query is dead-lettered at once, a leaf
+    /// after three receives.
+    async fn queues(&self) -> (SqsQueue, SqsQueue, SqsQueue, SqsQueue) {
+        let (queue, dead_letters) = queue_pair(&self.client, "export", 1, 30).await;
+        let (leaf_queue, leaf_dead_letters) = queue_pair(&self.client, "leaf", 3, 30).await;
+        (queue, dead_letters, leaf_queue, leaf_dead_letters)
+    }
+
     fn output(&self) -> sleeper_export::storage::Location {
         self.stores
             .resolve(&format!("s3://{}/exports", self.bucket))
@@ -144,23 +152,25 @@ impl Setup {
     }
 
     fn runner(&self, idle_seconds: u64) -> Arc<Runner> {
-        Arc::new(Runner {
-            tables: TableIndex::new(vec![self.table.clone()]),
-            output: self.output(),
-            export: ExportOptions {
-                parallelism: 1,
-                ..ExportOptions::default()
-            },
-            config: BulkExportConfig {
-                wait: Duration::from_secs(1),
-                keepalive: Duration::from_secs(2),
-                visibility: Duration::from_secs(30),
-                failed_visibility: Duration::from_secs(1),
-                ..BulkExportConfig::default()
-            },
-            concurrency: 2,
-            idle_exit: Some(Duration::from_secs(idle_seconds)),
-        })
+        Arc::new(
+            Runner::new(
+                TableIndex::new(vec![self.table.clone()]),
+                self.output(),
+                ExportOptions {
+                    parallelism: 1,
+                    ..ExportOptions::default()
+                },
+                BulkExportConfig {
+                    wait: Duration::from_secs(1),
+                    keepalive: Duration::from_secs(2),
+                    visibility: Duration::from_secs(30),
+                    failed_visibility: Duration::from_secs(1),
+                    ..BulkExportConfig::default()
+                },
+            )
+            .with_concurrency(2)
+            .with_idle_exit(Some(Duration::from_secs(idle_seconds))),
+        )
     }
 
     /// One runner over `leaf_queue` until it has been idle for `idle_seconds`.
@@ -193,8 +203,7 @@ fn total_rows(table: &SleeperTable) -> u64 {
 #[tokio::test]
 async fn submitted_queries_are_planned_and_exported_by_two_runners() {
     let setup = setup(5).await;
-    let (queue, dead_letters) = queue_pair(&setup.client, "export", 1, 30).await;
-    let (leaf_queue, leaf_dead_letters) = queue_pair(&setup.client, "leaf", 3, 30).await;
+    let (queue, dead_letters, leaf_queue, leaf_dead_letters) = setup.queues().await;
     let query = BulkExportQuery {
         table_id: None,
         table_name: Some("demo".into()),
@@ -251,8 +260,7 @@ async fn submitted_queries_are_planned_and_exported_by_two_runners() {
 #[tokio::test]
 async fn bad_messages_go_to_the_dead_letter_queues_and_good_ones_still_run() {
     let setup = setup(2).await;
-    let (queue, dead_letters) = queue_pair(&setup.client, "export", 1, 30).await;
-    let (leaf_queue, leaf_dead_letters) = queue_pair(&setup.client, "leaf", 3, 30).await;
+    let (queue, dead_letters, leaf_queue, leaf_dead_letters) = setup.queues().await;
     let good = BulkExportQuery::of_table(setup.table.id(), "good");
     let unknown = r#"{"tableName":"no-such-table","exportId":"x"}"#;
     queue
@@ -405,8 +413,14 @@ async fn planned_big_leaf(
 }
 
 /// Starts the `run` command on the planned leaf and returns once it holds the message.
-async fn runner_holding_the_leaf(big: &PlannedBigLeaf, extra: &[&str]) -> std::process::Child {
+/// `s3_through`: a proxy the runner reaches S3 (and SQS) through.
+async fn runner_holding_the_leaf(
+    big: &PlannedBigLeaf,
+    extra: &[&str],
+    s3_through: Option<&fault_proxy::FaultProxy>,
+) -> std::process::Child {
     let runner = std::process::Command::new(env!("CARGO_BIN_EXE_sleeper-export"))
+        .envs(s3_through.map(|proxy| ("AWS_ENDPOINT_URL", &proxy.url)))
         .args([
             "run",
             "--table",
@@ -435,24 +449,44 @@ async fn runner_holding_the_leaf(big: &PlannedBigLeaf, extra: &[&str]) -> std::p
     runner
 }
 
-#[tokio::test]
+/// Sends SIGTERM and waits for the runner to exit.
+fn terminated(runner: std::process::Child) -> std::process::Output {
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &runner.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    runner.wait_with_output().unwrap()
+}
+
+/// Holds back the parts of the runner's upload, so that it is caught with one in progress.
+async fn slow_parts() -> fault_proxy::FaultProxy {
+    fault_proxy::FaultProxy::slow_parts(&local_s3_address(), Duration::from_secs(2)).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_killed_runners_leaf_is_redelivered_and_exported_once() {
     let big = planned_big_leaf("killed", 9, 3, "k").await;
+    let proxy = slow_parts().await;
     let mut runner = runner_holding_the_leaf(
         &big,
         &["--visibility-seconds", "3", "--keepalive-seconds", "1"],
+        Some(&proxy),
     )
     .await;
+    // Killed mid-upload: SIGKILL gives it no chance to abort.
+    until_an_upload_is_in_progress(&big.bucket).await;
+    runner.kill().unwrap();
+    runner.wait().unwrap();
+    assert_eq!(multipart_uploads_in_progress(&big.bucket).len(), 1);
     let PlannedBigLeaf {
+        bucket,
         table,
         leaf_queue,
         leaf_dead_letters,
         output,
         ..
     } = big;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    runner.kill().unwrap();
-    runner.wait().unwrap();
     let records = ExportRecords::new(&output, table.id(), "k");
     let status = records.status().await.unwrap();
     assert_eq!(
@@ -460,23 +494,25 @@ async fn a_killed_runners_leaf_is_redelivered_and_exported_once() {
         (0, 1),
         "killed mid-export: {status:?}"
     );
+    assert_eq!(status.unfinished_uploads.len(), 1, "{status:?}");
     assert!(
         list_parquet(&output, table.id(), "k").await.is_empty(),
         "a killed export leaves no file"
     );
 
-    let runner = Arc::new(Runner {
-        tables: TableIndex::new(vec![table.clone()]),
-        output: output.clone(),
-        export: ExportOptions::default(),
-        config: BulkExportConfig {
-            wait: Duration::from_secs(1),
-            visibility: Duration::from_secs(30),
-            ..BulkExportConfig::default()
-        },
-        concurrency: 1,
-        idle_exit: Some(Duration::from_secs(6)),
-    });
+    let runner = Arc::new(
+        Runner::new(
+            TableIndex::new(vec![table.clone()]),
+            output.clone(),
+            ExportOptions::default(),
+            BulkExportConfig {
+                wait: Duration::from_secs(1),
+                visibility: Duration::from_secs(30),
+                ..BulkExportConfig::default()
+            },
+        )
+        .with_idle_exit(Some(Duration::from_secs(6))),
+    );
     let report = runner
         .run(
             Arc::new(leaf_queue),
@@ -488,6 +524,11 @@ async fn a_killed_runners_leaf_is_redelivered_and_exported_once() {
     assert_eq!(report.done.len(), 1, "{report:?}");
     assert_eq!(report.done[0].rows_written, total_rows(&table));
     assert_eq!(list_parquet(&output, table.id(), "k").await.len(), 1);
+    assert_eq!(
+        multipart_uploads_in_progress(&bucket),
+        Vec::<String>::new(),
+        "redoing the leaf aborted the killed runner's upload"
+    );
     assert!(records.status().await.unwrap().is_complete());
 }
 
@@ -522,8 +563,7 @@ fn sleeper_export(args: &[&str]) -> std::process::Output {
 #[tokio::test]
 async fn the_commands_submit_plan_run_and_report_an_export() {
     let setup = setup(3).await;
-    let (queue, dead_letters) = queue_pair(&setup.client, "export", 1, 30).await;
-    let (leaf_queue, leaf_dead_letters) = queue_pair(&setup.client, "leaf", 3, 30).await;
+    let (queue, dead_letters, leaf_queue, leaf_dead_letters) = setup.queues().await;
     let dir = tempfile::tempdir().unwrap();
     let properties = dir.path().join("instance.properties");
     std::fs::write(
@@ -565,18 +605,16 @@ async fn the_commands_submit_plan_run_and_report_an_export() {
         "1",
     ]);
     assert!(String::from_utf8_lossy(&planned.stdout).contains("planned 1 queries"));
-    let status_line = || {
-        let args = [
-            "status",
-            "--instance-properties",
-            properties,
-            "--table-id",
-            setup.table.id(),
-            "--export-id",
-            &export_id,
-        ];
-        String::from_utf8(sleeper_export(&args).stdout).unwrap()
-    };
+    let status_args = [
+        "status",
+        "--instance-properties",
+        properties,
+        "--table-id",
+        setup.table.id(),
+        "--export-id",
+        &export_id,
+    ];
+    let status_line = || String::from_utf8(sleeper_export(&status_args).stdout).unwrap();
     let status = status_line();
     assert!(
         status.contains("3 leaves, 0 done, 3 pending, 0 failed: not complete"),
@@ -604,27 +642,34 @@ async fn the_commands_submit_plan_run_and_report_an_export() {
     );
     let status = status_line();
     assert!(
-        status.contains("3 leaves, 3 done, 0 pending, 0 failed: complete"),
+        status.contains("3 leaves, 3 done, 0 pending, 0 failed: complete (_SUCCESS written)"),
         "{status}"
     );
+    let json = sleeper_export(&[status_args.as_slice(), &["--json"]].concat());
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(json["complete"], true, "{json}");
+    assert_eq!(json["successMarker"], true, "{json}");
+    assert_eq!(json["done"].as_array().unwrap().len(), 3, "{json}");
+    let rows: u64 = json["done"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|leaf| leaf["rowsWritten"].as_u64().unwrap())
+        .sum();
+    assert_eq!(rows, total_rows(&setup.table));
 }
 
 #[tokio::test]
 async fn a_runner_stopped_with_sigterm_finishes_its_leaf_and_exits() {
     let big = planned_big_leaf("sigterm", 11, 30, "t").await;
-    let runner = runner_holding_the_leaf(&big, &[]).await;
+    let runner = runner_holding_the_leaf(&big, &[], None).await;
     let PlannedBigLeaf {
         table,
         leaf_queue,
         output,
         ..
     } = big;
-    let terminated = std::process::Command::new("kill")
-        .args(["-TERM", &runner.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(terminated.success());
-    let finished = runner.wait_with_output().unwrap();
+    let finished = terminated(runner);
     assert!(
         finished.status.success(),
         "the runner exits cleanly on SIGTERM"
@@ -845,4 +890,277 @@ async fn s3_leaf_queries_read_only_their_tables_files_however_they_are_written()
             "{outside}: {error}"
         );
     }
+}
+
+async fn read_object(
+    location: &sleeper_export::storage::Location,
+    relative: &str,
+) -> Option<String> {
+    use object_store::ObjectStoreExt;
+    match location.store.get(&location.child(relative)).await {
+        Ok(got) => Some(String::from_utf8(got.bytes().await.unwrap().to_vec()).unwrap()),
+        Err(object_store::Error::NotFound { .. }) => None,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// SQS delivers at least once, and a planner that dies between sending the leaf queries and
+/// deleting the query gets it again: the second pass sends the same leaf queries.
+#[tokio::test]
+async fn an_export_query_delivered_twice_exports_each_leaf_once() {
+    let setup = setup(4).await;
+    let (queue, dead_letters, leaf_queue, leaf_dead_letters) = setup.queues().await;
+    let query = BulkExportQuery::of_table(setup.table.id(), "twice");
+    queue
+        .send_all(vec![query.to_json(), query.to_json()])
+        .await
+        .unwrap();
+    let outcomes = setup
+        .plan_until_idle(&queue, &dead_letters, &leaf_queue)
+        .await;
+    assert!(
+        matches!(
+            outcomes.as_slice(),
+            [Outcome::Done(first), Outcome::Done(second)]
+                if first.queued == 4 && second.queued == 4
+        ),
+        "{outcomes:?}"
+    );
+    let folder = setup
+        .output()
+        .sub_location(&format!("{}/twice", setup.table.id()));
+    assert_eq!(read_object(&folder, "_SUCCESS").await, None);
+
+    let leaf_queue: Arc<dyn MessageQueue> = Arc::new(leaf_queue);
+    let dlq: Arc<dyn MessageQueue> = Arc::new(leaf_dead_letters.clone());
+    let (first, second) = tokio::join!(
+        setup.runner(2).run(
+            Arc::clone(&leaf_queue),
+            Some(Arc::clone(&dlq)),
+            std::future::pending()
+        ),
+        setup.runner(2).run(
+            Arc::clone(&leaf_queue),
+            Some(Arc::clone(&dlq)),
+            std::future::pending()
+        ),
+    );
+    let done: Vec<_> = first
+        .unwrap()
+        .done
+        .into_iter()
+        .chain(second.unwrap().done)
+        .collect();
+    assert_eq!(done.len(), 8, "every delivery ran");
+    let files: std::collections::BTreeSet<&str> = done.iter().map(|d| d.file.as_str()).collect();
+    assert_eq!(files.len(), 4, "both passes named the same files");
+    assert_eq!(setup.parquet_objects("twice").await.len(), 4);
+
+    let records = ExportRecords::new(&setup.output(), setup.table.id(), "twice");
+    let status = records.status().await.unwrap();
+    assert!(status.is_complete() && status.success_marker, "{status:?}");
+    let success: serde_json::Value =
+        serde_json::from_str(&read_object(&folder, "_SUCCESS").await.unwrap()).unwrap();
+    assert_eq!(success["files"], 4);
+    assert_eq!(success["rows"], total_rows(&setup.table));
+
+    // A third delivery, after the export is complete, finds nothing to do.
+    let (leaf_queue, _) = queue_pair(&setup.client, "leaf", 3, 30).await;
+    let again = setup
+        .planner()
+        .plan(&query.to_json(), &leaf_queue)
+        .await
+        .unwrap();
+    assert_eq!((again.queued, again.already_done.len()), (0, 4));
+    assert!(drain(&leaf_queue).await.is_empty());
+
+    // The folder reads as a dataset of exactly the exported rows: everything else is named `_…`.
+    let ctx = sleeper_export::sql::sleeper_session(
+        setup.stores.clone(),
+        datafusion::prelude::SessionConfig::new(),
+    )
+    .unwrap();
+    let rows = ctx
+        .read_parquet(
+            format!("{}/", folder.url),
+            datafusion::prelude::ParquetReadOptions::default(),
+        )
+        .await
+        .unwrap()
+        .count()
+        .await
+        .unwrap();
+    assert_eq!(rows as u64, total_rows(&setup.table));
+    let manifest_files: std::collections::BTreeSet<String> = status
+        .manifest
+        .sub_exports
+        .iter()
+        .map(|s| s.file.clone())
+        .collect();
+    for object in folder.list(&folder.prefix).await.unwrap() {
+        let relative = object.location.as_ref()[folder.prefix.as_ref().len() + 1..].to_owned();
+        assert!(
+            relative.starts_with('_') || manifest_files.contains(&folder.url_of(&object.location)),
+            "{relative} is neither data nor named as a record"
+        );
+    }
+
+    // A stray object makes the export incomplete, and status names it.
+    use object_store::ObjectStoreExt;
+    let stray = folder.child("stray.parquet");
+    folder.store.put(&stray, "x".into()).await.unwrap();
+    let status = records.status().await.unwrap();
+    assert!(!status.is_complete());
+    assert_eq!(status.unexpected, vec![folder.url_of(&stray)]);
+}
+
+/// A second planning pass over a changed table would mix two states in one export: refused
+/// while the export is incomplete, a no-op once it is complete.
+#[tokio::test]
+async fn an_export_replanned_after_the_table_changed_is_refused_until_complete() {
+    let setup = setup(2).await;
+    let (leaf_queue, leaf_dead_letters) = queue_pair(&setup.client, "leaf", 3, 30).await;
+    let query = BulkExportQuery::of_table(setup.table.id(), "moved");
+    setup
+        .planner()
+        .plan(&query.to_json(), &leaf_queue)
+        .await
+        .unwrap();
+    // The same table (the same id) with other files.
+    let changed = write_demo_table(
+        setup
+            .stores
+            .resolve(&format!("s3://{}/tables/changed", setup.bucket))
+            .unwrap(),
+        2,
+        300,
+        4,
+    )
+    .await
+    .unwrap();
+    assert_eq!(changed.id(), setup.table.id());
+    let changed_planner = Planner {
+        tables: TableIndex::new(vec![changed]),
+        ..setup.planner()
+    };
+    let error = changed_planner
+        .plan(&query.to_json(), &leaf_queue)
+        .await
+        .unwrap_err();
+    assert!(error.is_bad_message(), "{error:?}");
+    assert!(
+        error
+            .to_string()
+            .contains("was planned from another state of the table")
+            && error.to_string().contains("use a new export id"),
+        "{error}"
+    );
+
+    let report = setup.run_leaves(1, leaf_queue, &leaf_dead_letters).await;
+    assert_eq!(
+        report.done.len(),
+        2,
+        "the first pass's leaves ran once each"
+    );
+    let (leaf_queue, _) = queue_pair(&setup.client, "leaf", 3, 30).await;
+    let replanned = changed_planner
+        .plan(&query.to_json(), &leaf_queue)
+        .await
+        .unwrap();
+    assert_eq!((replanned.queued, replanned.already_done.len()), (0, 2));
+    assert_eq!(setup.parquet_objects("moved").await.len(), 2);
+}
+
+/// Waits until the runner writing the big leaf has a multipart upload in progress.
+async fn until_an_upload_is_in_progress(bucket: &str) {
+    let started = std::time::Instant::now();
+    while multipart_uploads_in_progress(bucket).is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no multipart upload started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_runner_stopped_past_its_grace_period_aborts_its_upload_and_releases_its_leaf() {
+    let big = planned_big_leaf("grace", 12, 30, "g").await;
+    let proxy = slow_parts().await;
+    let runner = runner_holding_the_leaf(&big, &["--stop-grace-seconds", "0"], Some(&proxy)).await;
+    until_an_upload_is_in_progress(&big.bucket).await;
+    let finished = terminated(runner);
+    assert!(finished.status.success());
+    let stdout = String::from_utf8_lossy(&finished.stdout);
+    assert!(
+        stdout.contains("exported 0 leaves (0 rows); 0 failed, 0 rejected, 1 interrupted"),
+        "{stdout}"
+    );
+    assert_eq!(
+        multipart_uploads_in_progress(&big.bucket),
+        Vec::<String>::new()
+    );
+    assert!(list_parquet(&big.output, big.table.id(), "g")
+        .await
+        .is_empty());
+    assert_eq!(
+        drain(&big.leaf_queue).await.len(),
+        1,
+        "the message is offered again at once"
+    );
+}
+
+#[tokio::test]
+async fn a_runner_logs_json_with_bounded_messages_and_no_credentials() {
+    let setup = setup(1).await;
+    let (leaf_queue, leaf_dead_letters) = queue_pair(&setup.client, "leaf", 3, 30).await;
+    let hostile = format!(
+        "{{\"tableId\":\"{}\",\"junk\":\"{}\"}}",
+        setup.table.id(),
+        "x".repeat(200_000)
+    );
+    leaf_queue.send_all(vec![hostile.clone()]).await.unwrap();
+    let secret = format!("secret-{}", uuid::Uuid::new_v4().simple());
+    let ran = std::process::Command::new(env!("CARGO_BIN_EXE_sleeper-export"))
+        .args([
+            "run",
+            "--log-format",
+            "json",
+            "--table",
+            &format!("s3://{}/tables/demo", setup.bucket),
+            "--output",
+            &format!("s3://{}/exports", setup.bucket),
+            "--leaf-queue-url",
+            leaf_queue.url(),
+            "--leaf-queue-dlq-url",
+            leaf_dead_letters.url(),
+            "--wait-seconds",
+            "1",
+            "--idle-exit-seconds",
+            "1",
+        ])
+        .env("AWS_SECRET_ACCESS_KEY", &secret)
+        .env("RUST_LOG", "debug")
+        .output()
+        .unwrap();
+    assert!(ran.status.success());
+    let stderr = String::from_utf8(ran.stderr).unwrap();
+    assert!(!stderr.contains(&secret), "a credential was logged");
+    let events: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    let rejected = events
+        .iter()
+        .find(|e| {
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("rejected message"))
+        })
+        .unwrap_or_else(|| panic!("no rejection logged: {stderr:.2000}"));
+    assert_eq!(rejected["level"], "ERROR");
+    assert_eq!(rejected["body_bytes"], hostile.len());
+    assert!(rejected.to_string().len() < 2_000, "{rejected}");
+    assert!(stderr.len() < hostile.len(), "the body was logged whole");
+    assert_eq!(drain(&leaf_dead_letters).await, vec![hostile]);
 }

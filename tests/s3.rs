@@ -226,3 +226,101 @@ async fn a_table_whose_files_are_named_s3a_exports_the_same_rows() {
         expected
     );
 }
+
+/// Stores whose S3 requests go through `proxy`, retrying quickly at most `max_retries` times.
+fn stores_through(proxy: &fault_proxy::FaultProxy, max_retries: usize) -> Stores {
+    let endpoint = proxy.url.clone();
+    Stores::with_s3_settings(std::sync::Arc::new(move |builder| {
+        builder.with_endpoint(endpoint.clone())
+    }))
+    .with_s3_retry(object_store::RetryConfig {
+        backoff: object_store::BackoffConfig {
+            init_backoff: std::time::Duration::from_millis(5),
+            max_backoff: std::time::Duration::from_millis(100),
+            base: 2.0,
+        },
+        max_retries,
+        retry_timeout: std::time::Duration::from_secs(60),
+    })
+}
+
+#[tokio::test]
+async fn exports_survive_transient_s3_faults_and_fail_clearly_when_retries_run_out() {
+    let bucket = create_bucket("faults");
+    let direct = Stores::default();
+    let table_url = format!("s3://{bucket}/tables/t");
+    let written = random_table_at(direct.resolve(&table_url).unwrap(), 91).await;
+    let options = |export_id: &str| ExportOptions {
+        export_id: Some(export_id.into()),
+        age_off_clock_millis: Some(1_700_000_000_000),
+        ..ExportOptions::default()
+    };
+    let clean = export_table(
+        &written,
+        &direct.resolve(&format!("s3://{bucket}/clean")).unwrap(),
+        &options("e"),
+        |_| {},
+    )
+    .await
+    .unwrap();
+
+    // Every fifth request fails: the table's state, its input files and the export's uploads
+    // and records all go through the proxy.
+    let proxy = fault_proxy::FaultProxy::start(&local_s3_address(), 5).await;
+    let faulty = stores_through(&proxy, 10);
+    let table = sleeper_export::table::SleeperTable::open(&table_url, &faulty)
+        .await
+        .unwrap();
+    let output = faulty.resolve(&format!("s3://{bucket}/faulty")).unwrap();
+    let survived = export_table(&table, &output, &options("e"), |_| {})
+        .await
+        .unwrap();
+    assert!(
+        proxy.faults() >= 5,
+        "{} faults in {} requests",
+        proxy.faults(),
+        proxy.requests()
+    );
+    assert_eq!(survived.leaves.len(), clean.leaves.len());
+    for (leaf, clean_leaf) in survived.leaves.iter().zip(&clean.leaves) {
+        assert_eq!(leaf.leaf_partition_id, clean_leaf.leaf_partition_id);
+        assert_same_rows(
+            &read_s3_parquet(&direct, &leaf.file).await,
+            &read_s3_parquet(&direct, &clean_leaf.file).await,
+            &leaf.leaf_partition_id,
+        );
+    }
+    let records = sleeper_export::queue::manifest::ExportRecords::new(
+        &direct.resolve(&format!("s3://{bucket}/faulty")).unwrap(),
+        table.id(),
+        "e",
+    );
+    let status = records.status().await.unwrap();
+    assert!(status.is_complete() && status.success_marker, "{status:?}");
+
+    // Every request fails: the export stops with an error naming the file it could not write,
+    // and leaves nothing behind.
+    let broken = fault_proxy::FaultProxy::start(&local_s3_address(), 1).await;
+    let output = stores_through(&broken, 2)
+        .resolve(&format!("s3://{bucket}/broken"))
+        .unwrap();
+    let error = export_table(&written, &output, &options("e"), |_| {})
+        .await
+        .unwrap_err();
+    let message = error.to_string();
+    assert!(
+        message.contains(&format!("s3://{bucket}/broken/{}/e/", table.id())),
+        "{message}"
+    );
+    assert!(
+        message.contains("SlowDown")
+            || message.contains("InternalError")
+            || message.contains("retries"),
+        "the error says what S3 answered: {message}"
+    );
+    assert!(broken.faults() >= 3, "{}", broken.faults());
+    assert_eq!(
+        objects_under(&direct, &format!("s3://{bucket}/broken")).await,
+        Vec::<String>::new()
+    );
+}

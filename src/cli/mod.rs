@@ -3,9 +3,10 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,14 +16,14 @@ use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::prelude::SessionConfig;
 
 use crate::error::{Error, Result};
-use crate::export::{export_table, ExportOptions, ExportSummary};
+use crate::export::{export_table, ExportOptions};
 use crate::instance::{find_config_bucket, Instance, INSTANCE_PROPERTIES};
 use crate::model::KeyOrder;
 use crate::plan::sink::summary_schema;
 use crate::plan::SleeperTableProvider;
 use crate::query::BulkExportQuery;
 use crate::queue::config::{self as queue_config, BulkExportConfig};
-use crate::queue::manifest::ExportRecords;
+use crate::queue::manifest::{ExportRecords, ExportStatus};
 use crate::queue::planner::{Outcome, Planner};
 use crate::queue::runner::Runner;
 use crate::queue::sqs::SqsQueue;
@@ -42,6 +43,33 @@ use crate::tablegen::write_demo_table;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// How logs are written to stderr: `text`, or `json` (one object a line, for CloudWatch).
+    /// Which are written: RUST_LOG (default: warnings, and the queue workers' progress).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t = LogFormat::Text,
+        env = "SLEEPER_EXPORT_LOG_FORMAT"
+    )]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Cli {
+    /// The log filter when RUST_LOG is not set: the planner and runner report each message they
+    /// settle; interactive commands only warn.
+    pub fn default_log_filter(&self) -> &'static str {
+        match self.command {
+            Command::Plan(_) | Command::Run(_) => "warn,sleeper_export=info",
+            _ => "warn",
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -257,6 +285,11 @@ pub struct RunArgs {
     /// Leaf queries exported at once.
     #[arg(long, default_value_t = 1)]
     pub concurrency: usize,
+    /// On SIGTERM or Ctrl-C, how long running leaves may take to finish; then they are
+    /// cancelled (uploads aborted, messages offered again). Keep it below the ECS task's
+    /// stopTimeout (30 seconds by default), after which ECS kills the task.
+    #[arg(long, default_value_t = 25)]
+    pub stop_grace_seconds: u64,
 }
 
 #[derive(Debug, Args)]
@@ -267,6 +300,9 @@ pub struct StatusArgs {
     pub table_id: String,
     #[arg(long)]
     pub export_id: String,
+    /// Print the whole status as JSON (with "complete": true|false), for scripts.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -342,7 +378,8 @@ pub struct DemoArgs {
     pub parallelism: Option<usize>,
 }
 
-pub async fn run(cli: Cli) -> Result<()> {
+/// Runs a command; the exit code says how it ended (130 after Ctrl-C, 143 after SIGTERM).
+pub async fn run(cli: Cli) -> Result<ExitCode> {
     let stores = Stores::default();
     match cli.command {
         Command::Export(args) => {
@@ -355,7 +392,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 raw: args.raw,
                 ..defaults
             };
-            export_with_progress(&table, &args.output, &options, &stores).await?;
+            return export_with_progress(&table, &args.output, &options, &stores).await;
         }
         Command::Generate(args) => {
             let table = write_demo_table(
@@ -394,7 +431,8 @@ pub async fn run(cli: Cli) -> Result<()> {
                 parallelism: args.parallelism.unwrap_or(defaults.parallelism),
                 ..defaults
             };
-            export_with_progress(&table, &output_dir.to_string_lossy(), &options, &stores).await?;
+            return export_with_progress(&table, &output_dir.to_string_lossy(), &options, &stores)
+                .await;
         }
         Command::Submit(args) => {
             let config = args.queues.config(&stores).await?;
@@ -459,6 +497,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             worker: args,
             settings,
             concurrency,
+            stop_grace_seconds,
         }) => {
             let config = args.queues.config(&stores).await?;
             let client = SqsQueue::client().await;
@@ -470,26 +509,38 @@ pub async fn run(cli: Cli) -> Result<()> {
                 .leaf_queue_dlq_url
                 .as_ref()
                 .map(|url| Arc::new(SqsQueue::new(client.clone(), url)) as Arc<dyn MessageQueue>);
-            let runner = Arc::new(Runner {
-                tables: open_tables(&args.tables, &args.queues.instance, &stores).await?,
-                output: stores.resolve(BulkExportConfig::required(
-                    &config.output,
-                    queue_config::BUCKET,
-                )?)?,
-                export: settings.options(),
-                config,
-                concurrency: concurrency.max(1),
-                idle_exit: args.idle_exit_seconds.map(Duration::from_secs),
-            });
+            let output = stores.resolve(BulkExportConfig::required(
+                &config.output,
+                queue_config::BUCKET,
+            )?)?;
+            let runner = Arc::new(
+                Runner::new(
+                    open_tables(&args.tables, &args.queues.instance, &stores).await?,
+                    output,
+                    settings.options(),
+                    config,
+                )
+                .with_concurrency(concurrency)
+                .with_idle_exit(args.idle_exit_seconds.map(Duration::from_secs))
+                .with_stop_grace(Duration::from_secs(stop_grace_seconds)),
+            );
             let report = runner
-                .run(leaf_queue, dead_letters, shutdown_signal())
+                .run(leaf_queue, dead_letters, async {
+                    let signal = shutdown_signal().await;
+                    tracing::info!(
+                        signal,
+                        "stopping: no new work is taken; running leaves get {stop_grace_seconds} \
+                         seconds to finish"
+                    );
+                })
                 .await?;
             println!(
-                "exported {} leaves ({} rows); {} failed, {} rejected",
+                "exported {} leaves ({} rows); {} failed, {} rejected, {} interrupted",
                 report.done.len(),
                 report.done.iter().map(|l| l.rows_written).sum::<u64>(),
                 report.failed.len(),
-                report.rejected.len()
+                report.rejected.len(),
+                report.interrupted.len()
             );
         }
         Command::Sql(args) => run_sql(args, stores).await?,
@@ -503,32 +554,59 @@ pub async fn run(cli: Cli) -> Result<()> {
             let status = ExportRecords::new(&output, &args.table_id, &args.export_id)
                 .status()
                 .await?;
-            println!(
-                "export {} of table {}: {} leaves, {} done, {} pending, {} failed: {}",
-                args.export_id,
-                args.table_id,
-                status.manifest.sub_exports.len(),
-                status.done.len(),
-                status.pending.len(),
-                status.failed.len(),
-                if status.is_complete() {
-                    "complete"
-                } else {
-                    "not complete"
+            if args.json {
+                #[derive(serde::Serialize)]
+                struct StatusJson<'a> {
+                    complete: bool,
+                    #[serde(flatten)]
+                    status: &'a ExportStatus,
                 }
-            );
-            for failure in &status.failed {
+                let json = StatusJson {
+                    complete: status.is_complete(),
+                    status: &status,
+                };
                 println!(
-                    "  failed: leaf {} ({}): {}",
-                    failure.leaf_partition_id, failure.sub_export_id, failure.error
+                    "{}",
+                    serde_json::to_string_pretty(&json).expect("status serialises")
                 );
-            }
-            for problem in &status.problems {
-                println!("  problem: {problem}");
+            } else {
+                print_status(&args, &status);
             }
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_status(args: &StatusArgs, status: &ExportStatus) {
+    println!(
+        "export {} of table {}: {} leaves, {} done, {} pending, {} failed: {}",
+        args.export_id,
+        args.table_id,
+        status.manifest.sub_exports.len(),
+        status.done.len(),
+        status.pending.len(),
+        status.failed.len(),
+        match (status.is_complete(), status.success_marker) {
+            (true, true) => "complete (_SUCCESS written)",
+            (true, false) => "complete",
+            (false, _) => "not complete",
+        }
+    );
+    for failure in &status.failed {
+        println!(
+            "  failed: leaf {} ({}): {}",
+            failure.leaf_partition_id, failure.sub_export_id, failure.error
+        );
+    }
+    for problem in &status.problems {
+        println!("  problem: {problem}");
+    }
+    for object in &status.unexpected {
+        println!("  not a file of the export: {object}");
+    }
+    for upload in &status.unfinished_uploads {
+        println!("  unfinished upload: {upload}");
+    }
 }
 
 async fn run_sql(args: SqlArgs, stores: Stores) -> Result<()> {
@@ -670,8 +748,10 @@ async fn list_tables(args: TablesArgs, stores: Stores) -> Result<()> {
     Ok(())
 }
 
-/// Completes on SIGTERM (ECS stopping the task) or Ctrl-C.
-async fn shutdown_signal() {
+/// Completes on SIGTERM (ECS stopping the task) or Ctrl-C, with the signal's number.
+async fn shutdown_signal() -> i32 {
+    const SIGINT: i32 = 2;
+    const SIGTERM: i32 = 15;
     let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut signal) => {
@@ -681,19 +761,27 @@ async fn shutdown_signal() {
         }
     };
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
+        _ = tokio::signal::ctrl_c() => SIGINT,
+        () = terminate => SIGTERM,
     }
-    log::info!("stopping: no new work is taken; running exports finish");
 }
 
+/// Exports with a progress bar. Ctrl-C or SIGTERM cancels the export: the leaves being written
+/// abort their uploads, and the command exits 128 + the signal's number.
 async fn export_with_progress(
     table: &SleeperTable,
     output: &str,
     options: &ExportOptions,
     stores: &Stores,
-) -> Result<ExportSummary> {
+) -> Result<ExitCode> {
     let output = stores.resolve(output)?;
+    // Chosen here, so that an interrupted export can be told how to finish.
+    let mut options = options.clone();
+    let export_id = options
+        .export_id
+        .get_or_insert_with(|| uuid::Uuid::new_v4().to_string())
+        .clone();
+    let options = &options;
     let leaves = table.partitions.leaves().len() as u64;
     let progress = if std::io::stderr().is_terminal() {
         ProgressBar::new(leaves)
@@ -707,14 +795,28 @@ async fn export_with_progress(
         .expect("a valid progress template"),
     );
     let (mut rows, mut bytes) = (0u64, 0u64);
-    let summary = export_table(table, &output, options, |leaf| {
+    let export = export_table(table, &output, options, |leaf| {
         rows += leaf.rows_written;
         bytes += leaf.bytes;
         progress.inc(1);
         progress.set_message(format!("{rows} rows, {}", HumanBytes(bytes)));
-    })
-    .await;
+    });
+    tokio::pin!(export);
+    let (summary, signal) = tokio::select! {
+        summary = &mut export => (summary, None),
+        signal = shutdown_signal() => {
+            options.cancel.cancel();
+            (export.await, Some(signal))
+        }
+    };
     progress.finish_and_clear();
+    if let (Some(signal), Err(Error::Cancelled)) = (signal, &summary) {
+        eprintln!(
+            "interrupted: the export stopped and aborted its unfinished uploads; run it again \
+             with --export-id {export_id} to finish it"
+        );
+        return Ok(ExitCode::from(128 + signal as u8));
+    }
     let summary = summary?;
     let seconds = summary.elapsed.as_secs_f64();
     println!(
@@ -732,5 +834,5 @@ async fn export_with_progress(
         "Files are under {}",
         output.sub_location(&format!("{}/{}", summary.table_id, summary.export_id))
     );
-    Ok(summary)
+    Ok(ExitCode::SUCCESS)
 }

@@ -5,6 +5,7 @@ pub mod filter;
 pub mod merge;
 pub mod parquet_writer;
 pub mod pushdown;
+mod upload;
 
 pub use merge::{LeafInput, LeafMergeExec};
 pub mod sink;

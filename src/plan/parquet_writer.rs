@@ -20,11 +20,10 @@ use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::errors::ParquetError;
 use datafusion::parquet::file::properties::WriterProperties;
 use datafusion::parquet::file::writer::SerializedFileWriter;
-use object_store::buffered::BufWriter;
 use object_store::path::Path;
 use object_store::ObjectStore;
-use tokio::io::AsyncWriteExt;
 
+use super::upload::Upload;
 use crate::model::schema::leaf_count;
 
 /// Row groups encoding at once: one being filled while up to this many encode keeps every core
@@ -62,7 +61,8 @@ pub struct ParallelParquetWriter {
     file: SerializedFileWriter<SharedBuffer>,
     factory: ArrowRowGroupWriterFactory,
     buffer: SharedBuffer,
-    upload: BufWriter,
+    /// Taken by `finish` or `abort`; one still here when the writer is dropped aborts itself.
+    upload: Option<Upload>,
     row_group_rows: usize,
     pending: Vec<RecordBatch>,
     pending_rows: usize,
@@ -70,6 +70,7 @@ pub struct ParallelParquetWriter {
     in_flight: VecDeque<Vec<EncodedColumns>>,
     bytes_written: u64,
     crc32c: u32,
+    footer_written: bool,
 }
 
 /// A finished file: its size and the CRC32C of its bytes (hex), for records a reader can verify.
@@ -104,7 +105,7 @@ impl ParallelParquetWriter {
             file,
             factory,
             buffer,
-            upload: BufWriter::new(store, path),
+            upload: Some(Upload::new(store, path)),
             row_group_rows,
             pending: Vec::new(),
             pending_rows: 0,
@@ -112,6 +113,7 @@ impl ParallelParquetWriter {
             in_flight: VecDeque::new(),
             bytes_written: 0,
             crc32c: 0,
+            footer_written: false,
         })
     }
 
@@ -184,23 +186,32 @@ impl ParallelParquetWriter {
         let bytes = self.buffer.take();
         self.bytes_written += bytes.len() as u64;
         self.crc32c = crc32c::crc32c_append(self.crc32c, &bytes);
-        self.upload
+        self.upload_mut()
             .put(bytes.into())
             .await
             .map_err(|e| ParquetError::External(Box::new(e)))
     }
 
+    fn upload_mut(&mut self) -> &mut Upload {
+        self.upload
+            .as_mut()
+            .expect("the upload lives until finish or abort")
+    }
+
     /// Writes what is left and the footer, and completes the upload.
     pub async fn finish(mut self) -> Result<WrittenFile, ParquetError> {
-        if let Err(error) = self.write_remaining().await {
-            self.abort().await;
-            return Err(error);
+        if !self.footer_written {
+            if let Err(error) = self.write_remaining().await {
+                self.abort().await;
+                return Err(error);
+            }
         }
-        // A failed shutdown leaves nothing behind by itself (a single put writes nothing, a
-        // multipart upload that cannot complete is aborted), and a shut-down upload cannot be
-        // aborted again.
+        // A failed completion leaves nothing behind by itself (a single put writes nothing, a
+        // multipart upload that cannot complete is aborted).
         self.upload
-            .shutdown()
+            .take()
+            .expect("the upload lives until finish or abort")
+            .complete()
             .await
             .map_err(|e| ParquetError::External(Box::new(e)))?;
         Ok(WrittenFile {
@@ -209,7 +220,9 @@ impl ParallelParquetWriter {
         })
     }
 
-    async fn write_remaining(&mut self) -> Result<(), ParquetError> {
+    /// Encodes and uploads the rows still held and the footer: everything of `finish` but
+    /// making the file visible (one request), and unlike that, safe to stop halfway and `abort`.
+    pub async fn write_remaining(&mut self) -> Result<(), ParquetError> {
         if self.pending_rows > 0 {
             self.start_row_group()?;
         }
@@ -217,13 +230,21 @@ impl ParallelParquetWriter {
             self.write_oldest_row_group().await?;
         }
         self.file.finish()?;
-        self.upload_buffered().await
+        self.upload_buffered().await?;
+        self.upload_mut()
+            .send_all()
+            .await
+            .map_err(|e| ParquetError::External(Box::new(e)))?;
+        self.footer_written = true;
+        Ok(())
     }
 
     pub async fn abort(mut self) {
         self.in_flight.clear();
-        if let Err(e) = self.upload.abort().await {
-            log::warn!("could not abort an unfinished upload: {e}");
+        if let Some(upload) = self.upload.take() {
+            if let Err(e) = upload.abort().await {
+                tracing::warn!("could not abort an unfinished upload: {e}");
+            }
         }
     }
 }

@@ -26,6 +26,7 @@ use datafusion::physical_plan::{
 use futures::StreamExt;
 use object_store::path::Path;
 use object_store::ObjectStore;
+use tokio_util::sync::CancellationToken;
 
 use super::parquet_writer::ParallelParquetWriter;
 use crate::error::{Error, Result};
@@ -45,6 +46,9 @@ pub struct LeafExportExec {
     store: Arc<dyn ObjectStore>,
     targets: Arc<Vec<ExportTarget>>,
     writer_properties: WriterProperties,
+    /// Stops the writers, which abort their uploads; dropping the plan's streams does the same
+    /// but cannot wait for the aborts to finish.
+    cancel: Option<CancellationToken>,
     metrics: ExecutionPlanMetricsSet,
     cache: Arc<PlanProperties>,
 }
@@ -97,9 +101,17 @@ impl LeafExportExec {
             store,
             targets: Arc::new(targets),
             writer_properties,
+            cancel: None,
             metrics: ExecutionPlanMetricsSet::new(),
             cache,
         })
+    }
+
+    pub fn with_cancel(self, cancel: CancellationToken) -> Self {
+        LeafExportExec {
+            cancel: Some(cancel),
+            ..self
+        }
     }
 
     pub fn targets(&self) -> &[ExportTarget] {
@@ -165,12 +177,15 @@ impl ExecutionPlan for LeafExportExec {
         let input = children
             .pop()
             .ok_or_else(|| DataFusionError::Internal("LeafExportExec needs its input".into()))?;
-        Ok(Arc::new(LeafExportExec::try_new(
-            input,
-            Arc::clone(&self.store),
-            self.targets.to_vec(),
-            self.writer_properties.clone(),
-        )?))
+        Ok(Arc::new(LeafExportExec {
+            cancel: self.cancel.clone(),
+            ..LeafExportExec::try_new(
+                input,
+                Arc::clone(&self.store),
+                self.targets.to_vec(),
+                self.writer_properties.clone(),
+            )?
+        }))
     }
 
     fn with_new_children(
@@ -198,6 +213,7 @@ impl ExecutionPlan for LeafExportExec {
             store: Arc::clone(&self.store),
             target,
             writer_properties: self.writer_properties.clone(),
+            cancel: self.cancel.clone().unwrap_or_default(),
             rows_written: MetricBuilder::new(&self.metrics).counter("rows_written", partition),
             bytes_written: MetricBuilder::new(&self.metrics).counter("bytes_written", partition),
         };
@@ -219,11 +235,33 @@ struct LeafWriter {
     store: Arc<dyn ObjectStore>,
     target: ExportTarget,
     writer_properties: WriterProperties,
+    cancel: CancellationToken,
     rows_written: Count,
     bytes_written: Count,
 }
 
 impl LeafWriter {
+    async fn write_rows(
+        &self,
+        writer: &mut ParallelParquetWriter,
+        input: &mut SendableRecordBatchStream,
+    ) -> Result<u64> {
+        let mut rows = 0u64;
+        while let Some(batch) = input.next().await {
+            let batch = batch?;
+            rows += batch.num_rows() as u64;
+            writer
+                .write(batch)
+                .await
+                .map_err(|e| self.output_error(e))?;
+        }
+        writer
+            .write_remaining()
+            .await
+            .map_err(|e| self.output_error(e))?;
+        Ok(rows)
+    }
+
     fn output_error(&self, message: impl fmt::Display) -> Error {
         Error::Output {
             path: self.target.url.clone(),
@@ -239,20 +277,19 @@ impl LeafWriter {
             self.writer_properties.clone(),
         )
         .map_err(|e| self.output_error(e))?;
-        let mut rows = 0u64;
-        while let Some(batch) = input.next().await {
-            let written = match batch {
-                Ok(batch) => {
-                    rows += batch.num_rows() as u64;
-                    writer.write(batch).await.map_err(|e| self.output_error(e))
-                }
-                Err(error) => Err(Error::from(error)),
-            };
-            if let Err(error) = written {
+        // Cancellable until the upload is being completed, which cannot be stopped halfway
+        // (and takes one request).
+        let streamed = tokio::select! {
+            streamed = self.write_rows(&mut writer, &mut input) => streamed,
+            () = self.cancel.cancelled() => Err(Error::Cancelled),
+        };
+        let rows = match streamed {
+            Ok(rows) => rows,
+            Err(error) => {
                 writer.abort().await;
                 return Err(error);
             }
-        }
+        };
         let written = writer.finish().await.map_err(|e| self.output_error(e))?;
         self.rows_written.add(rows as usize);
         self.bytes_written.add(written.bytes as usize);

@@ -1,21 +1,27 @@
 //! Export status, which Sleeper lacks (its issue #5115): the planner writes a manifest of the
 //! expected files, each runner records its leaf's completion (rows, bytes, CRC32C) or failure
-//! beside it, and anyone can tell whether an export is complete:
+//! beside it, and whichever runner records the last leaf writes a completion marker:
 //!
 //! ```text
-//! <output>/<tableId>/<exportId>/manifest.json
-//! <output>/<tableId>/<exportId>/status/<subExportId>.json          done
-//! <output>/<tableId>/<exportId>/status/<subExportId>.failed.json   last failure, until done
+//! <output>/<tableId>/<exportId>/<subExportId>.parquet                the data
+//! <output>/<tableId>/<exportId>/_manifest.json
+//! <output>/<tableId>/<exportId>/_status/<subExportId>.json           done
+//! <output>/<tableId>/<exportId>/_status/<subExportId>.failed.json    last failure, until done
+//! <output>/<tableId>/<exportId>/_SUCCESS                             complete: its summary
 //! ```
 //!
+//! Everything but the data starts with `_`, the names Spark, Hive, Athena, Glue and pyarrow skip
+//! when they read a folder as a dataset, so the export folder reads as exactly its files.
 //! Complete means every file of the manifest has a completion record and exists with exactly the
-//! recorded size: a reader that checks this reads whole files only.
+//! recorded size, and the folder holds nothing else: a reader that checks this reads whole files
+//! only, and all of them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use object_store::path::Path;
-use object_store::{ObjectStoreExt, PutPayload};
+use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::export::LeafExportResult;
@@ -23,15 +29,22 @@ use crate::query::BulkExportLeafPartitionQuery;
 use crate::statestore::{read_all, StateVersion};
 use crate::storage::Location;
 
+pub const MANIFEST: &str = "_manifest.json";
+pub const STATUS: &str = "_status";
+pub const SUCCESS: &str = "_SUCCESS";
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Manifest {
     pub table_id: String,
     pub export_id: String,
-    pub sub_exports: Vec<SubExport>,
+    /// What the leaf queries were made from (each leaf and its files): a second planning pass
+    /// of the export repeats the first only if the table still splits the same way.
+    pub split_digest: String,
     /// The state-store transactions the split was made from, for a table with a transaction log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_version: Option<StateVersion>,
+    pub sub_exports: Vec<SubExport>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,21 +57,39 @@ pub struct SubExport {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Completion {
-    pub sub_export_id: String,
-    pub leaf_partition_id: String,
-    pub file: String,
-    pub rows: u64,
-    pub bytes: u64,
-    pub crc32c: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
 pub struct Failure {
     pub sub_export_id: String,
     pub leaf_partition_id: String,
     pub error: String,
+}
+
+/// What `_SUCCESS` holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExportSuccess {
+    pub table_id: String,
+    pub export_id: String,
+    pub files: usize,
+    pub rows: u64,
+    pub bytes: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_version: Option<StateVersion>,
+}
+
+/// Each leaf and its input files, in order, hashed: equal for two splits of the same state.
+pub fn split_digest(queries: &[BulkExportLeafPartitionQuery]) -> String {
+    let mut hash = Sha256::new();
+    for query in queries {
+        // Lengths first, so that no two different splits hash the same bytes.
+        hash.update((query.leaf_partition_id.len() as u64).to_le_bytes());
+        hash.update(&query.leaf_partition_id);
+        hash.update((query.files.len() as u64).to_le_bytes());
+        for file in &query.files {
+            hash.update((file.len() as u64).to_le_bytes());
+            hash.update(file);
+        }
+    }
+    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Where one export's files and records live.
@@ -78,17 +109,22 @@ impl ExportRecords {
         }
     }
 
+    /// The export's folder.
+    pub fn folder(&self) -> Path {
+        self.path("")
+    }
+
     fn path(&self, relative: &str) -> Path {
         self.root
             .child(&format!("{}/{}/{relative}", self.table_id, self.export_id))
     }
 
-    async fn put_json(&self, relative: &str, value: &impl Serialize) -> Result<()> {
+    async fn put_json(&self, relative: &str, value: &impl Serialize, mode: PutMode) -> Result<()> {
         let path = self.path(relative);
         let json = serde_json::to_vec_pretty(value).expect("records always serialise");
         self.root
             .store
-            .put(&path, PutPayload::from(json))
+            .put_opts(&path, PutPayload::from(json), PutOptions::from(mode))
             .await
             .map_err(|e| Error::object_store(self.root.url_of(&path), e))?;
         Ok(())
@@ -108,48 +144,61 @@ impl ExportRecords {
         }
     }
 
-    /// Written before any leaf query is sent, so status never misses a leaf.
-    pub async fn write_manifest(
+    /// The manifest of `queries`.
+    pub fn manifest_of(
         &self,
         queries: &[BulkExportLeafPartitionQuery],
         state_version: Option<StateVersion>,
-    ) -> Result<()> {
-        let manifest = Manifest {
-            state_version,
+    ) -> Manifest {
+        Manifest {
             table_id: self.table_id.clone(),
             export_id: self.export_id.clone(),
+            split_digest: split_digest(queries),
+            state_version,
             sub_exports: queries
                 .iter()
                 .map(|q| SubExport {
                     sub_export_id: q.sub_export_id.clone(),
                     leaf_partition_id: q.leaf_partition_id.clone(),
-                    file: self.root.url_of(&crate::export::output_path(
-                        &self.root,
-                        &q.table_id,
-                        &q.export_id,
-                        &q.sub_export_id,
-                    )),
+                    file: self.root.url_of(&self.data_file(&q.sub_export_id)),
                 })
                 .collect(),
-        };
-        self.put_json("manifest.json", &manifest).await
+        }
+    }
+
+    fn data_file(&self, sub_export_id: &str) -> Path {
+        self.path(&format!("{sub_export_id}.parquet"))
+    }
+
+    /// Writes `manifest` unless the export already has one, which it then returns: of two
+    /// planning passes of the same export, however close together, one manifest wins.
+    /// Written before any leaf query is sent, so status never misses a leaf.
+    pub async fn create_manifest(&self, manifest: &Manifest) -> Result<Option<Manifest>> {
+        match self.put_json(MANIFEST, manifest, PutMode::Create).await {
+            Ok(()) => Ok(None),
+            Err(Error::ObjectStore {
+                source: object_store::Error::AlreadyExists { .. },
+                ..
+            }) => self
+                .manifest()
+                .await?
+                .map(Some)
+                .ok_or_else(|| Error::Location {
+                    location: self.root.url_of(&self.path(MANIFEST)),
+                    message: "the manifest exists but cannot be read back".into(),
+                }),
+            Err(e) => Err(e),
+        }
     }
 
     pub async fn record_completion(&self, result: &LeafExportResult) -> Result<()> {
-        let completion = Completion {
-            sub_export_id: result.sub_export_id.clone(),
-            leaf_partition_id: result.leaf_partition_id.clone(),
-            file: result.file.clone(),
-            rows: result.rows_written,
-            bytes: result.bytes,
-            crc32c: result.crc32c.clone(),
-        };
         self.put_json(
-            &format!("status/{}.json", result.sub_export_id),
-            &completion,
+            &format!("{STATUS}/{}.json", result.sub_export_id),
+            result,
+            PutMode::Overwrite,
         )
         .await?;
-        let failed = self.path(&format!("status/{}.failed.json", result.sub_export_id));
+        let failed = self.path(&format!("{STATUS}/{}.failed.json", result.sub_export_id));
         match self.root.store.delete(&failed).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(Error::object_store(self.root.url_of(&failed), e)),
@@ -167,88 +216,152 @@ impl ExportRecords {
             error: error.to_string(),
         };
         self.put_json(
-            &format!("status/{}.failed.json", query.sub_export_id),
+            &format!("{STATUS}/{}.failed.json", query.sub_export_id),
             &failure,
+            PutMode::Overwrite,
         )
         .await
     }
 
     /// The export's manifest, if it has been planned.
     pub async fn manifest(&self) -> Result<Option<Manifest>> {
-        self.get_json(&self.path("manifest.json")).await
+        self.get_json(&self.path(MANIFEST)).await
     }
 
+    /// How many leaves have a completion record: one listing of `_status/`, to tell cheaply
+    /// whether a full [`ExportRecords::status`] can find the export complete.
+    pub async fn completions(&self) -> Result<usize> {
+        let listed = self.root.list(&self.path(STATUS)).await?;
+        Ok(listed
+            .iter()
+            .filter_map(|meta| meta.location.filename())
+            .filter(|name| name.ends_with(".json") && !name.ends_with(".failed.json"))
+            .count())
+    }
+
+    /// Writes `_SUCCESS` if the export is complete and it is not there yet; whichever caller
+    /// gets there first writes it, once. Returns the status it decided on.
+    pub async fn mark_if_complete(&self) -> Result<ExportStatus> {
+        let mut status = self.status().await?;
+        if status.is_complete() && !status.success_marker {
+            let success = ExportSuccess {
+                table_id: self.table_id.clone(),
+                export_id: self.export_id.clone(),
+                files: status.done.len(),
+                rows: status.done.iter().map(|l| l.rows_written).sum(),
+                bytes: status.done.iter().map(|l| l.bytes).sum(),
+                state_version: status.manifest.state_version,
+            };
+            match self.put_json(SUCCESS, &success, PutMode::Create).await {
+                Ok(())
+                | Err(Error::ObjectStore {
+                    source: object_store::Error::AlreadyExists { .. },
+                    ..
+                }) => status.success_marker = true,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(status)
+    }
+
+    /// The export's state from one listing of its folder (plus its unfinished uploads).
     pub async fn status(&self) -> Result<ExportStatus> {
         let manifest: Manifest = self.manifest().await?.ok_or_else(|| Error::Location {
-            location: self.root.url_of(&self.path("")),
+            location: self.root.url_of(&self.folder()),
             message: format!(
                 "no manifest for export {} of table {}",
                 self.export_id, self.table_id
             ),
         })?;
-        let status_dir = self.path("status");
-        let listed = self.root.list(&status_dir).await?;
+        let expected: HashSet<Path> = manifest
+            .sub_exports
+            .iter()
+            .map(|s| self.data_file(&s.sub_export_id))
+            .collect();
+        let (status_dir, manifest_path, success_path) =
+            (self.path(STATUS), self.path(MANIFEST), self.path(SUCCESS));
+        let mut sizes = HashMap::new();
         let mut completions = HashMap::new();
         let mut failures = HashMap::new();
-        for meta in listed {
+        let mut status = ExportStatus::default();
+        for meta in self.root.list(&self.folder()).await? {
             let name = meta.location.filename().unwrap_or_default().to_owned();
-            if let Some(id) = name.strip_suffix(".failed.json") {
-                if let Some(failure) = self.get_json::<Failure>(&meta.location).await? {
-                    failures.insert(id.to_owned(), failure);
+            if meta.location.prefix_matches(&status_dir) {
+                if let Some(id) = name.strip_suffix(".failed.json") {
+                    if let Some(failure) = self.get_json::<Failure>(&meta.location).await? {
+                        failures.insert(id.to_owned(), failure);
+                    }
+                } else if let Some(id) = name.strip_suffix(".json") {
+                    if let Some(done) = self.get_json::<LeafExportResult>(&meta.location).await? {
+                        completions.insert(id.to_owned(), done);
+                    }
+                } else {
+                    status.unexpected.push(self.root.url_of(&meta.location));
                 }
-            } else if let Some(id) = name.strip_suffix(".json") {
-                if let Some(completion) = self.get_json::<Completion>(&meta.location).await? {
-                    completions.insert(id.to_owned(), completion);
-                }
+            } else if meta.location == success_path {
+                status.success_marker = true;
+            } else if expected.contains(&meta.location) {
+                sizes.insert(meta.location, meta.size);
+            } else if meta.location != manifest_path {
+                status.unexpected.push(self.root.url_of(&meta.location));
             }
         }
-        let mut status = ExportStatus {
-            manifest: manifest.clone(),
-            ..ExportStatus::default()
-        };
-        for sub_export in manifest.sub_exports {
+        status.unfinished_uploads = self
+            .root
+            .unfinished_uploads(&self.folder())
+            .await?
+            .into_iter()
+            .map(|u| format!("{} ({})", self.root.url_of(&u.path), u.upload))
+            .collect();
+        for sub_export in &manifest.sub_exports {
+            let file = self.data_file(&sub_export.sub_export_id);
             match completions.remove(&sub_export.sub_export_id) {
-                Some(completion) => {
-                    let file = self
-                        .root
-                        .store
-                        .head(&self.path(&format!("{}.parquet", sub_export.sub_export_id)))
-                        .await;
-                    match file {
-                        Ok(meta) if meta.size == completion.bytes => status.done.push(completion),
-                        Ok(meta) => status.problems.push(format!(
-                            "{} has {} bytes, its completion record says {}",
-                            completion.file, meta.size, completion.bytes
-                        )),
-                        Err(e) => status.problems.push(format!(
-                            "{} is recorded done but cannot be read: {e}",
-                            completion.file
-                        )),
-                    }
-                }
+                Some(done) => match sizes.get(&file) {
+                    Some(&size) if size == done.bytes => status.done.push(done),
+                    Some(size) => status.problems.push(format!(
+                        "{} has {size} bytes, its completion record says {}",
+                        done.file, done.bytes
+                    )),
+                    None => status
+                        .problems
+                        .push(format!("{} is recorded done but is not there", done.file)),
+                },
                 None => match failures.remove(&sub_export.sub_export_id) {
                     Some(failure) => status.failed.push(failure),
-                    None => status.pending.push(sub_export),
+                    None => status.pending.push(sub_export.clone()),
                 },
             }
         }
+        status.manifest = manifest;
         Ok(status)
     }
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ExportStatus {
     pub manifest: Manifest,
-    pub done: Vec<Completion>,
+    pub done: Vec<LeafExportResult>,
     pub pending: Vec<SubExport>,
     /// Leaves whose last attempt failed; they are retried until the queue gives up on them.
     pub failed: Vec<Failure>,
     /// Records that do not match the files: an export with any is not complete.
     pub problems: Vec<String>,
+    /// Objects in the export's folder that are not its files or records.
+    pub unexpected: Vec<String>,
+    /// Uploads under the export's folder started and not finished: running leaves, or leaves
+    /// whose runner died (a re-run of the leaf removes those).
+    pub unfinished_uploads: Vec<String>,
+    /// Whether `_SUCCESS` is there.
+    pub success_marker: bool,
 }
 
 impl ExportStatus {
     pub fn is_complete(&self) -> bool {
-        self.pending.is_empty() && self.failed.is_empty() && self.problems.is_empty()
+        self.pending.is_empty()
+            && self.failed.is_empty()
+            && self.problems.is_empty()
+            && self.unexpected.is_empty()
+            && self.unfinished_uploads.is_empty()
     }
 }

@@ -1,10 +1,11 @@
 //! The planner: turns each `BulkExportQuery` into one leaf query per leaf partition.
 
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use futures::{stream, StreamExt, TryStreamExt};
 
-use super::manifest::ExportRecords;
+use super::manifest::{ExportRecords, MANIFEST};
 use super::trust::check_id;
 use super::{Message, MessageQueue};
 use crate::error::{Error, Result};
@@ -22,8 +23,12 @@ pub struct PlannedExport {
     pub table_id: String,
     pub export_id: String,
     pub leaves: usize,
+    /// Leaf queries sent to the leaf queue.
+    pub queued: usize,
     /// The leaves without files, whose (empty) files the planner wrote itself.
     pub empty_leaves: Vec<LeafExportResult>,
+    /// Leaves done by an earlier planning pass of the same export, which this one left alone.
+    pub already_done: Vec<LeafExportResult>,
 }
 
 /// What became of one message.
@@ -35,6 +40,8 @@ pub enum Outcome<T> {
     Rejected(Error),
     /// Something else failed; the message will be offered again.
     Failed(Error),
+    /// Stopped by shutdown (the leaf named); the message is offered again at once.
+    Interrupted(String),
 }
 
 #[derive(Debug, Clone)]
@@ -52,6 +59,12 @@ impl Planner {
     /// Every leaf gets a file, but only leaves with files go on the queue: Sleeper's planner sends
     /// no query for a leaf without files and Sleeper's runner rejects one ("No input paths
     /// supplied"), so a Sleeper runner on the same queue would dead-letter it.
+    ///
+    /// Planning is idempotent per (table, export id): a query delivered twice, or an export run
+    /// again with the same id, finds the first pass's manifest and re-sends the same leaf queries
+    /// (the same sub-export ids, so the same files) for the leaves not yet done, as long as the
+    /// table still splits as it did. If it does not, the query is refused, unless the export is
+    /// already complete.
     pub async fn plan(&self, body: &str, leaf_queue: &dyn MessageQueue) -> Result<PlannedExport> {
         let query = BulkExportQuery::from_json(body)?.with_export_id();
         let export_id = query.export_id.clone().expect("with_export_id sets it");
@@ -61,11 +74,54 @@ impl Planner {
             TableSelector::Name(name) => self.tables.by_name(name)?,
         };
         let table = &self.tables.current(table).await?;
-        let leaf_queries = split_into_leaf_queries(table, &export_id);
         let records = ExportRecords::new(&self.output, table.id(), &export_id);
-        records
-            .write_manifest(&leaf_queries, table.state_version)
-            .await?;
+        let mut leaf_queries = split_into_leaf_queries(table, &export_id);
+        let ours = records.manifest_of(&leaf_queries, table.state_version);
+        let mut already_done = Vec::new();
+        if let Some(earlier) = records.create_manifest(&ours).await? {
+            if earlier.split_digest != ours.split_digest {
+                let status = records.mark_if_complete().await?;
+                if !status.is_complete() {
+                    return Err(Error::ExportPlannedFromOtherState {
+                        table_id: table.id().to_owned(),
+                        export_id,
+                        planned_at: earlier.state_version,
+                        now: table.state_version,
+                    });
+                }
+                leaf_queries.clear();
+                already_done = status.done;
+            } else {
+                let planned: HashMap<&str, &str> = earlier
+                    .sub_exports
+                    .iter()
+                    .map(|s| (s.leaf_partition_id.as_str(), s.sub_export_id.as_str()))
+                    .collect();
+                for query in &mut leaf_queries {
+                    // The same digest means the same leaves, unless the manifest was edited.
+                    let id = planned
+                        .get(query.leaf_partition_id.as_str())
+                        .ok_or_else(|| Error::Location {
+                            location: format!(
+                                "{}/{}/{export_id}/{MANIFEST}",
+                                self.output,
+                                table.id()
+                            ),
+                            message: format!(
+                                "export {export_id} has no sub-export for leaf {}",
+                                query.leaf_partition_id
+                            ),
+                        })?;
+                    query.sub_export_id = (*id).to_owned();
+                }
+                already_done = records.status().await?.done;
+                let done: HashSet<&str> = already_done
+                    .iter()
+                    .map(|d| d.sub_export_id.as_str())
+                    .collect();
+                leaf_queries.retain(|q| !done.contains(q.sub_export_id.as_str()));
+            }
+        }
         let empty_leaves: Vec<LeafExportResult> =
             stream::iter(leaf_queries.iter().filter(|q| q.files.is_empty()))
                 .map(|query| async {
@@ -77,17 +133,24 @@ impl Planner {
                 .try_collect()
                 .await?;
         let schema = &table.properties.schema;
-        let bodies = leaf_queries
+        let bodies: Vec<String> = leaf_queries
             .iter()
             .filter(|q| !q.files.is_empty())
             .map(|q| q.to_json(schema, false))
             .collect();
+        let queued = bodies.len();
         leaf_queue.send_all(bodies).await?;
+        if queued == 0 {
+            // No runner will record a last leaf.
+            records.mark_if_complete().await?;
+        }
         Ok(PlannedExport {
             table_id: table.id().to_owned(),
             export_id,
-            leaves: leaf_queries.len(),
+            leaves: ours.sub_exports.len(),
+            queued,
             empty_leaves,
+            already_done,
         })
     }
 
@@ -101,14 +164,15 @@ impl Planner {
     ) -> Result<Outcome<PlannedExport>> {
         match self.plan(&message.body, leaf_queue).await {
             Ok(planned) => {
-                log::info!(
+                tracing::info!(
                     "planned export {} of table {}: {} leaves, {} queued, {} without files \
-                     written",
+                     written, {} done before",
                     planned.export_id,
                     planned.table_id,
                     planned.leaves,
-                    planned.leaves - planned.empty_leaves.len(),
-                    planned.empty_leaves.len()
+                    planned.queued,
+                    planned.empty_leaves.len(),
+                    planned.already_done.len()
                 );
                 queue.delete(&message.receipt).await?;
                 Ok(Outcome::Done(planned))
@@ -118,7 +182,7 @@ impl Planner {
                 Ok(Outcome::Rejected(error))
             }
             Err(error) => {
-                log::warn!("planning failed, the query will be retried: {error}");
+                tracing::warn!("planning failed, the query will be retried: {error}");
                 Ok(Outcome::Failed(error))
             }
         }
@@ -163,10 +227,24 @@ pub async fn reject(
     queue: &dyn MessageQueue,
     dead_letters: Option<&dyn MessageQueue>,
 ) -> Result<()> {
-    log::error!("rejected message: {error}; message body: {}", message.body);
+    // A hostile body can be megabytes: its size and a start are enough to find it in the DLQ.
+    tracing::error!(
+        body_bytes = message.body.len(),
+        body_start = body_start(&message.body),
+        "rejected message: {error}"
+    );
     if let Some(dead_letters) = dead_letters {
         dead_letters.send_all(vec![message.body.clone()]).await?;
         queue.delete(&message.receipt).await?;
     }
     Ok(())
+}
+
+/// Characters of a rejected message logged.
+const LOGGED_BODY_CHARS: usize = 200;
+
+fn body_start(body: &str) -> &str {
+    body.char_indices()
+        .nth(LOGGED_BODY_CHARS)
+        .map_or(body, |(end, _)| &body[..end])
 }

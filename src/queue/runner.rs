@@ -2,7 +2,8 @@
 //! each message invisible while its export runs, deleting it on success, and leaving it to be
 //! offered again (and, after the queue's receive limit, dead-lettered) on failure.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
@@ -13,21 +14,24 @@ use super::planner::{reject, Outcome};
 use super::trust::check_leaf_query;
 use super::{Message, MessageQueue};
 use crate::error::{Error, Result};
-use crate::export::{run_leaf_query, ExportOptions, LeafExportResult};
+use crate::export::{output_path, run_leaf_query, ExportOptions, LeafExportResult};
 use crate::query::BulkExportLeafPartitionQuery;
 use crate::storage::Location;
 use crate::table::{SleeperTable, TableIndex};
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Runner {
-    pub tables: TableIndex,
-    pub output: Location,
-    pub export: ExportOptions,
-    pub config: BulkExportConfig,
-    /// Leaf queries run at once.
-    pub concurrency: usize,
-    /// Exit once no message has arrived, and none has been running, for this long.
-    pub idle_exit: Option<Duration>,
+    tables: TableIndex,
+    output: Location,
+    /// Cancelling `export.cancel` stops the leaves running: they abort their uploads and their
+    /// messages are offered again at once.
+    export: ExportOptions,
+    config: BulkExportConfig,
+    concurrency: usize,
+    idle_exit: Option<Duration>,
+    stop_grace: Duration,
+    /// Leaves per export, from its manifest, read once per export rather than once per leaf.
+    leaves_per_export: Mutex<HashMap<(String, String), usize>>,
 }
 
 /// What a runner did before it stopped.
@@ -38,9 +42,49 @@ pub struct RunnerReport {
     pub failed: Vec<Error>,
     /// Messages that were bad, and went to the dead-letter queue.
     pub rejected: Vec<Error>,
+    /// Leaves stopped by shutdown, their uploads aborted; their messages are offered again.
+    pub interrupted: Vec<String>,
 }
 
 impl Runner {
+    /// A runner of one leaf at a time, that runs until stopped and on stopping gives running
+    /// leaves 25 seconds (ECS sends SIGKILL 30 seconds after SIGTERM by default).
+    pub fn new(
+        tables: TableIndex,
+        output: Location,
+        export: ExportOptions,
+        config: BulkExportConfig,
+    ) -> Self {
+        Runner {
+            tables,
+            output,
+            export,
+            config,
+            concurrency: 1,
+            idle_exit: None,
+            stop_grace: Duration::from_secs(25),
+            leaves_per_export: Mutex::default(),
+        }
+    }
+
+    /// Leaf queries run at once.
+    pub fn with_concurrency(self, concurrency: usize) -> Self {
+        Runner {
+            concurrency: concurrency.max(1),
+            ..self
+        }
+    }
+
+    /// Exit once no message has arrived, and none has been running, for this long.
+    pub fn with_idle_exit(self, idle_exit: Option<Duration>) -> Self {
+        Runner { idle_exit, ..self }
+    }
+
+    /// How long leaves running at shutdown may take to finish before they are cancelled.
+    pub fn with_stop_grace(self, stop_grace: Duration) -> Self {
+        Runner { stop_grace, ..self }
+    }
+
     /// Receives and runs leaf queries until idle or until `shutdown` completes; then it takes no
     /// more work, finishes what it holds, and returns.
     pub async fn run(
@@ -105,8 +149,23 @@ impl Runner {
                 });
             }
         }
-        while let Some(finished) = running.join_next().await {
-            record(&mut report, finished, &mut on_done);
+        // Shutting down: the running leaves get the grace period, then are cancelled.
+        let grace = tokio::time::sleep(self.stop_grace);
+        tokio::pin!(grace);
+        loop {
+            tokio::select! {
+                finished = running.join_next() => match finished {
+                    Some(finished) => record(&mut report, finished, &mut on_done),
+                    None => break,
+                },
+                () = &mut grace, if !self.export.cancel.is_cancelled() => {
+                    tracing::warn!(
+                        running = running.len(),
+                        "stop grace period over: cancelling the leaves still running"
+                    );
+                    self.export.cancel.cancel();
+                }
+            }
         }
         Ok(report)
     }
@@ -136,6 +195,7 @@ impl Runner {
             }
         };
         let records = ExportRecords::new(&self.output, &query.table_id, &query.export_id);
+        self.abort_earlier_uploads(&query).await;
         let exported = {
             let export = run_leaf_query(table, &query, &self.output, &self.export);
             tokio::pin!(export);
@@ -148,7 +208,7 @@ impl Runner {
                     result = &mut export => break result,
                     _ = keepalive.tick() => {
                         if let Err(e) = queue.change_visibility(&message.receipt, self.config.visibility).await {
-                            log::warn!("could not extend the visibility of leaf {}: {e}", query.leaf_partition_id);
+                            tracing::warn!("could not extend the visibility of leaf {}: {e}", query.leaf_partition_id);
                         }
                     }
                 }
@@ -157,8 +217,9 @@ impl Runner {
         match exported {
             Ok(result) => {
                 records.record_completion(&result).await?;
+                self.mark_export_if_complete(&records, &query).await?;
                 queue.delete(&message.receipt).await?;
-                log::info!(
+                tracing::info!(
                     "exported leaf {} of export {}: {} rows to {}",
                     result.leaf_partition_id,
                     query.export_id,
@@ -171,9 +232,20 @@ impl Runner {
                 reject(message, &error, queue, dead_letters).await?;
                 Ok(Outcome::Rejected(error))
             }
+            Err(Error::Cancelled) => {
+                queue
+                    .change_visibility(&message.receipt, Duration::ZERO)
+                    .await?;
+                tracing::warn!(
+                    leaf = query.leaf_partition_id,
+                    export = query.export_id,
+                    "leaf cancelled: its upload was aborted and its message offered again"
+                );
+                Ok(Outcome::Interrupted(query.leaf_partition_id))
+            }
             Err(error) => {
                 let error = explain_missing_input(error, &records).await;
-                log::error!(
+                tracing::error!(
                     "leaf {} of export {} failed: {error}",
                     query.leaf_partition_id,
                     query.export_id
@@ -185,6 +257,73 @@ impl Runner {
                 Ok(Outcome::Failed(error))
             }
         }
+    }
+}
+
+impl Runner {
+    /// A runner that died while writing this leaf left its upload unfinished: abort it before
+    /// writing the leaf again. Best effort: the bucket's lifecycle rule is the backstop.
+    async fn abort_earlier_uploads(&self, query: &BulkExportLeafPartitionQuery) {
+        let file = output_path(
+            &self.output,
+            &query.table_id,
+            &query.export_id,
+            &query.sub_export_id,
+        );
+        match self.output.abort_unfinished_uploads(&file).await {
+            Ok(aborted) if !aborted.is_empty() => tracing::info!(
+                leaf = query.leaf_partition_id,
+                aborted = aborted.len(),
+                "aborted the unfinished uploads of an earlier attempt at the leaf"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(
+                leaf = query.leaf_partition_id,
+                "could not look for earlier unfinished uploads: {e}"
+            ),
+        }
+    }
+
+    /// After a leaf is recorded: if every leaf now is, write `_SUCCESS`. A listing of the status
+    /// records tells cheaply whether to look closer.
+    async fn mark_export_if_complete(
+        &self,
+        records: &ExportRecords,
+        query: &BulkExportLeafPartitionQuery,
+    ) -> Result<()> {
+        let key = (query.table_id.clone(), query.export_id.clone());
+        let known = self
+            .leaves_per_export
+            .lock()
+            .expect("leaf count lock")
+            .get(&key)
+            .copied();
+        let leaves = match known {
+            Some(leaves) => leaves,
+            None => {
+                let Some(manifest) = records.manifest().await? else {
+                    return Ok(());
+                };
+                let leaves = manifest.sub_exports.len();
+                self.leaves_per_export
+                    .lock()
+                    .expect("leaf count lock")
+                    .insert(key, leaves);
+                leaves
+            }
+        };
+        if records.completions().await? < leaves {
+            return Ok(());
+        }
+        let status = records.mark_if_complete().await?;
+        if status.is_complete() {
+            tracing::info!(
+                export = query.export_id,
+                table = query.table_id,
+                "export complete: _SUCCESS written"
+            );
+        }
+        Ok(())
     }
 }
 
@@ -225,13 +364,14 @@ fn record(
             report.done.push(result);
         }
         Ok(Ok(Outcome::Rejected(error))) => report.rejected.push(error),
+        Ok(Ok(Outcome::Interrupted(leaf))) => report.interrupted.push(leaf),
         Ok(Ok(Outcome::Failed(error))) => report.failed.push(error),
         Ok(Err(error)) => {
-            log::error!("a leaf query could not be settled: {error}");
+            tracing::error!("a leaf query could not be settled: {error}");
             report.failed.push(error);
         }
         Err(error) => {
-            log::error!("a leaf query's task stopped: {error}");
+            tracing::error!("a leaf query's task stopped: {error}");
             report.failed.push(Error::DataFusion(
                 datafusion::error::DataFusionError::ExecutionJoin(Box::new(error)),
             ));

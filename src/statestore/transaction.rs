@@ -521,7 +521,7 @@ impl TableState {
             Transaction::AddFiles(files) => {
                 if let Some(existing) = files.iter().find(|f| self.files.contains_key(&f.filename))
                 {
-                    log::debug!(
+                    tracing::debug!(
                         "skipping ADD_FILES: file {} is already in the state",
                         existing.filename
                     );
@@ -559,7 +559,10 @@ impl TableState {
             Transaction::ReplaceFileReferences(jobs) => {
                 for job in jobs {
                     if let Err(reason) = self.replacement_applies(&job) {
-                        log::debug!("skipping compaction commit of job {}: {reason}", job.job_id);
+                        tracing::debug!(
+                            "skipping compaction commit of job {}: {reason}",
+                            job.job_id
+                        );
                         continue;
                     }
                     let partition = &job.new_reference.partition_id;

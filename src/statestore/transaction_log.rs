@@ -158,7 +158,7 @@ impl TransactionLogStateStore {
                     self.error(format!("an item of {table} has no TRANSACTION_NUMBER"))
                 })?;
                 if transaction_number != read + 1 {
-                    log::warn!(
+                    tracing::warn!(
                         "table {}: {table} goes from transaction {read} to {transaction_number}; \
                          applying what is there, as Sleeper does",
                         self.table_id
@@ -200,7 +200,7 @@ impl TransactionLogStateStore {
                 if state.apply_from_log(log, transaction).map_err(in_context)? {
                     last = transaction_number;
                 } else {
-                    log::warn!(
+                    tracing::warn!(
                         "table {}: skipping {kind} transaction {transaction_number} found in {table}, \
                          the log of the other kind, as Sleeper does",
                         self.table_id

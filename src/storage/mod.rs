@@ -1,18 +1,23 @@
 //! Where tables, inputs and outputs live: a local directory or an `s3://` prefix, both reached
 //! through `object_store` so every code path is the same for both.
 
+mod uploads;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use futures::TryStreamExt;
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::client::{HttpConnector, ReqwestConnector};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{ObjectMeta, ObjectStore};
+use object_store::{ClientConfigKey, ClientOptions, ObjectMeta, ObjectStore, RetryConfig};
 use url::Url;
 
 use crate::error::{Error, Result};
+pub use uploads::UnfinishedUpload;
+use uploads::{S3Uploads, Staging};
 
 /// A directory-like place: an object store and a prefix in it.
 #[derive(Clone)]
@@ -21,6 +26,7 @@ pub struct Location {
     pub prefix: Path,
     /// The URL the prefix is reached by, e.g. `file:///data/table` or `s3://bucket/table`.
     pub url: Url,
+    staging: Staging,
 }
 
 impl fmt::Debug for Location {
@@ -85,15 +91,38 @@ impl Location {
             store: Arc::clone(&self.store),
             prefix,
             url,
+            staging: self.staging.clone(),
         }
     }
+
+    /// Uploads started and never finished, of the object `under` or of anything below it.
+    pub async fn unfinished_uploads(&self, under: &Path) -> Result<Vec<UnfinishedUpload>> {
+        self.staging.find(under, &self.url_of(under)).await
+    }
+
+    /// Aborts (removes) the unfinished uploads of `under`, returning them.
+    pub async fn abort_unfinished_uploads(&self, under: &Path) -> Result<Vec<UnfinishedUpload>> {
+        let found = self.unfinished_uploads(under).await?;
+        for upload in &found {
+            self.staging.abort(upload).await?;
+        }
+        Ok(found)
+    }
 }
+
+/// An opened bucket: its store, and how its unfinished uploads are found.
+type S3Bucket = (Arc<dyn ObjectStore>, Staging);
+
+/// Changes to how S3 buckets are reached, over what the environment says.
+pub type S3Settings = Arc<dyn Fn(AmazonS3Builder) -> AmazonS3Builder + Send + Sync>;
 
 /// Opens object stores for URLs and paths, one per bucket, shared between tables and exports.
 #[derive(Clone, Default)]
 pub struct Stores {
-    s3_buckets: Arc<Mutex<HashMap<String, Arc<dyn ObjectStore>>>>,
+    s3_buckets: Arc<Mutex<HashMap<String, S3Bucket>>>,
     local: Arc<Mutex<Option<Arc<dyn ObjectStore>>>>,
+    s3_settings: Option<S3Settings>,
+    s3_retry: RetryConfig,
 }
 
 impl fmt::Debug for Stores {
@@ -103,6 +132,24 @@ impl fmt::Debug for Stores {
 }
 
 impl Stores {
+    /// Stores whose S3 buckets are configured from the environment and then by `settings` (e.g.
+    /// another endpoint, or other retries).
+    pub fn with_s3_settings(settings: S3Settings) -> Self {
+        Stores {
+            s3_settings: Some(settings),
+            ..Stores::default()
+        }
+    }
+
+    /// How S3 requests are retried (object_store's default: 10 times, exponential back-off from
+    /// 100 ms, within 3 minutes).
+    pub fn with_s3_retry(self, retry: RetryConfig) -> Self {
+        Stores {
+            s3_retry: retry,
+            ..self
+        }
+    }
+
     /// Resolves `s3://bucket/key`, `s3a://bucket/key`, `file:///path` or a plain local path
     /// (relative paths are taken from the current directory).
     pub fn resolve(&self, location: &str) -> Result<Location> {
@@ -117,12 +164,17 @@ impl Stores {
                     if bucket.is_empty() {
                         return Err(bad("no bucket name".into()));
                     }
-                    let store = self.s3_bucket(bucket)?;
+                    let (store, staging) = self.s3_bucket(bucket)?;
                     let prefix =
                         Path::parse(key.trim_end_matches('/')).map_err(|e| bad(e.to_string()))?;
                     let url = Url::parse(&format!("{scheme}://{bucket}/{prefix}"))
                         .map_err(|e| bad(e.to_string()))?;
-                    Ok(Location { store, prefix, url })
+                    Ok(Location {
+                        store,
+                        prefix,
+                        url,
+                        staging,
+                    })
                 }
                 "file" => {
                     let url = Url::parse(location).map_err(|e| bad(e.to_string()))?;
@@ -167,28 +219,63 @@ impl Stores {
                 .expect("store cache lock")
                 .get_or_insert_with(|| Arc::new(LocalFileSystem::new())),
         );
-        Ok(Location { store, prefix, url })
+        Ok(Location {
+            store,
+            prefix,
+            url,
+            staging: Staging::LocalFiles,
+        })
     }
 
     /// Buckets are configured from the standard AWS environment (`AWS_ENDPOINT_URL`,
     /// `AWS_REGION`, credentials, `AWS_ALLOW_HTTP`), so AWS, LocalStack and moto all work unchanged.
-    fn s3_bucket(&self, bucket: &str) -> Result<Arc<dyn ObjectStore>> {
+    fn s3_bucket(&self, bucket: &str) -> Result<S3Bucket> {
         let mut buckets = self.s3_buckets.lock().expect("store cache lock");
-        if let Some(store) = buckets.get(bucket) {
-            return Ok(Arc::clone(store));
+        if let Some((store, staging)) = buckets.get(bucket) {
+            return Ok((Arc::clone(store), staging.clone()));
         }
-        let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+        let bad = |message: String| Error::Location {
+            location: format!("s3://{bucket}"),
+            message,
+        };
+        let mut builder = AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .with_retry(self.s3_retry.clone());
         if std::env::var_os("AWS_ENDPOINT_URL").is_some()
             || std::env::var_os("AWS_ENDPOINT").is_some()
         {
             builder = builder.with_virtual_hosted_style_request(false);
         }
-        let store: Arc<dyn ObjectStore> =
-            Arc::new(builder.build().map_err(|e| Error::Location {
-                location: format!("s3://{bucket}"),
-                message: e.to_string(),
-            })?);
-        buckets.insert(bucket.to_owned(), Arc::clone(&store));
-        Ok(store)
+        if let Some(settings) = &self.s3_settings {
+            builder = settings(builder);
+        }
+        let config = |key| builder.get_config_value(&key);
+        let region = config(AmazonS3ConfigKey::Region).unwrap_or_else(|| "us-east-1".into());
+        let virtual_hosted =
+            config(AmazonS3ConfigKey::VirtualHostedStyleRequest).is_some_and(|v| v == "true");
+        let bucket_url = match (config(AmazonS3ConfigKey::Endpoint), virtual_hosted) {
+            // object_store's convention: a virtual-hosted endpoint already names the bucket.
+            (Some(endpoint), true) => format!("{}/", endpoint.trim_end_matches('/')),
+            (Some(endpoint), false) => format!("{}/{bucket}/", endpoint.trim_end_matches('/')),
+            (None, true) => format!("https://{bucket}.s3.{region}.amazonaws.com/"),
+            (None, false) => format!("https://s3.{region}.amazonaws.com/{bucket}/"),
+        };
+        let bucket_url = Url::parse(&bucket_url).map_err(|e| bad(e.to_string()))?;
+        let allow_http = config(AmazonS3ConfigKey::Client(ClientConfigKey::AllowHttp))
+            .is_some_and(|v| v == "true");
+        let client = ReqwestConnector::default()
+            .connect(&ClientOptions::new().with_allow_http(allow_http))
+            .map_err(|e| bad(e.to_string()))?;
+        let s3 = Arc::new(builder.build().map_err(|e| bad(e.to_string()))?);
+        let staging = Staging::S3(Arc::new(S3Uploads {
+            store: Arc::clone(&s3),
+            client,
+            bucket_url,
+            region,
+            retry: self.s3_retry.clone(),
+        }));
+        let store: Arc<dyn ObjectStore> = s3;
+        buckets.insert(bucket.to_owned(), (Arc::clone(&store), staging.clone()));
+        Ok((store, staging))
     }
 }
