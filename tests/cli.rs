@@ -240,6 +240,30 @@ fn export_caught_writing(
     child
 }
 
+/// The rows of the folder `dir` read as a pyarrow dataset, which skips names starting with `_`
+/// or `.`, as Spark, Hive and Athena do.
+fn pyarrow_dataset_rows(dir: &std::path::Path) -> u64 {
+    let python = std::env::var("SLEEPER_TEST_PYTHON").expect(
+        "SLEEPER_TEST_PYTHON is not set: run the tests with scripts/test.sh, which installs pyarrow",
+    );
+    let counted = Command::new(python)
+        .args([
+            "-c",
+            "import sys, pyarrow.dataset as ds; \
+             print(ds.dataset(sys.argv[1], format='parquet').count_rows())",
+        ])
+        .arg(dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&counted.stdout);
+    assert!(
+        counted.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&counted.stderr)
+    );
+    stdout.trim().parse().unwrap()
+}
+
 fn signal(child: &std::process::Child, signal: &str) {
     let sent = Command::new("kill")
         .args([signal, &child.id().to_string()])
@@ -312,6 +336,14 @@ fn an_interrupted_export_leaves_no_staging_files_and_runs_again_to_completion() 
     assert_eq!(staging_files(&export_dir), Vec::<String>::new());
     let files = parquet_files(&export_dir);
     assert_eq!(files.len(), 4);
+    // The folder, records and marker included, reads as a dataset of exactly the export's rows.
+    let exported: u64 = finished
+        .split(" rows,")
+        .next()
+        .and_then(|start| start.rsplit(' ').next())
+        .and_then(|rows| rows.parse().ok())
+        .unwrap_or_else(|| panic!("no row count in {finished}"));
+    assert_eq!(pyarrow_dataset_rows(&export_dir), exported);
     assert!(export_dir.join("_SUCCESS").exists());
     let status = sleeper_export()
         .args([
