@@ -6,6 +6,18 @@ fn sleeper_export() -> Command {
     Command::new(env!("CARGO_BIN_EXE_sleeper-export"))
 }
 
+/// Runs `command`, which must succeed, and returns its stdout.
+fn succeeded(command: &mut Command) -> String {
+    let output = command.output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
 /// `export` of the table `dir/table` to `dir/export` as export `export_id`.
 fn export_command(dir: &std::path::Path, export_id: &str) -> Command {
     let mut command = sleeper_export();
@@ -20,16 +32,10 @@ fn export_command(dir: &std::path::Path, export_id: &str) -> Command {
 #[test]
 fn demo_writes_one_file_per_leaf_and_export_re_exports_it() {
     let dir = tempfile::tempdir().unwrap();
-    let demo = sleeper_export()
-        .args(["demo", "--leaves", "5", "--rows-per-file", "500", "--dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&demo.stdout);
-    assert!(
-        demo.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&demo.stderr)
+    let stdout = succeeded(
+        sleeper_export()
+            .args(["demo", "--leaves", "5", "--rows-per-file", "500", "--dir"])
+            .arg(dir.path()),
     );
     // 5 leaves × 2 files, one root file and one split file, each of 500 rows.
     assert!(stdout.contains("5 leaf files, 6000 rows"), "{stdout}");
@@ -246,22 +252,16 @@ fn pyarrow_dataset_rows(dir: &std::path::Path) -> u64 {
     let python = std::env::var("SLEEPER_TEST_PYTHON").expect(
         "SLEEPER_TEST_PYTHON is not set: run the tests with scripts/test.sh, which installs pyarrow",
     );
-    let counted = Command::new(python)
-        .args([
-            "-c",
-            "import sys, pyarrow.dataset as ds; \
-             print(ds.dataset(sys.argv[1], format='parquet').count_rows())",
-        ])
-        .arg(dir)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&counted.stdout);
-    assert!(
-        counted.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&counted.stderr)
+    let counted = succeeded(
+        Command::new(python)
+            .args([
+                "-c",
+                "import sys, pyarrow.dataset as ds; \
+                 print(ds.dataset(sys.argv[1], format='parquet').count_rows())",
+            ])
+            .arg(dir),
     );
-    stdout.trim().parse().unwrap()
+    counted.trim().parse().unwrap()
 }
 
 fn signal(child: &std::process::Child, signal: &str) {
