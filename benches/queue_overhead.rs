@@ -22,8 +22,9 @@ use sleeper_export::queue::planner::Planner;
 use sleeper_export::queue::runner::Runner;
 use sleeper_export::queue::sqs::SqsQueue;
 use sleeper_export::queue::MessageQueue;
+use sleeper_export::queue::TableIndex;
 use sleeper_export::storage::{Location, Stores};
-use sleeper_export::table::{SleeperTable, TableIndex};
+use sleeper_export::table::SleeperTable;
 use sleeper_export::tablegen::{tree_from_split_points, write_demo_table, RowStyle, TableWriter};
 
 #[path = "../tests/common/mod.rs"]

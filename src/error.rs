@@ -6,6 +6,7 @@ use datafusion::error::DataFusionError;
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     #[error("invalid Sleeper schema: {0}")]
     Schema(String),
@@ -79,7 +80,7 @@ pub enum Error {
         partition: String,
         export_id: String,
         table_id: String,
-        planned_at: crate::statestore::StateVersion,
+        planned_at: crate::model::StateVersion,
     },
 
     #[error("input file {file} of partition {partition} is not readable Parquet: {source}")]
@@ -136,8 +137,8 @@ pub enum Error {
     ExportPlannedFromOtherState {
         table_id: String,
         export_id: String,
-        planned_at: Option<crate::statestore::StateVersion>,
-        now: Option<crate::statestore::StateVersion>,
+        planned_at: Option<crate::model::StateVersion>,
+        now: Option<crate::model::StateVersion>,
     },
 
     /// The export was cancelled (Ctrl-C, SIGTERM past the grace period, or the caller's token):

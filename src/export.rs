@@ -22,8 +22,9 @@ use crate::queue::local::LocalQueue;
 use crate::queue::manifest::ExportRecords;
 use crate::queue::planner::Planner;
 use crate::queue::runner::Runner;
+use crate::queue::TableIndex;
 use crate::storage::Location;
-use crate::table::{SleeperTable, TableIndex};
+use crate::table::SleeperTable;
 
 #[derive(Debug, Clone)]
 pub struct ExportOptions {

@@ -9,7 +9,6 @@ use aws_sdk_dynamodb::Client;
 
 use crate::error::{Error, Result};
 use crate::model::{JavaProperties, TableProperties};
-use crate::statestore::read_all;
 use crate::statestore::transaction_log::{LogTables, TransactionLogStateStore};
 use crate::storage::{Location, Stores};
 use crate::table::SleeperTable;
@@ -231,19 +230,11 @@ fn required<'a>(properties: &'a JavaProperties, name: &str) -> Result<&'a str> {
 
 async fn read_properties(bucket: &Location, key: &str) -> Result<JavaProperties> {
     let path = bucket.child(key);
-    let url = bucket.url_of(&path);
-    let bytes = read_all(bucket.store.as_ref(), &path)
-        .await
-        .map_err(|e| match e {
-            object_store::Error::NotFound { .. } => Error::Location {
-                location: url.clone(),
-                message: "not found".into(),
-            },
-            other => Error::object_store(&url, other),
-        })?;
-    let text = String::from_utf8(bytes.to_vec()).map_err(|_| Error::Location {
-        location: url,
-        message: "properties are not UTF-8".into(),
-    })?;
-    Ok(JavaProperties::parse(&text))
+    bucket
+        .read_properties(&path, "properties")
+        .await?
+        .ok_or_else(|| Error::Location {
+            location: bucket.url_of(&path),
+            message: "not found".into(),
+        })
 }

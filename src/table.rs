@@ -6,9 +6,8 @@ use std::sync::Arc;
 use object_store::ObjectStoreExt;
 
 use crate::error::{Error, Result};
-use crate::instance::Instance;
-use crate::model::{FileReference, JavaProperties, PartitionTree, TableProperties};
-use crate::statestore::{read_all, SnapshotStateStore, StateStore, StateVersion};
+use crate::model::{FileReference, PartitionTree, StateVersion, TableProperties};
+use crate::statestore::{SnapshotStateStore, StateStore};
 use crate::storage::{Location, Stores};
 
 pub const PROPERTIES_FILE: &str = "table.properties";
@@ -32,20 +31,14 @@ impl SleeperTable {
     pub async fn open(location: &str, stores: &Stores) -> Result<Self> {
         let location = stores.resolve(location)?;
         let path = location.child(PROPERTIES_FILE);
-        let bytes = read_all(location.store.as_ref(), &path)
-            .await
-            .map_err(|e| match e {
-                object_store::Error::NotFound { .. } => Error::Location {
-                    location: location.to_string(),
-                    message: format!("no Sleeper table here: {PROPERTIES_FILE} not found"),
-                },
-                other => Error::object_store(location.url_of(&path), other),
+        let java = location
+            .read_properties(&path, "table properties")
+            .await?
+            .ok_or_else(|| Error::Location {
+                location: location.to_string(),
+                message: format!("no Sleeper table here: {PROPERTIES_FILE} not found"),
             })?;
-        let text = String::from_utf8(bytes.to_vec()).map_err(|_| Error::Location {
-            location: location.url_of(&path),
-            message: "table properties are not UTF-8".into(),
-        })?;
-        let properties = TableProperties::from_java(JavaProperties::parse(&text))?;
+        let properties = TableProperties::from_java(java)?;
         let state = SnapshotStateStore::new(
             &properties.table_id,
             location.clone(),
@@ -140,61 +133,5 @@ impl SleeperTable {
             .await
             .map_err(|e| Error::object_store(location.url_of(&path), e))?;
         Ok(())
-    }
-}
-
-/// The tables a planner or runner can serve, found by id or name as Sleeper finds them.
-#[derive(Debug, Clone, Default)]
-pub struct TableIndex {
-    tables: Vec<SleeperTable>,
-    /// Where the tables' state can be read again, for tables of a live instance.
-    instance: Option<Instance>,
-}
-
-impl TableIndex {
-    pub fn new(tables: Vec<SleeperTable>) -> Self {
-        TableIndex {
-            tables,
-            instance: None,
-        }
-    }
-
-    /// Tables of a live instance, whose state [`TableIndex::current`] reads again.
-    pub fn with_instance(mut self, instance: Option<Instance>) -> Self {
-        self.instance = instance;
-        self
-    }
-
-    /// The table with its state as it is now: a live instance's table changes under a
-    /// long-running planner, and an export split from old state reads files already replaced.
-    pub async fn current(&self, table: &SleeperTable) -> Result<SleeperTable> {
-        match &self.instance {
-            Some(instance) => instance.open_table(table.id()).await,
-            None => Ok(table.clone()),
-        }
-    }
-
-    pub fn by_id(&self, table_id: &str) -> Result<&SleeperTable> {
-        self.tables
-            .iter()
-            .find(|t| t.id() == table_id)
-            .ok_or_else(|| Error::TableNotFound {
-                by: "ID",
-                value: table_id.to_owned(),
-            })
-    }
-
-    pub fn by_name(&self, table_name: &str) -> Result<&SleeperTable> {
-        self.tables
-            .iter()
-            .find(|t| t.name() == table_name)
-            .ok_or_else(|| Error::TableNotFound {
-                by: "name",
-                value: table_name.to_owned(),
-            })
-    }
-
-    pub fn tables(&self) -> &[SleeperTable] {
-        &self.tables
     }
 }

@@ -375,3 +375,42 @@ fn an_interrupted_export_leaves_no_staging_files_and_runs_again_to_completion() 
     files.sort();
     assert_eq!(again, files);
 }
+
+#[test]
+fn a_missing_input_during_copy_is_named_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = dir.path().join("table");
+    succeeded(
+        sleeper_export()
+            .args([
+                "generate",
+                "--leaves",
+                "2",
+                "--rows-per-file",
+                "100",
+                "--table",
+            ])
+            .arg(&table),
+    );
+    let victim = std::fs::read_dir(table.join("data"))
+        .unwrap()
+        .flat_map(|partition| std::fs::read_dir(partition.unwrap().path()).unwrap())
+        .map(|file| file.unwrap().path())
+        .find(|file| file.extension().is_some_and(|e| e == "parquet"))
+        .expect("a data file");
+    std::fs::remove_file(&victim).unwrap();
+    let copied = sleeper_export()
+        .args(["sql", "--table"])
+        .arg(format!("t={}", table.display()))
+        .arg(format!("COPY t TO '{}'", dir.path().join("out").display()))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&copied.stderr);
+    assert!(!copied.status.success());
+    assert!(
+        stderr.contains("is missing")
+            && stderr.contains(victim.file_name().unwrap().to_str().unwrap()),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("External error"), "{stderr}");
+}

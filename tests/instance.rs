@@ -15,20 +15,21 @@ use common::*;
 use object_store::ObjectStoreExt;
 use sleeper_export::export::{export_table, ExportOptions, ExportSummary};
 use sleeper_export::instance::{config_bucket, legacy_config_bucket, Instance, TableEntry};
+use sleeper_export::model::StateVersion;
 use sleeper_export::model::{FileReference, JavaProperties, KeyOrder, Partition, StateFile};
 use sleeper_export::query::BulkExportQuery;
 use sleeper_export::queue::local::LocalQueue;
 use sleeper_export::queue::manifest::ExportRecords;
 use sleeper_export::queue::planner::Planner;
+use sleeper_export::queue::TableIndex;
 use sleeper_export::statestore::snapshot;
 use sleeper_export::statestore::transaction::{
     AssignJobIdRequest, ReplaceJob, SplitRequest, Transaction,
 };
 use sleeper_export::statestore::transaction_log::{LogTables, TransactionLogStateStore};
-use sleeper_export::statestore::{StateStore, StateVersion};
+use sleeper_export::statestore::StateStore;
 use sleeper_export::storage::{Location, Stores};
 use sleeper_export::table::SleeperTable;
-use sleeper_export::table::TableIndex;
 use sleeper_export::tablegen::write_demo_table;
 
 /// The DynamoDB tables of one test instance, named as Sleeper's properties name them.

@@ -16,8 +16,9 @@ use sleeper_export::queue::planner::{Outcome, Planner};
 use sleeper_export::queue::runner::Runner;
 use sleeper_export::queue::sqs::SqsQueue;
 use sleeper_export::queue::MessageQueue;
+use sleeper_export::queue::TableIndex;
 use sleeper_export::storage::Stores;
-use sleeper_export::table::{SleeperTable, TableIndex};
+use sleeper_export::table::SleeperTable;
 use sleeper_export::tablegen::write_demo_table;
 
 /// A queue and its dead-letter queue, with a redrive policy after `max_receives`.
@@ -781,7 +782,7 @@ async fn leaves_without_files_are_written_by_the_planner_and_not_queued() {
     assert_eq!(setup.parquet_objects("e").await.len(), 3);
     for empty in &planned.empty_leaves {
         let location = setup.stores.resolve(&empty.file).unwrap();
-        let bytes = sleeper_export::statestore::read_all(location.store.as_ref(), &location.prefix)
+        let bytes = sleeper_export::storage::read_all(location.store.as_ref(), &location.prefix)
             .await
             .unwrap();
         let rows = parquet_bytes_to_batch(bytes);

@@ -28,10 +28,10 @@ use crate::queue::planner::{Outcome, Planner};
 use crate::queue::runner::Runner;
 use crate::queue::sqs::SqsQueue;
 use crate::queue::MessageQueue;
+use crate::queue::TableIndex;
 use crate::sql::{sleeper_session, SleeperSessionExt};
 use crate::storage::Stores;
 use crate::table::SleeperTable;
-use crate::table::TableIndex;
 use crate::tablegen::write_demo_table;
 
 #[derive(Debug, Parser)]
@@ -633,7 +633,7 @@ async fn run_sql(args: SqlArgs, stores: Stores) -> Result<()> {
         };
         let opened = open_table(source, instance.as_ref(), &stores).await?;
         ctx.register_table(name, Arc::new(SleeperTableProvider::new(opened)))
-            .map_err(Error::DataFusion)?;
+            .map_err(Error::from)?;
     }
     for statement in ctx.sleeper_statements(&script)? {
         let batches = ctx
@@ -641,7 +641,7 @@ async fn run_sql(args: SqlArgs, stores: Stores) -> Result<()> {
             .await?
             .collect()
             .await
-            .map_err(Error::DataFusion)?;
+            .map_err(Error::from)?;
         print_sql_result(&batches)?;
     }
     Ok(())

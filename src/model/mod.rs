@@ -6,6 +6,7 @@ pub mod partition;
 pub mod properties;
 pub mod region;
 pub mod schema;
+pub mod version;
 
 pub use compaction::{AgeOff, Aggregation, AggregationOp, CompactionRules};
 pub use order::KeyOrder;
@@ -13,3 +14,4 @@ pub use partition::{FileReference, Partition, PartitionTree, StateFile};
 pub use properties::{JavaProperties, ParquetOptions, TableProperties};
 pub use region::{KeyValue, Range, Region};
 pub use schema::{Field, FieldType, PrimitiveType, Schema};
+pub use version::StateVersion;

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::model::JavaProperties;
-use crate::statestore::read_all;
 use crate::storage::Stores;
 
 pub const QUEUE_URL: &str = "sleeper.bulk.export.queue.url";
@@ -96,14 +95,14 @@ impl BulkExportConfig {
     /// Reads `instance.properties` from a local path or an `s3://` URL.
     pub async fn load(location: &str, stores: &Stores) -> Result<Self> {
         let file = stores.resolve(location)?;
-        let bytes = read_all(file.store.as_ref(), &file.prefix)
-            .await
-            .map_err(|e| Error::object_store(location, e))?;
-        let text = String::from_utf8(bytes.to_vec()).map_err(|_| Error::Location {
-            location: location.into(),
-            message: "instance properties are not UTF-8".into(),
-        })?;
-        Self::from_properties(&JavaProperties::parse(&text))
+        let properties = file
+            .read_properties(&file.prefix, "instance properties")
+            .await?
+            .ok_or_else(|| Error::Location {
+                location: location.into(),
+                message: "not found".into(),
+            })?;
+        Self::from_properties(&properties)
     }
 
     pub fn required<'a>(value: &'a Option<String>, property: &str) -> Result<&'a str> {

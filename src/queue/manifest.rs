@@ -25,9 +25,9 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::export::LeafExportResult;
+use crate::model::StateVersion;
 use crate::query::BulkExportLeafPartitionQuery;
-use crate::statestore::{read_all, StateVersion};
-use crate::storage::Location;
+use crate::storage::{read_all, Location};
 
 pub const MANIFEST: &str = "_manifest.json";
 pub const STATUS: &str = "_status";

@@ -8,6 +8,7 @@ pub mod manifest;
 pub mod planner;
 pub mod runner;
 pub mod sqs;
+pub mod tables;
 pub mod trust;
 
 use std::time::Duration;
@@ -15,6 +16,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::error::Result;
+pub use tables::TableIndex;
 
 /// A received message: its body, and the handle that deletes it or changes its visibility.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,8 +11,8 @@ use super::{Message, MessageQueue};
 use crate::error::{Error, Result};
 use crate::export::{run_leaf_query, ExportOptions, LeafExportResult};
 use crate::query::{split_into_leaf_queries, BulkExportQuery, TableSelector};
+use crate::queue::TableIndex;
 use crate::storage::Location;
-use crate::table::TableIndex;
 
 /// Empty files written at once: a freshly split table can have thousands of empty leaves, and
 /// each file and its status record is a round trip to the store.

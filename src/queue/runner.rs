@@ -16,8 +16,9 @@ use super::{Message, MessageQueue};
 use crate::error::{Error, Result};
 use crate::export::{output_path, run_leaf_query, ExportOptions, LeafExportResult};
 use crate::query::BulkExportLeafPartitionQuery;
+use crate::queue::TableIndex;
 use crate::storage::Location;
-use crate::table::{SleeperTable, TableIndex};
+use crate::table::SleeperTable;
 
 #[derive(Debug)]
 pub struct Runner {

@@ -45,7 +45,7 @@ pub fn sleeper_session(stores: Stores, config: SessionConfig) -> Result<SessionC
             others: DefaultObjectStoreRegistry::new(),
         }))
         .build_arc()
-        .map_err(Error::DataFusion)?;
+        .map_err(Error::from)?;
     let state = SessionStateBuilder::new()
         .with_config(config)
         .with_runtime_env(runtime)
@@ -84,13 +84,13 @@ impl SleeperSessionExt for SessionContext {
     async fn register_sleeper_table(&self, name: &str, location: &str) -> Result<()> {
         let table = SleeperTable::open(location, &session_stores(&self.state())).await?;
         self.register_table(name, Arc::new(SleeperTableProvider::new(table)))
-            .map_err(Error::DataFusion)?;
+            .map_err(Error::from)?;
         Ok(())
     }
 
     fn sleeper_statements(&self, sql: &str) -> Result<Vec<Statement>> {
         let statements =
-            DFParser::parse_sql_with_dialect(sql, &GenericDialect {}).map_err(Error::DataFusion)?;
+            DFParser::parse_sql_with_dialect(sql, &GenericDialect {}).map_err(Error::from)?;
         Ok(statements
             .into_iter()
             .map(|mut statement| {
@@ -105,10 +105,8 @@ impl SleeperSessionExt for SessionContext {
             .state()
             .statement_to_plan(statement)
             .await
-            .map_err(Error::DataFusion)?;
-        self.execute_logical_plan(plan)
-            .await
-            .map_err(Error::DataFusion)
+            .map_err(Error::from)?;
+        self.execute_logical_plan(plan).await.map_err(Error::from)
     }
 
     async fn sleeper_sql(&self, sql: &str) -> Result<DataFrame> {

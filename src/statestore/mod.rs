@@ -6,11 +6,10 @@ pub mod transaction_log;
 
 use async_trait::async_trait;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt};
 
 use crate::error::{Error, Result};
-use crate::model::{Partition, Schema, StateFile};
-use crate::storage::Location;
+use crate::model::{Partition, Schema, StateFile, StateVersion};
+use crate::storage::{read_all, Location};
 
 /// The state of one table as Sleeper's state store holds it.
 #[async_trait]
@@ -22,24 +21,6 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     /// The last transactions the state includes, where the store has a log.
     async fn version(&self) -> Result<Option<StateVersion>> {
         Ok(None)
-    }
-}
-
-/// Which transactions of a table's logs a view of its state includes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct StateVersion {
-    pub files_transaction: u64,
-    pub partitions_transaction: u64,
-}
-
-impl std::fmt::Display for StateVersion {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "files transaction {}, partitions transaction {}",
-            self.files_transaction, self.partitions_transaction
-        )
     }
 }
 
@@ -107,10 +88,6 @@ impl SnapshotStateStore {
             other => other,
         }
     }
-}
-
-pub async fn read_all(store: &dyn ObjectStore, path: &Path) -> object_store::Result<bytes::Bytes> {
-    store.get(path).await?.bytes().await
 }
 
 #[async_trait]

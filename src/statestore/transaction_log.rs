@@ -11,9 +11,11 @@ use aws_sdk_dynamodb::Client;
 use tokio::sync::OnceCell;
 
 use super::transaction::{Log, TableState, Transaction};
-use super::{read_all, snapshot, StateStore, StateVersion};
+use super::{snapshot, StateStore};
 use crate::error::{Error, Result};
+use crate::model::StateVersion;
 use crate::model::{Partition, Schema, StateFile};
+use crate::storage::read_all;
 use crate::storage::{Location, Stores};
 
 /// The DynamoDB tables of an instance's transaction logs (Sleeper's instance properties

@@ -12,10 +12,13 @@ use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::client::{HttpConnector, ReqwestConnector};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{ClientConfigKey, ClientOptions, ObjectMeta, ObjectStore, RetryConfig};
+use object_store::{
+    ClientConfigKey, ClientOptions, ObjectMeta, ObjectStore, ObjectStoreExt, RetryConfig,
+};
 use url::Url;
 
 use crate::error::{Error, Result};
+use crate::model::JavaProperties;
 pub use uploads::UnfinishedUpload;
 use uploads::{S3Uploads, Staging};
 
@@ -95,6 +98,22 @@ impl Location {
         }
     }
 
+    /// The Java properties file at `path` (Sleeper's table and instance properties), or `None`
+    /// where there is none; `what` names it in errors.
+    pub async fn read_properties(&self, path: &Path, what: &str) -> Result<Option<JavaProperties>> {
+        let url = self.url_of(path);
+        let bytes = match read_all(self.store.as_ref(), path).await {
+            Ok(bytes) => bytes,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(Error::object_store(url, e)),
+        };
+        let text = String::from_utf8(bytes.to_vec()).map_err(|_| Error::Location {
+            location: url,
+            message: format!("{what} are not UTF-8"),
+        })?;
+        Ok(Some(JavaProperties::parse(&text)))
+    }
+
     /// Uploads started and never finished, of the object `under` or of anything below it.
     pub async fn unfinished_uploads(&self, under: &Path) -> Result<Vec<UnfinishedUpload>> {
         self.staging.find(under, &self.url_of(under)).await
@@ -112,6 +131,11 @@ impl Location {
 
 /// An opened bucket: its store, and how its unfinished uploads are found.
 type S3Bucket = (Arc<dyn ObjectStore>, Staging);
+
+/// An object's bytes.
+pub async fn read_all(store: &dyn ObjectStore, path: &Path) -> object_store::Result<bytes::Bytes> {
+    store.get(path).await?.bytes().await
+}
 
 /// Changes to how S3 buckets are reached, over what the environment says.
 pub type S3Settings = Arc<dyn Fn(AmazonS3Builder) -> AmazonS3Builder + Send + Sync>;

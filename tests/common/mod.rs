@@ -412,7 +412,7 @@ pub async fn exported_rows(
     let mut rows = Vec::new();
     for leaf in &summary.leaves {
         let location = table.stores.resolve(&leaf.file).unwrap();
-        let bytes = sleeper_export::statestore::read_all(location.store.as_ref(), &location.prefix)
+        let bytes = sleeper_export::storage::read_all(location.store.as_ref(), &location.prefix)
             .await
             .unwrap();
         rows.push(parquet_bytes_to_batch(bytes));
