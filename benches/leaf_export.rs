@@ -24,13 +24,14 @@ use common::{peak_rss_mib, peak_rss_reset};
 use std::time::{Duration, Instant};
 
 use datafusion::prelude::{SessionConfig, SessionContext};
-use sleeper_export::export::{run_leaf_query, ExportOptions};
+use sleeper_export::leaf::{run_leaf_query, ExportOptions};
+use sleeper_export::model::PartitionTree;
 use sleeper_export::model::{Field, KeyValue, PrimitiveType, Schema, TableProperties};
 use sleeper_export::plan::filter::RowFilter;
 use sleeper_export::query::split_into_leaf_queries;
 use sleeper_export::storage::Stores;
 use sleeper_export::table::SleeperTable;
-use sleeper_export::tablegen::{tree_from_split_points, RowStyle, TableWriter};
+use sleeper_export::tablegen::{RowStyle, TableWriter};
 
 /// The allocator the `sleeper-export` binary uses, for every variant alike.
 #[global_allocator]
@@ -74,7 +75,9 @@ async fn create_table(dir: &std::path::Path, rows_per_file: usize) -> SleeperTab
         ],
     )
     .unwrap();
-    let tree = tree_from_split_points("bench", &schema, &[KeyValue::String(SPLIT.into())]).unwrap();
+    let tree =
+        PartitionTree::from_split_points("bench", &schema, &[KeyValue::String(SPLIT.into())])
+            .unwrap();
     let location = stores.resolve(dir.join("table").to_str().unwrap()).unwrap();
     let mut writer = TableWriter::new(
         location,

@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::types::QueueAttributeName;
-use sleeper_export::export::{run_leaf_query, ExportOptions};
+use sleeper_export::leaf::{run_leaf_query, ExportOptions};
+use sleeper_export::model::PartitionTree;
 use sleeper_export::model::{Field, KeyValue, PrimitiveType, Schema, TableProperties};
 use sleeper_export::query::{split_into_leaf_queries, BulkExportQuery};
 use sleeper_export::queue::config::BulkExportConfig;
@@ -25,7 +26,7 @@ use sleeper_export::queue::MessageQueue;
 use sleeper_export::queue::TableIndex;
 use sleeper_export::storage::{Location, Stores};
 use sleeper_export::table::SleeperTable;
-use sleeper_export::tablegen::{tree_from_split_points, write_demo_table, RowStyle, TableWriter};
+use sleeper_export::tablegen::{write_demo_table, RowStyle, TableWriter};
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -54,7 +55,7 @@ async fn thousand_leaf_table(location: Location) -> SleeperTable {
     )
     .unwrap();
     let splits: Vec<KeyValue> = (1..1000).map(|i| KeyValue::Long(i * 1000)).collect();
-    let tree = tree_from_split_points("wide", &schema, &splits).unwrap();
+    let tree = PartitionTree::from_split_points("wide", &schema, &splits).unwrap();
     let mut writer = TableWriter::new(
         location,
         TableProperties::new("wide", "wide", schema),

@@ -17,6 +17,7 @@ use common::{peak_rss_mib, peak_rss_reset};
 use std::time::Instant;
 
 use object_store::ObjectStoreExt;
+use sleeper_export::model::PartitionTree;
 use sleeper_export::model::{
     Field, FileReference, KeyValue, PrimitiveType, Schema, StateFile, TableProperties,
 };
@@ -25,7 +26,6 @@ use sleeper_export::statestore::transaction::{TableState, Transaction};
 use sleeper_export::statestore::{snapshot, SNAPSHOTS_DIR};
 use sleeper_export::storage::Stores;
 use sleeper_export::table::SleeperTable;
-use sleeper_export::tablegen::tree_from_split_points;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -47,7 +47,7 @@ fn main() {
         )
         .unwrap();
         let splits: Vec<KeyValue> = (1..LEAVES).map(|i| KeyValue::Long(i * 1_000)).collect();
-        let tree = tree_from_split_points("big", &schema, &splits).unwrap();
+        let tree = PartitionTree::from_split_points("big", &schema, &splits).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let stores = Stores::default();
         let location = stores.resolve(dir.path().to_str().unwrap()).unwrap();

@@ -2,7 +2,8 @@
 //!
 //! `cargo run --example export_table -- <table dir or s3://…> <output dir or s3://…>`
 
-use sleeper_export::export::{export_table, ExportOptions};
+use sleeper_export::export::export_table;
+use sleeper_export::leaf::ExportOptions;
 use sleeper_export::storage::Stores;
 use sleeper_export::table::SleeperTable;
 

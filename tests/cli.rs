@@ -1,5 +1,6 @@
 //! The `sleeper-export` binary as a user runs it.
 
+use sleeper_export::model::PartitionTree;
 use std::process::Command;
 
 fn sleeper_export() -> Command {
@@ -90,7 +91,7 @@ fn a_bad_table_location_fails_with_a_clear_message() {
 fn raw_exports_skip_the_tables_aggregation() {
     use sleeper_export::model::{Field, PrimitiveType, Schema, TableProperties};
     use sleeper_export::storage::Stores;
-    use sleeper_export::tablegen::{tree_from_split_points, RowStyle, TableWriter};
+    use sleeper_export::tablegen::{RowStyle, TableWriter};
     let dir = tempfile::tempdir().unwrap();
     let table_dir = dir.path().join("table");
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -103,7 +104,7 @@ fn raw_exports_skip_the_tables_aggregation() {
         .unwrap();
         let mut properties = TableProperties::new("agg", "agg", schema.clone());
         properties.aggregations = Some("sum(count)".into());
-        let tree = tree_from_split_points("agg", &schema, &[]).unwrap();
+        let tree = PartitionTree::from_split_points("agg", &schema, &[]).unwrap();
         let location = Stores::default()
             .resolve(table_dir.to_str().unwrap())
             .unwrap();

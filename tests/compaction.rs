@@ -11,13 +11,15 @@ use datafusion::arrow::array::{
 };
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
-use sleeper_export::export::{export_table, run_leaf_query, ExportOptions};
+use sleeper_export::export::export_table;
+use sleeper_export::leaf::{run_leaf_query, ExportOptions};
+use sleeper_export::model::PartitionTree;
 use sleeper_export::model::{
     AggregationOp, CompactionRules, Field, FieldType, KeyOrder, KeyValue, PrimitiveType, Schema,
     TableProperties,
 };
 use sleeper_export::query::split_into_leaf_queries;
-use sleeper_export::tablegen::{tree_from_split_points, RowStyle, TableWriter};
+use sleeper_export::tablegen::{RowStyle, TableWriter};
 
 /// A value as the reference sees it: maps as their entries, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -252,7 +254,7 @@ async fn table_of(
     let mut properties = TableProperties::new("t", "t", schema.clone());
     properties.filters = filters.map(str::to_owned);
     properties.aggregations = aggregations.map(str::to_owned);
-    let tree = tree_from_split_points("t", schema, &[]).unwrap();
+    let tree = PartitionTree::from_split_points("t", schema, &[]).unwrap();
     let mut writer = TableWriter::new(local(dir.path()), properties, tree, RowStyle::default(), 1);
     for batch in files {
         writer
@@ -270,7 +272,7 @@ fn batch(schema: &Schema, columns: Vec<ArrayRef>) -> RecordBatch {
 async fn export_rows(
     table: &sleeper_export::table::SleeperTable,
     options: &ExportOptions,
-) -> (RecordBatch, sleeper_export::export::LeafExportResult) {
+) -> (RecordBatch, sleeper_export::leaf::LeafExportResult) {
     let dir = tempfile::tempdir().unwrap();
     let summary = export_table(table, &local(dir.path()), options, |_| {})
         .await
@@ -538,7 +540,7 @@ async fn a_table_with_invalid_rules_does_not_open() {
     let schema = long_schema(vec![Field::primitive("count", PrimitiveType::Long)]);
     let mut properties = TableProperties::new("t", "t", schema.clone());
     properties.aggregations = Some("sum(count), max(k)".into());
-    let tree = tree_from_split_points("t", &schema, &[]).unwrap();
+    let tree = PartitionTree::from_split_points("t", &schema, &[]).unwrap();
     let error = match TableWriter::new(local(dir.path()), properties, tree, RowStyle::default(), 1)
         .finish()
         .await

@@ -8,11 +8,13 @@ use common::*;
 use datafusion::arrow::array::AsArray;
 use datafusion::physical_plan::{displayable, ExecutionPlan};
 use proptest::prelude::*;
-use sleeper_export::export::{export_table, leaf_export_plan, run_leaf_query, ExportOptions};
+use sleeper_export::export::export_table;
+use sleeper_export::leaf::{leaf_export_plan, run_leaf_query, ExportOptions};
+use sleeper_export::model::PartitionTree;
 use sleeper_export::model::{Field, KeyOrder, KeyValue, PrimitiveType, Schema, TableProperties};
 use sleeper_export::query::split_into_leaf_queries;
 use sleeper_export::storage::Stores;
-use sleeper_export::tablegen::{tree_from_split_points, RowStyle, TableWriter};
+use sleeper_export::tablegen::{RowStyle, TableWriter};
 use sleeper_export::Error;
 
 /// Exports every leaf of the table with the given batch size and compares each file with the
@@ -97,7 +99,7 @@ async fn single_leaf_table(
     dir: &tempfile::TempDir,
 ) -> TableWriter {
     let location = local(dir.path());
-    let tree = tree_from_split_points("t1", &schema, &[]).unwrap();
+    let tree = PartitionTree::from_split_points("t1", &schema, &[]).unwrap();
     let mut properties = TableProperties::new("t1", "table one", schema);
     properties.key_order = order;
     TableWriter::new(location, properties, tree, RowStyle::default(), 7)
@@ -259,7 +261,7 @@ async fn the_order_check_spans_batches_and_names_the_row_in_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let mut properties = TableProperties::new("t1", "t", schema.clone());
     properties.parquet.row_group_rows = 3;
-    let tree = tree_from_split_points("t1", &schema, &[]).unwrap();
+    let tree = PartitionTree::from_split_points("t1", &schema, &[]).unwrap();
     let mut writer = TableWriter::new(local(dir.path()), properties, tree, RowStyle::default(), 7);
     // Row groups of 3 rows, batches of 2: the descent is at row 7, in the third row group.
     let keys = ["a", "b", "c", "d", "e", "f", "g", "a0", "h"];
@@ -369,7 +371,8 @@ async fn an_empty_leaf_gives_an_empty_file_with_the_schema() {
     let dir = tempfile::tempdir().unwrap();
     let schema = string_schema();
     let location = local(dir.path());
-    let tree = tree_from_split_points("t1", &schema, &[KeyValue::String("m".into())]).unwrap();
+    let tree =
+        PartitionTree::from_split_points("t1", &schema, &[KeyValue::String("m".into())]).unwrap();
     let mut writer = TableWriter::new(
         location,
         TableProperties::new("t1", "t", schema.clone()),
@@ -656,7 +659,7 @@ async fn exported_files_use_the_tables_row_group_size() {
     let schema = string_schema();
     let mut properties = TableProperties::new("t1", "t", schema.clone());
     properties.parquet.row_group_rows = 100;
-    let tree = tree_from_split_points("t1", &schema, &[]).unwrap();
+    let tree = PartitionTree::from_split_points("t1", &schema, &[]).unwrap();
     let mut writer = TableWriter::new(local(dir.path()), properties, tree, RowStyle::default(), 2);
     writer
         .write_random_file("root", 150, &["root"])
@@ -715,7 +718,7 @@ async fn string_key_table(
 ) -> sleeper_export::table::SleeperTable {
     let schema = string_schema();
     let splits = ["g", "n", "t"].map(|s| KeyValue::String(s.into()));
-    let tree = tree_from_split_points("strings", &schema, &splits).unwrap();
+    let tree = PartitionTree::from_split_points("strings", &schema, &splits).unwrap();
     let mut properties = TableProperties::new("strings", "strings", schema);
     properties.parquet.row_group_rows = 100;
     properties.key_order = order;

@@ -13,8 +13,9 @@ use aws_sdk_dynamodb::types::{
 use aws_sdk_dynamodb::Client;
 use common::*;
 use object_store::ObjectStoreExt;
-use sleeper_export::export::{export_table, ExportOptions, ExportSummary};
+use sleeper_export::export::{export_table, ExportSummary};
 use sleeper_export::instance::{config_bucket, legacy_config_bucket, Instance, TableEntry};
+use sleeper_export::leaf::ExportOptions;
 use sleeper_export::model::StateVersion;
 use sleeper_export::model::{FileReference, JavaProperties, KeyOrder, Partition, StateFile};
 use sleeper_export::query::BulkExportQuery;

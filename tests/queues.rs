@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use aws_sdk_sqs::types::QueueAttributeName;
 use common::*;
-use sleeper_export::export::ExportOptions;
+use sleeper_export::leaf::ExportOptions;
+use sleeper_export::model::PartitionTree;
 use sleeper_export::query::BulkExportQuery;
 use sleeper_export::queue::config::BulkExportConfig;
 use sleeper_export::queue::manifest::ExportRecords;
@@ -696,7 +697,7 @@ async fn table_with_empty_leaves(
     leaves: i64,
 ) -> SleeperTable {
     use sleeper_export::model::{Field, KeyValue, PrimitiveType, Schema, TableProperties};
-    use sleeper_export::tablegen::{tree_from_split_points, RowStyle, TableWriter};
+    use sleeper_export::tablegen::{RowStyle, TableWriter};
     let schema = Schema::new(
         vec![Field::primitive("id", PrimitiveType::Long)],
         vec![],
@@ -704,7 +705,7 @@ async fn table_with_empty_leaves(
     )
     .unwrap();
     let splits: Vec<KeyValue> = (1..leaves).map(|i| KeyValue::Long(i * 100)).collect();
-    let tree = tree_from_split_points("sparse", &schema, &splits).unwrap();
+    let tree = PartitionTree::from_split_points("sparse", &schema, &splits).unwrap();
     let first = tree.leaves()[0].id.clone();
     let style = RowStyle {
         key_span: 100,

@@ -4,7 +4,8 @@ mod common;
 
 use common::*;
 use object_store::ObjectStoreExt;
-use sleeper_export::export::{export_table, run_leaf_query, ExportOptions};
+use sleeper_export::export::export_table;
+use sleeper_export::leaf::{run_leaf_query, ExportOptions};
 use sleeper_export::storage::Stores;
 use sleeper_export::Error;
 

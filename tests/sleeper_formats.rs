@@ -218,7 +218,7 @@ mod compacted {
     use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
     use datafusion::parquet::schema::printer::print_schema;
     use object_store::ObjectStoreExt;
-    use sleeper_export::export::{run_leaf_query, ExportOptions};
+    use sleeper_export::leaf::{run_leaf_query, ExportOptions};
     use sleeper_export::model::{
         FileReference, KeyOrder, KeyValue, Partition, Range, Region, Schema, StateFile,
         TableProperties,

@@ -11,13 +11,15 @@ use async_trait::async_trait;
 use datafusion::arrow::array::{AsArray, Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::prelude::{SessionConfig, SessionContext};
-use sleeper_export::export::{export_table, ExportOptions};
+use sleeper_export::export::export_table;
+use sleeper_export::leaf::ExportOptions;
+use sleeper_export::model::PartitionTree;
 use sleeper_export::model::{Field, KeyOrder, KeyValue, PrimitiveType, Schema, TableProperties};
 use sleeper_export::plan::sink::summary_schema;
 use sleeper_export::sql::{sleeper_session, SleeperSessionExt};
 use sleeper_export::storage::Stores;
 use sleeper_export::table::SleeperTable;
-use sleeper_export::tablegen::{tree_from_split_points, RowStyle, TableWriter};
+use sleeper_export::tablegen::{RowStyle, TableWriter};
 use sqllogictest::{DBOutput, DefaultColumnType};
 
 use common::{local, read_parquet, runtime};
@@ -120,7 +122,7 @@ fn long_int_schema() -> Schema {
 async fn write_numbers(location: &Path) -> SleeperTable {
     let schema = long_int_schema();
     let splits = [250, 500, 750].map(KeyValue::Long);
-    let tree = tree_from_split_points("numbers", &schema, &splits).unwrap();
+    let tree = PartitionTree::from_split_points("numbers", &schema, &splits).unwrap();
     let properties = TableProperties::new("numbers", "numbers", schema.clone());
     let arrow_schema = schema.arrow_schema();
     let batch = |ids: Vec<i64>| {
@@ -174,7 +176,8 @@ async fn write_words(location: &Path, table_id: &str, order: KeyOrder) -> Sleepe
         vec![Field::primitive("n", PrimitiveType::Long)],
     )
     .unwrap();
-    let tree = tree_from_split_points(table_id, &schema, &[KeyValue::String("m".into())]).unwrap();
+    let tree = PartitionTree::from_split_points(table_id, &schema, &[KeyValue::String("m".into())])
+        .unwrap();
     let mut properties = TableProperties::new(table_id, table_id, schema.clone());
     properties.key_order = order;
     let arrow_schema = schema.arrow_schema();

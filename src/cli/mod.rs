@@ -16,8 +16,9 @@ use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::prelude::SessionConfig;
 
 use crate::error::{Error, Result};
-use crate::export::{export_table, ExportOptions};
+use crate::export::export_table;
 use crate::instance::{find_config_bucket, Instance, INSTANCE_PROPERTIES};
+use crate::leaf::ExportOptions;
 use crate::model::KeyOrder;
 use crate::plan::sink::summary_schema;
 use crate::plan::SleeperTableProvider;

@@ -82,6 +82,76 @@ pub struct PartitionTree {
 }
 
 impl PartitionTree {
+    /// A balanced partition tree over split points on the first row key, built bottom-up as
+    /// Sleeper builds one: leaves left to right, then parents of adjacent pairs up to one root.
+    pub fn from_split_points(
+        table_id: &str,
+        schema: &crate::model::Schema,
+        split_points: &[KeyValue],
+    ) -> Result<PartitionTree> {
+        let everything = Region::everything(schema);
+        let mut level: Vec<Partition> = (0..=split_points.len())
+            .map(|i| {
+                let mut region = everything.clone();
+                region.ranges[0] = Range::partition(
+                    if i == 0 {
+                        everything.ranges[0].min.clone()
+                    } else {
+                        split_points[i - 1].clone()
+                    },
+                    split_points.get(i).cloned(),
+                );
+                Partition {
+                    id: format!("leaf-{i}"),
+                    is_leaf: true,
+                    parent_id: None,
+                    child_ids: vec![],
+                    region,
+                    dimension: -1,
+                }
+            })
+            .collect();
+        let mut all = Vec::new();
+        let mut depth = 0;
+        while level.len() > 1 {
+            depth += 1;
+            let mut parents = Vec::new();
+            let mut pending = std::mem::take(&mut level).into_iter().peekable();
+            while let Some(mut left) = pending.next() {
+                match pending.next() {
+                    Some(mut right) => {
+                        let id = format!("node-{depth}-{}", parents.len());
+                        let mut region = left.region.clone();
+                        region.ranges[0].max = right.region.ranges[0].max.clone();
+                        left.parent_id = Some(id.clone());
+                        right.parent_id = Some(id.clone());
+                        parents.push(Partition {
+                            child_ids: vec![left.id.clone(), right.id.clone()],
+                            id,
+                            is_leaf: false,
+                            parent_id: None,
+                            region,
+                            dimension: 0,
+                        });
+                        all.push(left);
+                        all.push(right);
+                    }
+                    None => parents.push(left),
+                }
+            }
+            level = parents;
+        }
+        let mut root = level.pop().expect("at least one partition");
+        if !root.is_leaf || all.is_empty() {
+            root.id = "root".into();
+            for child in all.iter_mut().filter(|p| root.child_ids.contains(&p.id)) {
+                child.parent_id = Some("root".into());
+            }
+        }
+        all.push(root);
+        PartitionTree::new(table_id, all)
+    }
+
     pub fn new(table: &str, partitions: Vec<Partition>) -> Result<Self> {
         let invalid = |message: String| Error::PartitionTree {
             table: table.to_owned(),

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::export::LeafExportResult;
+use crate::leaf::{output_path, LeafExportResult};
 use crate::model::StateVersion;
 use crate::query::BulkExportLeafPartitionQuery;
 use crate::storage::{read_all, Location};
@@ -167,7 +167,7 @@ impl ExportRecords {
     }
 
     fn data_file(&self, sub_export_id: &str) -> Path {
-        self.path(&format!("{sub_export_id}.parquet"))
+        output_path(&self.root, &self.table_id, &self.export_id, sub_export_id)
     }
 
     /// Writes `manifest` unless the export already has one, which it then returns: of two

@@ -9,7 +9,7 @@ use super::manifest::{ExportRecords, MANIFEST};
 use super::trust::check_id;
 use super::{Message, MessageQueue};
 use crate::error::{Error, Result};
-use crate::export::{run_leaf_query, ExportOptions, LeafExportResult};
+use crate::leaf::{run_leaf_query, ExportOptions, LeafExportResult};
 use crate::query::{split_into_leaf_queries, BulkExportQuery, TableSelector};
 use crate::queue::TableIndex;
 use crate::storage::Location;

@@ -14,7 +14,7 @@ use super::planner::{reject, Outcome};
 use super::trust::check_leaf_query;
 use super::{Message, MessageQueue};
 use crate::error::{Error, Result};
-use crate::export::{output_path, run_leaf_query, ExportOptions, LeafExportResult};
+use crate::leaf::{output_path, run_leaf_query, ExportOptions, LeafExportResult};
 use crate::query::BulkExportLeafPartitionQuery;
 use crate::queue::TableIndex;
 use crate::storage::Location;

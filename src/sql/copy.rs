@@ -33,7 +33,7 @@ use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, Phy
 
 use super::session_stores;
 use crate::error::{Error, Result};
-use crate::export::output_path;
+use crate::leaf::output_path;
 use crate::plan::sink::summary_schema;
 use crate::plan::{ExportTarget, LeafExportExec, LeafMergeExec, SleeperTableProvider};
 use crate::queue::trust::check_id;

@@ -484,7 +484,6 @@ pub fn read_partitions(bytes: &[u8], file: &str, schema: &Schema) -> Result<Vec<
 mod tests {
     use super::*;
     use crate::model::{Field, KeyOrder, PartitionTree};
-    use crate::tablegen::tree_from_split_points;
     use datafusion::arrow::buffer::NullBuffer;
 
     fn schema() -> Schema {
@@ -504,7 +503,7 @@ mod tests {
             .iter()
             .map(|s| KeyValue::String((*s).into()))
             .collect();
-        let mut tree = tree_from_split_points("t", &schema(), &splits).unwrap();
+        let mut tree = PartitionTree::from_split_points("t", &schema(), &splits).unwrap();
         let leaf = tree.leaves()[0].id.clone();
         tree.split(
             &leaf,

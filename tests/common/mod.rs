@@ -18,7 +18,7 @@ use sleeper_export::model::{
 use sleeper_export::query::BulkExportLeafPartitionQuery;
 use sleeper_export::storage::Stores;
 use sleeper_export::table::SleeperTable;
-use sleeper_export::tablegen::{tree_from_split_points, RowStyle, TableWriter};
+use sleeper_export::tablegen::{RowStyle, TableWriter};
 
 pub fn shared(path: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -180,7 +180,7 @@ pub fn random_tree(
     splits: usize,
 ) -> PartitionTree {
     let schema = &properties.schema;
-    let mut tree = tree_from_split_points(&properties.table_id, schema, &[]).unwrap();
+    let mut tree = PartitionTree::from_split_points(&properties.table_id, schema, &[]).unwrap();
     let mut generator = sleeper_export::tablegen::RowGenerator::new(
         schema.clone(),
         properties.key_order,
@@ -299,7 +299,7 @@ pub async fn long_key_table(
     )
     .unwrap();
     let splits = [KeyValue::Long(-500), KeyValue::Long(0), KeyValue::Long(500)];
-    let tree = tree_from_split_points("longs", &schema, &splits).unwrap();
+    let tree = PartitionTree::from_split_points("longs", &schema, &splits).unwrap();
     let mut properties = TableProperties::new("longs", "longs", schema);
     properties.parquet.row_group_rows = row_group_rows;
     let style = RowStyle {
@@ -404,7 +404,7 @@ pub async fn exported_rows(
     let summary = sleeper_export::export::export_table(
         table,
         output,
-        &sleeper_export::export::ExportOptions::default(),
+        &sleeper_export::leaf::ExportOptions::default(),
         |_| {},
     )
     .await

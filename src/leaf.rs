@@ -1,0 +1,206 @@
+//! One leaf query's export: the unit a queue runner receives, `COPY` plans per leaf, and a
+//! library user can run alone. Below the queues: nothing here schedules.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::AsArray;
+use datafusion::arrow::datatypes::UInt64Type;
+use datafusion::execution::TaskContext;
+use datafusion::physical_plan::{collect, ExecutionPlan};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use object_store::path::Path;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result};
+use crate::model::{CompactionRules, KeyOrder, TableProperties};
+use crate::plan::{ExportTarget, LeafExportExec, LeafInput, LeafMergeExec};
+use crate::query::BulkExportLeafPartitionQuery;
+use crate::storage::Location;
+use crate::table::SleeperTable;
+
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    /// Generated (a UUID) when not given, as Sleeper does.
+    pub export_id: Option<String>,
+    /// Leaves exported at once.
+    pub parallelism: usize,
+    /// Rows per batch inside the merge.
+    pub batch_size: usize,
+    /// Export the stored rows as they are: no filters, no aggregation.
+    pub raw: bool,
+    /// The time age-off filters count back from; the clock at each leaf's start when not given.
+    /// Pinning it makes a re-run of a leaf give the same rows.
+    pub age_off_clock_millis: Option<i64>,
+    /// The order of the table's files, instead of its data engine's (`sleeper.table.data.engine`).
+    pub key_order: Option<KeyOrder>,
+    /// The codec to write, instead of the table's (`sleeper.table.parquet.compression.codec`),
+    /// one of Sleeper's names (e.g. for a table compressed with `lzo`, which cannot be written).
+    pub compression: Option<String>,
+    /// Check, as files are read, that their rows are in the table's order (on by default).
+    pub verify_order: bool,
+    /// Cancelling it stops the export: leaves being written abort their uploads and end with
+    /// [`Error::Cancelled`]. Clones of the options share it.
+    pub cancel: CancellationToken,
+}
+
+impl Default for ExportOptions {
+    fn default() -> Self {
+        ExportOptions {
+            export_id: None,
+            parallelism: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            batch_size: 8192,
+            raw: false,
+            age_off_clock_millis: None,
+            key_order: None,
+            compression: None,
+            verify_order: true,
+            cancel: CancellationToken::new(),
+        }
+    }
+}
+
+impl ExportOptions {
+    /// The table's properties with these options' overrides.
+    pub fn table_properties(&self, table: &SleeperTable) -> TableProperties {
+        let mut properties = table.properties.as_ref().clone();
+        if let Some(order) = self.key_order {
+            properties.key_order = order;
+        }
+        if let Some(codec) = &self.compression {
+            properties.parquet.compression = codec.trim().to_ascii_lowercase();
+        }
+        properties
+    }
+}
+
+/// A leaf's written file; also its completion record in the export's `_status/`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LeafExportResult {
+    pub leaf_partition_id: String,
+    pub sub_export_id: String,
+    pub file: String,
+    pub rows_read: u64,
+    pub rows_written: u64,
+    pub bytes: u64,
+    /// CRC32C of the file's bytes, hex.
+    pub crc32c: String,
+    /// The clock that age-off filters were applied against, when the table has any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub age_off_clock_millis: Option<u64>,
+}
+
+/// `<output>/<tableId>/<exportId>/<subExportId>.parquet`, Sleeper's layout (by table id, not name).
+pub fn output_path(
+    output: &Location,
+    table_id: &str,
+    export_id: &str,
+    sub_export_id: &str,
+) -> Path {
+    output.child(&format!("{table_id}/{export_id}/{sub_export_id}.parquet"))
+}
+
+impl From<&BulkExportLeafPartitionQuery> for LeafInput {
+    fn from(query: &BulkExportLeafPartitionQuery) -> Self {
+        LeafInput {
+            partition_id: query.leaf_partition_id.clone(),
+            partition_region: query.partition_region.clone(),
+            query_regions: query.regions.clone(),
+            files: query.files.clone(),
+        }
+    }
+}
+
+/// The physical plan of one leaf query: the leaf merge feeding the Parquet sink. Unless
+/// `options.raw`, the table's filters and aggregations are applied, as Sleeper's DataFusion
+/// compaction does.
+pub fn leaf_export_plan(
+    table: &SleeperTable,
+    query: &BulkExportLeafPartitionQuery,
+    output: &Location,
+    options: &ExportOptions,
+) -> Result<Arc<LeafExportExec>> {
+    if query.table_id != table.id() {
+        return Err(Error::TableNotFound {
+            by: "ID",
+            value: query.table_id.clone(),
+        });
+    }
+    let properties = options.table_properties(table);
+    let merge = LeafMergeExec::new(
+        table.id(),
+        Arc::new(properties.schema.clone()),
+        properties.key_order,
+        vec![LeafInput::from(query)],
+        None,
+        if options.raw {
+            CompactionRules::default()
+        } else {
+            properties.compaction_rules()?
+        },
+        table.stores.clone(),
+    )
+    .with_age_off_clock(options.age_off_clock_millis)
+    .with_order_check(options.verify_order);
+    let writer_properties = properties.writer_properties(&merge.schema())?;
+    let path = output_path(
+        output,
+        &query.table_id,
+        &query.export_id,
+        &query.sub_export_id,
+    );
+    let target = ExportTarget {
+        partition_id: query.leaf_partition_id.clone(),
+        sub_export_id: query.sub_export_id.clone(),
+        url: output.url_of(&path),
+        path,
+    };
+    Ok(Arc::new(
+        LeafExportExec::try_new(
+            Arc::new(merge),
+            Arc::clone(&output.store),
+            vec![target],
+            writer_properties,
+        )?
+        .with_cancel(options.cancel.clone()),
+    ))
+}
+
+fn task_context(batch_size: usize) -> Arc<TaskContext> {
+    SessionContext::new_with_config(SessionConfig::new().with_batch_size(batch_size)).task_ctx()
+}
+
+/// Runs one leaf query to completion: its file is complete at the end, or absent on error.
+pub async fn run_leaf_query(
+    table: &SleeperTable,
+    query: &BulkExportLeafPartitionQuery,
+    output: &Location,
+    options: &ExportOptions,
+) -> Result<LeafExportResult> {
+    let plan = leaf_export_plan(table, query, output, options)?;
+    let batches = collect(
+        Arc::clone(&plan) as Arc<dyn ExecutionPlan>,
+        task_context(options.batch_size),
+    )
+    .await?;
+    let summary = batches
+        .first()
+        .filter(|b| b.num_rows() == 1)
+        .ok_or_else(|| Error::Output {
+            path: plan.targets()[0].url.clone(),
+            message: "the export plan returned no summary".into(),
+        })?;
+    let number = |column: usize| summary.column(column).as_primitive::<UInt64Type>().value(0);
+    let merge_metrics = plan.children()[0].metrics().unwrap_or_default();
+    let merge_metric = |name: &str| merge_metrics.sum_by_name(name).map(|v| v.as_usize() as u64);
+    Ok(LeafExportResult {
+        leaf_partition_id: query.leaf_partition_id.clone(),
+        sub_export_id: query.sub_export_id.clone(),
+        file: plan.targets()[0].url.clone(),
+        rows_read: merge_metric("rows_read").unwrap_or(0),
+        rows_written: number(3),
+        bytes: number(4),
+        crc32c: summary.column(5).as_string::<i32>().value(0).to_owned(),
+        age_off_clock_millis: merge_metric("age_off_clock_millis"),
+    })
+}
