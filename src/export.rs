@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::leaf::{ExportOptions, LeafExportResult};
+use crate::leaf::ExportOptions;
+use crate::plan::sink::WrittenLeaf;
 use crate::query::BulkExportQuery;
 use crate::queue::config::BulkExportConfig;
 use crate::queue::local::LocalQueue;
@@ -21,7 +22,7 @@ use crate::table::SleeperTable;
 pub struct ExportSummary {
     pub table_id: String,
     pub export_id: String,
-    pub leaves: Vec<LeafExportResult>,
+    pub leaves: Vec<WrittenLeaf>,
     pub elapsed: Duration,
 }
 
@@ -45,7 +46,7 @@ pub async fn export_table(
     table: &SleeperTable,
     output: &Location,
     options: &ExportOptions,
-    mut on_leaf: impl FnMut(&LeafExportResult),
+    mut on_leaf: impl FnMut(&WrittenLeaf),
 ) -> Result<ExportSummary> {
     let started = Instant::now();
     // A table whose settings cannot be written (a codec nothing here writes) fails before any

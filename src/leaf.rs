@@ -3,8 +3,6 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::AsArray;
-use datafusion::arrow::datatypes::UInt64Type;
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::{collect, ExecutionPlan};
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -13,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::model::{CompactionRules, KeyOrder, TableProperties};
+use crate::plan::sink::WrittenLeaf;
 use crate::plan::{ExportTarget, LeafExportExec, LeafInput, LeafMergeExec};
 use crate::query::BulkExportLeafPartitionQuery;
 use crate::storage::Location;
@@ -71,23 +70,6 @@ impl ExportOptions {
         }
         properties
     }
-}
-
-/// A leaf's written file; also its completion record in the export's `_status/`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct LeafExportResult {
-    pub leaf_partition_id: String,
-    pub sub_export_id: String,
-    pub file: String,
-    pub rows_read: u64,
-    pub rows_written: u64,
-    pub bytes: u64,
-    /// CRC32C of the file's bytes, hex.
-    pub crc32c: String,
-    /// The clock that age-off filters were applied against, when the table has any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub age_off_clock_millis: Option<u64>,
 }
 
 /// `<output>/<tableId>/<exportId>/<subExportId>.parquet`, Sleeper's layout (by table id, not name).
@@ -176,31 +158,17 @@ pub async fn run_leaf_query(
     query: &BulkExportLeafPartitionQuery,
     output: &Location,
     options: &ExportOptions,
-) -> Result<LeafExportResult> {
+) -> Result<WrittenLeaf> {
     let plan = leaf_export_plan(table, query, output, options)?;
     let batches = collect(
         Arc::clone(&plan) as Arc<dyn ExecutionPlan>,
         task_context(options.batch_size),
     )
     .await?;
-    let summary = batches
-        .first()
-        .filter(|b| b.num_rows() == 1)
+    WrittenLeaf::from_batches(&batches)?
+        .pop()
         .ok_or_else(|| Error::Output {
             path: plan.targets()[0].url.clone(),
             message: "the export plan returned no summary".into(),
-        })?;
-    let number = |column: usize| summary.column(column).as_primitive::<UInt64Type>().value(0);
-    let merge_metrics = plan.children()[0].metrics().unwrap_or_default();
-    let merge_metric = |name: &str| merge_metrics.sum_by_name(name).map(|v| v.as_usize() as u64);
-    Ok(LeafExportResult {
-        leaf_partition_id: query.leaf_partition_id.clone(),
-        sub_export_id: query.sub_export_id.clone(),
-        file: plan.targets()[0].url.clone(),
-        rows_read: merge_metric("rows_read").unwrap_or(0),
-        rows_written: number(3),
-        bytes: number(4),
-        crc32c: summary.column(5).as_string::<i32>().value(0).to_owned(),
-        age_off_clock_millis: merge_metric("age_off_clock_millis"),
-    })
+        })
 }

@@ -272,7 +272,7 @@ fn batch(schema: &Schema, columns: Vec<ArrayRef>) -> RecordBatch {
 async fn export_rows(
     table: &sleeper_export::table::SleeperTable,
     options: &ExportOptions,
-) -> (RecordBatch, sleeper_export::leaf::LeafExportResult) {
+) -> (RecordBatch, sleeper_export::plan::sink::WrittenLeaf) {
     let dir = tempfile::tempdir().unwrap();
     let summary = export_table(table, &local(dir.path()), options, |_| {})
         .await

@@ -15,7 +15,7 @@ use sleeper_export::export::export_table;
 use sleeper_export::leaf::ExportOptions;
 use sleeper_export::model::PartitionTree;
 use sleeper_export::model::{Field, KeyOrder, KeyValue, PrimitiveType, Schema, TableProperties};
-use sleeper_export::plan::sink::summary_schema;
+use sleeper_export::plan::sink::WrittenLeaf;
 use sleeper_export::sql::{sleeper_session, SleeperSessionExt};
 use sleeper_export::storage::Stores;
 use sleeper_export::table::SleeperTable;
@@ -46,7 +46,7 @@ impl sqllogictest::AsyncDB for SleeperDb {
             return Ok(DBOutput::StatementComplete(0));
         };
         // An export's result is its files, one row each: a statement that wrote that many.
-        if first.schema() == summary_schema() {
+        if first.schema() == WrittenLeaf::schema() {
             let files = batches.iter().map(RecordBatch::num_rows).sum::<usize>();
             return Ok(DBOutput::StatementComplete(files as u64));
         }

@@ -10,8 +10,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use datafusion::arrow::array::{AsArray, RecordBatch};
-use datafusion::arrow::datatypes::UInt64Type;
+use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::prelude::SessionConfig;
 
@@ -20,7 +19,7 @@ use crate::export::export_table;
 use crate::instance::{find_config_bucket, Instance, INSTANCE_PROPERTIES};
 use crate::leaf::ExportOptions;
 use crate::model::KeyOrder;
-use crate::plan::sink::summary_schema;
+use crate::plan::sink::WrittenLeaf;
 use crate::plan::SleeperTableProvider;
 use crate::query::BulkExportQuery;
 use crate::queue::config::{self as queue_config, BulkExportConfig};
@@ -653,24 +652,17 @@ fn print_sql_result(batches: &[RecordBatch]) -> Result<()> {
     let Some(first) = batches.first() else {
         return Ok(());
     };
-    if first.schema() == summary_schema() {
-        let column = |batch: &RecordBatch, index: usize| {
-            batch
-                .column(index)
-                .as_primitive::<UInt64Type>()
-                .iter()
-                .flatten()
-                .sum::<u64>()
-        };
-        let leaves: usize = batches.iter().map(RecordBatch::num_rows).sum();
-        let rows: u64 = batches.iter().map(|b| column(b, 3)).sum();
-        let bytes: u64 = batches.iter().map(|b| column(b, 4)).sum();
-        let directory = (leaves > 0)
-            .then(|| first.column(2).as_string::<i32>().value(0))
-            .and_then(|file| file.rsplit_once('/'))
+    if first.schema() == WrittenLeaf::schema() {
+        let leaves = WrittenLeaf::from_batches(batches)?;
+        let rows: u64 = leaves.iter().map(|l| l.rows_written).sum();
+        let bytes: u64 = leaves.iter().map(|l| l.bytes).sum();
+        let directory = leaves
+            .first()
+            .and_then(|leaf| leaf.file.rsplit_once('/'))
             .map_or("", |(directory, _)| directory);
         println!(
-            "Exported {leaves} leaf files, {rows} rows, {} to {directory}",
+            "Exported {} leaf files, {rows} rows, {} to {directory}",
+            leaves.len(),
             HumanBytes(bytes)
         );
     } else if first.num_columns() > 0 {

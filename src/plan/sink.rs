@@ -7,8 +7,10 @@
 use std::fmt;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{RecordBatch, StringArray, UInt64Array};
+use datafusion::arrow::array::{Array, AsArray, RecordBatch, StringArray, UInt64Array};
+use datafusion::arrow::datatypes::UInt64Type;
 use datafusion::arrow::datatypes::{DataType, Field, Schema as ArrowSchema, SchemaRef};
+use datafusion::arrow::error::ArrowError;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result as DFResult};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -61,15 +63,112 @@ impl fmt::Debug for LeafExportExec {
     }
 }
 
-pub fn summary_schema() -> SchemaRef {
-    Arc::new(ArrowSchema::new(vec![
-        Field::new("leaf_partition_id", DataType::Utf8, false),
-        Field::new("sub_export_id", DataType::Utf8, false),
-        Field::new("file", DataType::Utf8, false),
-        Field::new("rows", DataType::UInt64, false),
-        Field::new("bytes", DataType::UInt64, false),
-        Field::new("crc32c", DataType::Utf8, false),
-    ]))
+/// A leaf's written file: the row the sink returns for it, and its completion record in an
+/// export's `_status/`. Converted to and from both here only.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WrittenLeaf {
+    pub leaf_partition_id: String,
+    pub sub_export_id: String,
+    pub file: String,
+    /// Rows the merge read from the leaf's files (row groups pruned away are not read).
+    pub rows_read: u64,
+    pub rows_written: u64,
+    pub bytes: u64,
+    /// CRC32C of the file's bytes, hex.
+    pub crc32c: String,
+    /// The clock that age-off filters were applied against, when the table has any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub age_off_clock_millis: Option<u64>,
+}
+
+impl WrittenLeaf {
+    /// The sink's output: one row per leaf.
+    pub fn schema() -> SchemaRef {
+        Arc::new(ArrowSchema::new(vec![
+            Field::new("leaf_partition_id", DataType::Utf8, false),
+            Field::new("sub_export_id", DataType::Utf8, false),
+            Field::new("file", DataType::Utf8, false),
+            Field::new("rows_read", DataType::UInt64, false),
+            Field::new("rows_written", DataType::UInt64, false),
+            Field::new("bytes", DataType::UInt64, false),
+            Field::new("crc32c", DataType::Utf8, false),
+            Field::new("age_off_clock_millis", DataType::UInt64, true),
+        ]))
+    }
+
+    fn to_batch(&self) -> Result<RecordBatch> {
+        RecordBatch::try_new(
+            WrittenLeaf::schema(),
+            vec![
+                Arc::new(StringArray::from(vec![self.leaf_partition_id.as_str()])),
+                Arc::new(StringArray::from(vec![self.sub_export_id.as_str()])),
+                Arc::new(StringArray::from(vec![self.file.as_str()])),
+                Arc::new(UInt64Array::from(vec![self.rows_read])),
+                Arc::new(UInt64Array::from(vec![self.rows_written])),
+                Arc::new(UInt64Array::from(vec![self.bytes])),
+                Arc::new(StringArray::from(vec![self.crc32c.as_str()])),
+                Arc::new(UInt64Array::from(vec![self.age_off_clock_millis])),
+            ],
+        )
+        .map_err(|source| Error::Arrow {
+            context: "building the export summary".into(),
+            source,
+        })
+    }
+
+    /// The leaves of the sink's output batches.
+    pub fn from_batches(batches: &[RecordBatch]) -> Result<Vec<WrittenLeaf>> {
+        let mut leaves = Vec::new();
+        for batch in batches {
+            let column = |name: &str| {
+                batch.column_by_name(name).ok_or_else(|| Error::Arrow {
+                    context: "reading the export summary".into(),
+                    source: ArrowError::SchemaError(format!("no column {name}")),
+                })
+            };
+            let (partitions, sub_exports, files, crc32c) = (
+                column("leaf_partition_id")?.as_string::<i32>(),
+                column("sub_export_id")?.as_string::<i32>(),
+                column("file")?.as_string::<i32>(),
+                column("crc32c")?.as_string::<i32>(),
+            );
+            let (rows_read, rows_written, bytes, clock) = (
+                column("rows_read")?.as_primitive::<UInt64Type>(),
+                column("rows_written")?.as_primitive::<UInt64Type>(),
+                column("bytes")?.as_primitive::<UInt64Type>(),
+                column("age_off_clock_millis")?.as_primitive::<UInt64Type>(),
+            );
+            for row in 0..batch.num_rows() {
+                leaves.push(WrittenLeaf {
+                    leaf_partition_id: partitions.value(row).to_owned(),
+                    sub_export_id: sub_exports.value(row).to_owned(),
+                    file: files.value(row).to_owned(),
+                    rows_read: rows_read.value(row),
+                    rows_written: rows_written.value(row),
+                    bytes: bytes.value(row),
+                    crc32c: crc32c.value(row).to_owned(),
+                    age_off_clock_millis: clock.is_valid(row).then(|| clock.value(row)),
+                });
+            }
+        }
+        Ok(leaves)
+    }
+}
+
+/// A metric of the leaf's merge, which may be below projections and filters.
+fn merge_metric(plan: &Arc<dyn ExecutionPlan>, name: &str, partition: usize) -> Option<u64> {
+    let own = plan.metrics().and_then(|metrics| {
+        metrics
+            .iter()
+            .find(|m| m.value().name() == name && m.partition() == Some(partition))
+            .map(|m| m.value().as_usize() as u64)
+    });
+    own.or_else(|| {
+        plan.children()
+            .into_iter()
+            .find_map(|child| merge_metric(child, name, partition))
+    })
 }
 
 impl LeafExportExec {
@@ -91,7 +190,7 @@ impl LeafExportExec {
             ))));
         }
         let cache = Arc::new(PlanProperties::new(
-            EquivalenceProperties::new(summary_schema()),
+            EquivalenceProperties::new(WrittenLeaf::schema()),
             Partitioning::UnknownPartitioning(partitions),
             EmissionType::Final,
             Boundedness::Bounded,
@@ -210,6 +309,8 @@ impl ExecutionPlan for LeafExportExec {
         })?;
         let input = self.input.execute(partition, context)?;
         let writer = LeafWriter {
+            plan_input: Arc::clone(&self.input),
+            partition,
             store: Arc::clone(&self.store),
             target,
             writer_properties: self.writer_properties.clone(),
@@ -221,7 +322,7 @@ impl ExecutionPlan for LeafExportExec {
             writer.write(input).await.map_err(DataFusionError::from)
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(
-            summary_schema(),
+            WrittenLeaf::schema(),
             summary,
         )))
     }
@@ -232,6 +333,9 @@ impl ExecutionPlan for LeafExportExec {
 }
 
 struct LeafWriter {
+    /// For the merge's metrics, once the leaf is written.
+    plan_input: Arc<dyn ExecutionPlan>,
+    partition: usize,
     store: Arc<dyn ObjectStore>,
     target: ExportTarget,
     writer_properties: WriterProperties,
@@ -293,20 +397,17 @@ impl LeafWriter {
         let written = writer.finish().await.map_err(|e| self.output_error(e))?;
         self.rows_written.add(rows as usize);
         self.bytes_written.add(written.bytes as usize);
-        RecordBatch::try_new(
-            summary_schema(),
-            vec![
-                Arc::new(StringArray::from(vec![self.target.partition_id.as_str()])),
-                Arc::new(StringArray::from(vec![self.target.sub_export_id.as_str()])),
-                Arc::new(StringArray::from(vec![self.target.url.as_str()])),
-                Arc::new(UInt64Array::from(vec![rows])),
-                Arc::new(UInt64Array::from(vec![written.bytes])),
-                Arc::new(StringArray::from(vec![written.crc32c])),
-            ],
-        )
-        .map_err(|source| Error::Arrow {
-            context: "building the export summary".into(),
-            source,
-        })
+        let metric = |name| merge_metric(&self.plan_input, name, self.partition);
+        WrittenLeaf {
+            leaf_partition_id: self.target.partition_id.clone(),
+            sub_export_id: self.target.sub_export_id.clone(),
+            file: self.target.url.clone(),
+            rows_read: metric("rows_read").unwrap_or(0),
+            rows_written: rows,
+            bytes: written.bytes,
+            crc32c: written.crc32c,
+            age_off_clock_millis: metric("age_off_clock_millis"),
+        }
+        .to_batch()
     }
 }

@@ -24,8 +24,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::leaf::{output_path, LeafExportResult};
+use crate::leaf::output_path;
 use crate::model::StateVersion;
+use crate::plan::sink::WrittenLeaf;
 use crate::query::BulkExportLeafPartitionQuery;
 use crate::storage::{read_all, Location};
 
@@ -191,7 +192,7 @@ impl ExportRecords {
         }
     }
 
-    pub async fn record_completion(&self, result: &LeafExportResult) -> Result<()> {
+    pub async fn record_completion(&self, result: &WrittenLeaf) -> Result<()> {
         self.put_json(
             &format!("{STATUS}/{}.json", result.sub_export_id),
             result,
@@ -292,7 +293,7 @@ impl ExportRecords {
                         failures.insert(id.to_owned(), failure);
                     }
                 } else if let Some(id) = name.strip_suffix(".json") {
-                    if let Some(done) = self.get_json::<LeafExportResult>(&meta.location).await? {
+                    if let Some(done) = self.get_json::<WrittenLeaf>(&meta.location).await? {
                         completions.insert(id.to_owned(), done);
                     }
                 } else {
@@ -341,7 +342,7 @@ impl ExportRecords {
 #[serde(rename_all = "camelCase")]
 pub struct ExportStatus {
     pub manifest: Manifest,
-    pub done: Vec<LeafExportResult>,
+    pub done: Vec<WrittenLeaf>,
     pub pending: Vec<SubExport>,
     /// Leaves whose last attempt failed; they are retried until the queue gives up on them.
     pub failed: Vec<Failure>,

@@ -9,7 +9,8 @@ use super::manifest::{ExportRecords, MANIFEST};
 use super::trust::check_id;
 use super::{Message, MessageQueue};
 use crate::error::{Error, Result};
-use crate::leaf::{run_leaf_query, ExportOptions, LeafExportResult};
+use crate::leaf::{run_leaf_query, ExportOptions};
+use crate::plan::sink::WrittenLeaf;
 use crate::query::{split_into_leaf_queries, BulkExportQuery, TableSelector};
 use crate::queue::TableIndex;
 use crate::storage::Location;
@@ -26,9 +27,9 @@ pub struct PlannedExport {
     /// Leaf queries sent to the leaf queue.
     pub queued: usize,
     /// The leaves without files, whose (empty) files the planner wrote itself.
-    pub empty_leaves: Vec<LeafExportResult>,
+    pub empty_leaves: Vec<WrittenLeaf>,
     /// Leaves done by an earlier planning pass of the same export, which this one left alone.
-    pub already_done: Vec<LeafExportResult>,
+    pub already_done: Vec<WrittenLeaf>,
 }
 
 /// What became of one message.
@@ -122,7 +123,7 @@ impl Planner {
                 leaf_queries.retain(|q| !done.contains(q.sub_export_id.as_str()));
             }
         }
-        let empty_leaves: Vec<LeafExportResult> =
+        let empty_leaves: Vec<WrittenLeaf> =
             stream::iter(leaf_queries.iter().filter(|q| q.files.is_empty()))
                 .map(|query| async {
                     let written = run_leaf_query(table, query, &self.output, &self.export).await?;

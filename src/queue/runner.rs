@@ -14,7 +14,8 @@ use super::planner::{reject, Outcome};
 use super::trust::check_leaf_query;
 use super::{Message, MessageQueue};
 use crate::error::{Error, Result};
-use crate::leaf::{output_path, run_leaf_query, ExportOptions, LeafExportResult};
+use crate::leaf::{output_path, run_leaf_query, ExportOptions};
+use crate::plan::sink::WrittenLeaf;
 use crate::query::BulkExportLeafPartitionQuery;
 use crate::queue::TableIndex;
 use crate::storage::Location;
@@ -38,7 +39,7 @@ pub struct Runner {
 /// What a runner did before it stopped.
 #[derive(Debug, Default)]
 pub struct RunnerReport {
-    pub done: Vec<LeafExportResult>,
+    pub done: Vec<WrittenLeaf>,
     /// Exports that failed; their messages are offered again (or dead-lettered by the queue).
     pub failed: Vec<Error>,
     /// Messages that were bad, and went to the dead-letter queue.
@@ -104,10 +105,10 @@ impl Runner {
         queue: Arc<dyn MessageQueue>,
         dead_letters: Option<Arc<dyn MessageQueue>>,
         shutdown: impl std::future::Future<Output = ()>,
-        mut on_done: impl FnMut(&LeafExportResult),
+        mut on_done: impl FnMut(&WrittenLeaf),
     ) -> Result<RunnerReport> {
         tokio::pin!(shutdown);
-        let mut running: JoinSet<Result<Outcome<LeafExportResult>>> = JoinSet::new();
+        let mut running: JoinSet<Result<Outcome<WrittenLeaf>>> = JoinSet::new();
         let mut report = RunnerReport::default();
         let mut idle_since = Instant::now();
         loop {
@@ -187,7 +188,7 @@ impl Runner {
         message: &Message,
         queue: &dyn MessageQueue,
         dead_letters: Option<&dyn MessageQueue>,
-    ) -> Result<Outcome<LeafExportResult>> {
+    ) -> Result<Outcome<WrittenLeaf>> {
         let (query, table) = match self.decode(&message.body) {
             Ok(decoded) => decoded,
             Err(error) => {
@@ -356,8 +357,8 @@ async fn explain_missing_input(error: Error, records: &ExportRecords) -> Error {
 
 fn record(
     report: &mut RunnerReport,
-    finished: std::result::Result<Result<Outcome<LeafExportResult>>, tokio::task::JoinError>,
-    on_done: &mut impl FnMut(&LeafExportResult),
+    finished: std::result::Result<Result<Outcome<WrittenLeaf>>, tokio::task::JoinError>,
+    on_done: &mut impl FnMut(&WrittenLeaf),
 ) {
     match finished {
         Ok(Ok(Outcome::Done(result))) => {

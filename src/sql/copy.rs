@@ -34,7 +34,7 @@ use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, Phy
 use super::session_stores;
 use crate::error::{Error, Result};
 use crate::leaf::output_path;
-use crate::plan::sink::summary_schema;
+use crate::plan::sink::WrittenLeaf;
 use crate::plan::{ExportTarget, LeafExportExec, LeafMergeExec, SleeperTableProvider};
 use crate::queue::trust::check_id;
 use crate::table::SleeperTable;
@@ -104,7 +104,7 @@ impl ExportNode {
             target: copy.output_url.clone(),
             options: copy.options.clone().into_iter().collect(),
             table,
-            schema: Arc::new(DFSchema::try_from(summary_schema())?),
+            schema: Arc::new(DFSchema::try_from(WrittenLeaf::schema())?),
         };
         // Bad options are reported when the statement is planned, before anything runs.
         node.writer_properties(node.input.schema().as_arrow())?;
@@ -292,7 +292,7 @@ impl ExtensionPlanner for ExportPlanner {
         })?;
         if merge.leaves().is_empty() {
             // No leaf meets the query: an export of no files.
-            return Ok(Some(Arc::new(EmptyExec::new(summary_schema()))));
+            return Ok(Some(Arc::new(EmptyExec::new(WrittenLeaf::schema()))));
         }
         let output = session_stores(session).resolve(&export.target)?;
         let export_id = export.export_id()?;
