@@ -5,7 +5,6 @@
 
 /// Top layer first. Modules on one line are one layer and do not use each other.
 const LAYERS: &[&[&str]] = &[
-    &["cli"],
     &["export"],
     &["sql"],
     &["queue"],

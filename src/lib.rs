@@ -1,12 +1,13 @@
 //! sleeper-export: bulk export of GCHQ Sleeper tables to sorted Parquet, one file per leaf
 //! partition, with Sleeper's compaction semantics, on DataFusion.
 //!
-//! The modules, top layer first; each depends only on layers below it (see ARCHITECTURE.md):
-//! `cli` → `export` (a whole table) → `queue` (planner, runners, records) and `sql` → `leaf` (one
-//! leaf query's plan) → `plan` (merge, sink) → `table`, `instance` → `statestore` → `storage` →
-//! `query` (Sleeper's messages) → `model`.
+//! The command line is the binary (`src/bin/sleeper-export/`), which uses only this public API.
+//! The modules, top layer first; each uses only layers below it (ARCHITECTURE.md; the `layers`
+//! test checks it): `export` (a whole table) → `sql` → `queue` (planner, runners, records) →
+//! `instance` → `leaf` (one leaf query's plan) → `tablegen` (feature `tablegen`) → `plan`
+//! (merge, sink) → `query` (Sleeper's messages) → `table` → `statestore` → `storage` → `model`
+//! and `error`.
 
-pub mod cli;
 pub mod error;
 pub mod export;
 pub mod instance;
@@ -19,6 +20,7 @@ pub mod sql;
 pub mod statestore;
 pub mod storage;
 pub mod table;
+#[cfg(feature = "tablegen")]
 pub mod tablegen;
 
 pub use error::{Error, Result};
