@@ -28,7 +28,7 @@ use sleeper_export::storage::{Location, Stores};
 use sleeper_export::table::SleeperTable;
 use sleeper_export::tablegen::{write_demo_table, RowStyle, TableWriter};
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/it/common/mod.rs"]
 mod common;
 
 #[global_allocator]

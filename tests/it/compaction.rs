@@ -1,11 +1,9 @@
 //! Sleeper's compaction semantics in exports: age-off filters and aggregations, checked against
 //! a naive reference that filters and aggregates all rows of a leaf.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, Int32Array, Int64Array, RecordBatch, StringArray,
 };

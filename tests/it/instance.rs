@@ -2,16 +2,14 @@
 //! properties in the config bucket, the table index and transaction logs in DynamoDB, snapshots
 //! and large transaction bodies in the data bucket.
 
-mod common;
-
 use std::collections::HashMap;
 
+use crate::common::*;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
     ScalarAttributeType,
 };
 use aws_sdk_dynamodb::Client;
-use common::*;
 use object_store::ObjectStoreExt;
 use sleeper_export::export::{export_table, ExportSummary};
 use sleeper_export::instance::{config_bucket, legacy_config_bucket, Instance, TableEntry};

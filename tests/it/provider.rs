@@ -1,10 +1,8 @@
 //! The table provider: one execution partition per leaf, usable from DataFusion SQL.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::{local, long_key_table};
+use crate::common::{local, long_key_table};
 use datafusion::physical_plan::{displayable, ExecutionPlanProperties};
 use datafusion::prelude::SessionContext;
 use sleeper_export::plan::SleeperTableProvider;

@@ -1,13 +1,11 @@
 //! The distributed export over real SQS and S3 (the local moto server `scripts/test.sh` starts):
 //! planner, runners, dead-letter queues and export status.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::*;
 use aws_sdk_sqs::types::QueueAttributeName;
-use common::*;
 use sleeper_export::leaf::ExportOptions;
 use sleeper_export::model::PartitionTree;
 use sleeper_export::query::BulkExportQuery;

@@ -1,8 +1,6 @@
 //! Sleeper's own test JSON, used as it is: our readers and writers must agree with it.
 
-mod common;
-
-use common::shared;
+use crate::common::shared;
 use sleeper_export::model::{FieldType, KeyValue, PrimitiveType, Range, Region, Schema};
 use sleeper_export::query::BulkExportLeafPartitionQuery;
 

@@ -1,8 +1,6 @@
 //! SQL over Sleeper tables: the sqllogictest files under `tests/sql/`, and a `COPY` against
 //! `sleeper-export export` on the same table.
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -22,7 +20,7 @@ use sleeper_export::table::SleeperTable;
 use sleeper_export::tablegen::{RowStyle, TableWriter};
 use sqllogictest::{DBOutput, DefaultColumnType};
 
-use common::{local, read_parquet, runtime};
+use crate::common::{local, read_parquet, runtime};
 
 /// A session as the `sql` command has, for the sqllogictest runner.
 struct SleeperDb {
@@ -264,7 +262,7 @@ fn sql_logic_tests() {
 fn copy_of_a_table_writes_what_export_writes() {
     runtime().block_on(async {
         for seed in [3, 17] {
-            let random = common::random_table(seed).await;
+            let random = crate::common::random_table(seed).await;
             let table = &random.table;
             let out = tempfile::tempdir().unwrap();
             let exported = export_table(
@@ -324,7 +322,7 @@ fn key_predicates_keep_what_datafusion_keeps_without_pruning() {
     runtime().block_on(async {
         let mut translated = 0;
         for seed in 0..10 {
-            let random = common::random_table(seed).await;
+            let random = crate::common::random_table(seed).await;
             let table = &random.table;
             let ctx = sleeper_session(Stores::default(), SessionConfig::new()).unwrap();
             ctx.register_sleeper_table("t", table.location.url.as_str())

@@ -1,10 +1,8 @@
 //! End-to-end exports of local tables, checked against the naive reference export.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 use datafusion::arrow::array::AsArray;
 use datafusion::physical_plan::{displayable, ExecutionPlan};
 use proptest::prelude::*;

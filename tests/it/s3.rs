@@ -1,8 +1,6 @@
 //! Tables and exports on S3, against the real local S3 server that `scripts/test.sh` starts.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use object_store::ObjectStoreExt;
 use sleeper_export::export::export_table;
 use sleeper_export::leaf::{run_leaf_query, ExportOptions};

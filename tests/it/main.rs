@@ -1,0 +1,15 @@
+//! The integration tests, in one binary so that DataFusion is linked once: against the real
+//! local S3 + SQS server (moto) and pyarrow that `scripts/test.sh` starts and installs, the
+//! fixtures Sleeper wrote, and the `sleeper-export` binary.
+
+mod common;
+
+mod cli;
+mod compaction;
+mod export;
+mod instance;
+mod provider;
+mod queues;
+mod s3;
+mod sleeper_formats;
+mod sql;
