@@ -109,7 +109,7 @@ pub fn leaf_export_plan(
         });
     }
     let properties = options.table_properties(table);
-    let merge = LeafMergeExec::new(
+    let merge = LeafMergeExec::try_new(
         table.id(),
         Arc::new(properties.schema.clone()),
         properties.key_order,
@@ -121,7 +121,7 @@ pub fn leaf_export_plan(
             properties.compaction_rules()?
         },
         table.stores.clone(),
-    )
+    )?
     .with_age_off_clock(options.age_off_clock_millis)
     .with_order_check(options.verify_order);
     let writer_properties = properties.writer_properties(&merge.schema())?;

@@ -63,7 +63,7 @@ impl SleeperTableProvider {
             })
             .collect();
         let pruned = leaf_count - leaves.len();
-        Ok(LeafMergeExec::new(
+        Ok(LeafMergeExec::try_new(
             self.table.id(),
             Arc::new(self.table.properties.schema.clone()),
             self.order(),
@@ -71,7 +71,7 @@ impl SleeperTableProvider {
             projection,
             self.table.properties.compaction_rules()?,
             self.table.stores.clone(),
-        )
+        )?
         .with_pruned_leaves(pruned))
     }
 

@@ -1,0 +1,359 @@
+//! The k-way merge of a leaf's sorted input streams by a loser tree.
+
+use std::cmp::Ordering;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, RecordBatch};
+use datafusion::arrow::compute::interleave;
+use datafusion::arrow::datatypes::{Schema as ArrowSchema, SchemaRef};
+use futures::stream::BoxStream;
+use futures::StreamExt;
+
+use super::keys::{KeyedBatch, SortKeys};
+use crate::error::{Error, Result};
+use crate::plan::aggregate::RowAggregator;
+
+/// One sorted input: a stream of keyed batches (a file's reader, or in tests, batches in memory).
+pub(super) type Input = BoxStream<'static, Result<KeyedBatch>>;
+
+struct Cursor {
+    keys: SortKeys,
+    slot: usize,
+    position: usize,
+}
+
+/// The k-way merge of one leaf. A loser tree of input indices orders the inputs by their current
+/// row (one comparison per level for each row, half a binary heap's); ties go to the earlier
+/// input, so equal keys keep the order of the leaf's files.
+pub(super) struct LeafMerge {
+    inputs: Vec<Input>,
+    /// Collapses equal keys after the merge, when the table aggregates.
+    aggregator: Option<RowAggregator>,
+    cursors: Vec<Option<Cursor>>,
+    /// The key prefix of each input's current row (`u64::MAX` once exhausted), in one flat array
+    /// so that most matches are settled without following the cursors' pointers.
+    heads: Vec<u64>,
+    /// `losers[0]` is the input with the smallest current row; every other node holds the loser
+    /// of the match played there. Exhausted inputs lose every match.
+    losers: Vec<usize>,
+    /// Batches that rows of the output under construction, or live cursors, point into.
+    slots: Vec<RecordBatch>,
+    indices: Vec<(usize, usize)>,
+    read_schema: SchemaRef,
+    output_columns: Vec<usize>,
+    batch_size: usize,
+}
+
+impl LeafMerge {
+    /// Merges `inputs`, each sorted; `start` before the first batch.
+    pub(super) fn new(
+        inputs: Vec<Input>,
+        aggregator: Option<RowAggregator>,
+        read_schema: SchemaRef,
+        output_columns: Vec<usize>,
+        batch_size: usize,
+    ) -> Self {
+        LeafMerge {
+            inputs,
+            aggregator,
+            cursors: Vec::new(),
+            heads: Vec::new(),
+            losers: Vec::new(),
+            slots: Vec::new(),
+            indices: Vec::with_capacity(batch_size),
+            read_schema,
+            output_columns,
+            batch_size,
+        }
+    }
+
+    pub(super) async fn start(&mut self) -> Result<()> {
+        let inputs = self.inputs.len();
+        self.cursors = (0..inputs).map(|_| None).collect();
+        self.heads = vec![u64::MAX; inputs];
+        for input in 0..inputs {
+            self.advance(input).await?;
+        }
+        const EMPTY: usize = usize::MAX;
+        self.losers = vec![EMPTY; inputs.max(1)];
+        for input in 0..inputs {
+            let mut winner = input;
+            let mut node = (input + inputs) / 2;
+            while node != 0 && self.losers[node] != EMPTY {
+                let challenger = self.losers[node];
+                if self.loses_to(winner, challenger) {
+                    self.losers[node] = winner;
+                    winner = challenger;
+                }
+                node /= 2;
+            }
+            self.losers[node] = winner;
+        }
+        Ok(())
+    }
+
+    /// Loads the next batch of `input` into its cursor; false when the input is exhausted.
+    async fn advance(&mut self, input: usize) -> Result<bool> {
+        while let Some(batch) = self.inputs[input].next().await {
+            let KeyedBatch { batch, keys } = batch?;
+            // A cursor always points at a row.
+            if keys.prefixes.is_empty() {
+                continue;
+            }
+            self.slots.push(batch);
+            self.heads[input] = keys.prefixes[0];
+            self.cursors[input] = Some(Cursor {
+                keys,
+                slot: self.slots.len() - 1,
+                position: 0,
+            });
+            return Ok(true);
+        }
+        self.cursors[input] = None;
+        self.heads[input] = u64::MAX;
+        Ok(false)
+    }
+
+    /// Whether input `a`'s current row comes after input `b`'s (an exhausted input comes after
+    /// everything).
+    fn loses_to(&self, a: usize, b: usize) -> bool {
+        let (head_a, head_b) = (self.heads[a], self.heads[b]);
+        if head_a != head_b {
+            return head_a > head_b;
+        }
+        match (&self.cursors[a], &self.cursors[b]) {
+            (None, None) => a > b,
+            (None, Some(_)) => true,
+            (Some(_), None) => false,
+            (Some(ca), Some(cb)) => match ca.keys.compare(ca.position, &cb.keys, cb.position) {
+                Ordering::Greater => true,
+                Ordering::Equal => a > b,
+                Ordering::Less => false,
+            },
+        }
+    }
+
+    /// Replays the matches on the path of the last winner, whose current row has changed.
+    fn replay(&mut self) {
+        let mut winner = self.losers[0];
+        let mut node = (winner + self.inputs.len()) / 2;
+        while node != 0 {
+            let challenger = self.losers[node];
+            if self.loses_to(winner, challenger) {
+                self.losers[node] = winner;
+                winner = challenger;
+            }
+            node /= 2;
+        }
+        self.losers[0] = winner;
+    }
+
+    /// The next output batch: merged, aggregated when the table aggregates, projected.
+    pub(super) async fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+        let arrow_error = |source| Error::Arrow {
+            context: "aggregating merged rows".into(),
+            source,
+        };
+        loop {
+            let merged = self.next_merged().await?;
+            let ready = match (&mut self.aggregator, merged) {
+                (None, merged) => merged,
+                (Some(aggregator), Some(merged)) => {
+                    match aggregator.push(merged).map_err(arrow_error)? {
+                        Some(ready) => Some(ready),
+                        None => continue,
+                    }
+                }
+                (Some(aggregator), None) => aggregator.finish(),
+            };
+            return ready
+                .map(|batch| batch.project(&self.output_columns))
+                .transpose()
+                .map_err(|source| Error::Arrow {
+                    context: "projecting merged rows".into(),
+                    source,
+                });
+        }
+    }
+
+    /// The next batch of merged rows, with every column read.
+    async fn next_merged(&mut self) -> Result<Option<RecordBatch>> {
+        while let Some(winner) = self
+            .losers
+            .first()
+            .copied()
+            .filter(|&w| w < self.cursors.len())
+        {
+            let Some(cursor) = self.cursors[winner].as_mut() else {
+                break;
+            };
+            self.indices.push((cursor.slot, cursor.position));
+            cursor.position += 1;
+            if cursor.position == cursor.keys.len() {
+                self.advance(winner).await?;
+            } else {
+                self.heads[winner] = cursor.keys.prefixes[cursor.position];
+            }
+            self.replay();
+            if self.indices.len() == self.batch_size {
+                return self.emit().map(Some);
+            }
+        }
+        if self.indices.is_empty() {
+            Ok(None)
+        } else {
+            self.emit().map(Some)
+        }
+    }
+
+    fn emit(&mut self) -> Result<RecordBatch> {
+        let arrow_error = |source| Error::Arrow {
+            context: "assembling merged rows".into(),
+            source,
+        };
+        let columns = (0..self.read_schema.fields().len())
+            .map(|c| {
+                let sources: Vec<&dyn Array> =
+                    self.slots.iter().map(|b| b.column(c).as_ref()).collect();
+                interleave(&sources, &self.indices)
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(arrow_error)?;
+        let batch =
+            RecordBatch::try_new(Arc::clone(&self.read_schema), columns).map_err(arrow_error)?;
+        self.indices.clear();
+        self.release_consumed_batches();
+        Ok(batch)
+    }
+
+    /// Keeps only the batches live cursors still read from, so memory is bounded by one batch per input.
+    fn release_consumed_batches(&mut self) {
+        let mut kept = Vec::with_capacity(self.inputs.len());
+        for cursor in self.cursors.iter_mut().flatten() {
+            kept.push(std::mem::replace(
+                &mut self.slots[cursor.slot],
+                RecordBatch::new_empty(Arc::new(ArrowSchema::empty())),
+            ));
+            cursor.slot = kept.len() - 1;
+        }
+        self.slots = kept;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::array::{AsArray, Int64Array};
+    use datafusion::arrow::datatypes::{DataType, Field, Int64Type};
+    use datafusion::arrow::row::{RowConverter, SortField};
+
+    use super::super::keys::prefix;
+    use super::*;
+
+    fn schema() -> SchemaRef {
+        Arc::new(ArrowSchema::new(vec![
+            Field::new("key", DataType::Int64, false),
+            Field::new("input", DataType::Int64, false),
+        ]))
+    }
+
+    /// A batch of `keys` from input `input`, keyed as the file readers key them.
+    fn keyed(keys: &[i64], input: i64) -> KeyedBatch {
+        let batch = RecordBatch::try_new(
+            schema(),
+            vec![
+                Arc::new(Int64Array::from(keys.to_vec())),
+                Arc::new(Int64Array::from(vec![input; keys.len()])),
+            ],
+        )
+        .unwrap();
+        let converter = RowConverter::new(vec![SortField::new(DataType::Int64)]).unwrap();
+        let rows = converter
+            .convert_columns(&[Arc::clone(batch.column(0))])
+            .unwrap();
+        let prefixes = (0..rows.num_rows()).map(|i| prefix(rows.row(i))).collect();
+        KeyedBatch {
+            batch,
+            keys: SortKeys {
+                rows,
+                kept: None,
+                prefixes,
+            },
+        }
+    }
+
+    /// Merges in-memory inputs (each a list of batches of keys) and returns (key, input) pairs,
+    /// checking that no output batch exceeds `batch_size`.
+    async fn merge(inputs: &[Vec<Vec<i64>>], batch_size: usize) -> Vec<(i64, i64)> {
+        let streams: Vec<Input> = inputs
+            .iter()
+            .enumerate()
+            .map(|(input, batches)| {
+                let keyed: Vec<Result<KeyedBatch>> = batches
+                    .iter()
+                    .map(|keys| Ok(keyed(keys, input as i64)))
+                    .collect();
+                futures::stream::iter(keyed).boxed()
+            })
+            .collect();
+        let mut merge = LeafMerge::new(streams, None, schema(), vec![0, 1], batch_size);
+        merge.start().await.unwrap();
+        let mut merged = Vec::new();
+        while let Some(batch) = merge.next_batch().await.unwrap() {
+            assert!(batch.num_rows() <= batch_size && batch.num_rows() > 0);
+            let keys = batch.column(0).as_primitive::<Int64Type>();
+            let inputs = batch.column(1).as_primitive::<Int64Type>();
+            merged.extend((0..batch.num_rows()).map(|i| (keys.value(i), inputs.value(i))));
+        }
+        merged
+    }
+
+    /// What the merge must produce: every row, by key, equal keys in input order.
+    fn expected(inputs: &[Vec<Vec<i64>>]) -> Vec<(i64, i64)> {
+        let mut rows: Vec<(i64, i64)> = inputs
+            .iter()
+            .enumerate()
+            .flat_map(|(input, batches)| batches.iter().flatten().map(move |&k| (k, input as i64)))
+            .collect();
+        rows.sort(); // by key, then input: a stable order for equal keys across inputs
+        rows
+    }
+
+    #[tokio::test]
+    async fn inputs_merge_by_key_with_ties_in_input_order() {
+        let inputs = vec![
+            vec![vec![1, 4, 4], vec![9]],
+            vec![vec![-3, 4], vec![], vec![10, 11]],
+            vec![],
+            vec![vec![i64::MIN, 4, i64::MAX]],
+        ];
+        for batch_size in [1, 2, 3, 100] {
+            assert_eq!(merge(&inputs, batch_size).await, expected(&inputs));
+        }
+    }
+
+    #[tokio::test]
+    async fn many_inputs_of_many_batches_merge_whole() {
+        // A deterministic spread of sorted inputs, with many equal keys across them.
+        let mut state = 7u64;
+        let mut next = move || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) as i64
+        };
+        let inputs: Vec<Vec<Vec<i64>>> = (0..37)
+            .map(|_| {
+                let mut keys: Vec<i64> = (0..(next() % 200)).map(|_| next() % 50).collect();
+                keys.sort();
+                keys.chunks(7).map(<[i64]>::to_vec).collect()
+            })
+            .collect();
+        assert_eq!(merge(&inputs, 64).await, expected(&inputs));
+    }
+
+    #[tokio::test]
+    async fn no_inputs_merge_to_nothing() {
+        assert_eq!(merge(&[], 8).await, vec![]);
+        assert_eq!(merge(&[vec![], vec![vec![]]], 8).await, vec![]);
+    }
+}

@@ -1,0 +1,472 @@
+//! `LeafMergeExec`: the compaction read of Sleeper leaf partitions. Each output partition is one
+//! leaf: its sorted input files are read concurrently, filtered to the leaf's region, and merged
+//! k-way into Sleeper's key order. Nothing is ever fully sorted or held whole in memory.
+//!
+//! Split as DataFusion splits its sorts: this file is the plan node; `reader` opens and reads
+//! one input file (schema adaptation, row-group pruning, region and age-off filters, key
+//! encoding, the order check); `keys` holds a batch's sort keys; `loser_tree` merges sorted
+//! input streams.
+
+mod keys;
+mod loser_tree;
+mod reader;
+
+use std::fmt;
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::common::runtime::SpawnedTask;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::error::{DataFusionError, Result as DFResult};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr, PhysicalSortExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::metrics::{
+    BaselineMetrics, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
+};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::EmptyRecordBatchStream;
+use datafusion::physical_plan::{
+    ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning,
+    PlanProperties, ReplaceChildrenOptions,
+};
+use futures::{StreamExt, TryStreamExt};
+use tokio::sync::mpsc;
+
+use super::aggregate::RowAggregator;
+use super::filter::RowFilter;
+use crate::error::{Error, Result};
+use crate::model::{CompactionRules, KeyOrder, PrimitiveType, Region, Schema};
+use crate::storage::Stores;
+use loser_tree::{Input, LeafMerge};
+use reader::FileReader;
+
+/// What one leaf partition's merge reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeafInput {
+    pub partition_id: String,
+    pub partition_region: Region,
+    /// Rows must also fall in one of these (Sleeper's exports pass the partition region itself).
+    pub query_regions: Vec<Region>,
+    /// Input file URLs, in the order ties between equal keys are broken.
+    pub files: Vec<String>,
+}
+
+/// Batches read ahead per input file: enough to overlap decoding with merging, small enough
+/// that memory stays flat however large the leaf.
+const READ_AHEAD_BATCHES: usize = 2;
+
+/// Files of a leaf whose footers are read at once.
+const FILES_OPENED_AT_ONCE: usize = 16;
+
+#[derive(Debug, Clone)]
+pub struct LeafMergeExec {
+    table_id: String,
+    schema: Arc<Schema>,
+    /// The order of the table's files, which the merge and the region filter follow.
+    order: KeyOrder,
+    /// Whether to check, as files are read, that their rows are in that order.
+    verify_order: bool,
+    /// Positions in `read_schema` of the output columns.
+    output_columns: Vec<usize>,
+    /// Table columns read from files: the key columns first, then the projected value columns.
+    read_schema: SchemaRef,
+    output_schema: SchemaRef,
+    leaves: Arc<Vec<LeafInput>>,
+    /// Leaves of the table left out because the query cannot touch them, for `EXPLAIN`.
+    pruned_leaves: usize,
+    /// Filters and aggregations; empty for a raw export.
+    rules: Arc<CompactionRules>,
+    /// A fixed clock for age-off filters, instead of reading it at each leaf's start.
+    age_off_clock: Option<i64>,
+    stores: Stores,
+    metrics: ExecutionPlanMetricsSet,
+    cache: Arc<PlanProperties>,
+}
+
+impl LeafMergeExec {
+    /// `projection` indexes the table's columns (row keys, sort keys, values), as DataFusion's
+    /// scans do; `None` is every column. `rules` are applied as Sleeper's compaction would. A
+    /// projection or an age-off column that is not the table's is an error.
+    #[allow(clippy::too_many_arguments)]
+    pub fn try_new(
+        table_id: impl Into<String>,
+        schema: Arc<Schema>,
+        order: KeyOrder,
+        leaves: Vec<LeafInput>,
+        projection: Option<&[usize]>,
+        rules: CompactionRules,
+        stores: Stores,
+    ) -> Result<Self> {
+        let table_id = table_id.into();
+        let table_schema = schema.arrow_schema();
+        let key_count = schema.key_fields().count();
+        let projection: Vec<usize> = projection.map_or_else(
+            || (0..table_schema.fields().len()).collect(),
+            <[usize]>::to_vec,
+        );
+        let column_index = |name: &str| {
+            table_schema.index_of(name).map_err(|_| {
+                Error::Schema(format!(
+                    "the age-off column {name} is not a column of table {table_id}"
+                ))
+            })
+        };
+        let mut read_columns: Vec<usize> = (0..key_count).collect();
+        read_columns.extend(projection.iter().copied());
+        for age_off in &rules.age_offs {
+            read_columns.push(column_index(&age_off.column)?);
+        }
+        read_columns.sort_unstable();
+        read_columns.dedup();
+        let output_columns: Vec<usize> = projection
+            .iter()
+            .map(|c| {
+                read_columns
+                    .iter()
+                    .position(|r| r == c)
+                    .expect("every projected column is read")
+            })
+            .collect();
+        let read_schema =
+            Arc::new(
+                table_schema
+                    .project(&read_columns)
+                    .map_err(|source| Error::Arrow {
+                        context: format!("projecting table {table_id}"),
+                        source,
+                    })?,
+            );
+        let output_schema = Arc::new(
+            read_schema
+                .project(&output_columns)
+                .expect("output columns are read"),
+        );
+        let cache = Arc::new(Self::compute_properties(
+            &schema,
+            order,
+            &output_schema,
+            &output_columns,
+            leaves.len(),
+        ));
+        Ok(LeafMergeExec {
+            table_id,
+            schema,
+            order,
+            verify_order: true,
+            output_columns,
+            read_schema,
+            output_schema,
+            leaves: Arc::new(leaves),
+            pruned_leaves: 0,
+            rules: Arc::new(rules),
+            age_off_clock: None,
+            stores,
+            metrics: ExecutionPlanMetricsSet::new(),
+            cache,
+        })
+    }
+
+    pub fn with_pruned_leaves(mut self, count: usize) -> Self {
+        self.pruned_leaves = count;
+        self
+    }
+
+    /// Skips the check that input files are in the table's order (it costs about 0.5 % of an
+    /// export; see the `leaf_export` bench), for inputs known to be.
+    pub fn with_order_check(mut self, verify: bool) -> Self {
+        self.verify_order = verify;
+        self
+    }
+
+    pub fn with_age_off_clock(mut self, millis: Option<i64>) -> Self {
+        self.age_off_clock = millis;
+        self
+    }
+
+    pub fn leaves(&self) -> &[LeafInput] {
+        &self.leaves
+    }
+
+    /// `3`, or `3 of 10` when a query's predicates left leaves out.
+    fn leaf_count_text(&self) -> String {
+        match self.pruned_leaves {
+            0 => self.leaves.len().to_string(),
+            pruned => format!("{} of {}", self.leaves.len(), self.leaves.len() + pruned),
+        }
+    }
+
+    /// Every leaf is sorted in the table's key order. DataFusion is told the prefix of that order
+    /// it shares: every key for the DataFusion engine's order, the integer keys for the Java
+    /// engine's (strings and byte arrays order differently there, see `model::order`, and a
+    /// declared order that is false would let DataFusion skip a sort that `ORDER BY` needs).
+    /// Exports never sort either way: the sink takes each leaf's stream as it is.
+    fn compute_properties(
+        schema: &Schema,
+        order: KeyOrder,
+        output_schema: &SchemaRef,
+        output_columns: &[usize],
+        leaf_count: usize,
+    ) -> PlanProperties {
+        let mut ordering = Vec::new();
+        for (key_index, key_type) in schema.key_types().into_iter().enumerate() {
+            if !order.agrees_with_arrow(key_type) {
+                break;
+            }
+            let Some(output_index) = output_columns.iter().position(|&c| c == key_index) else {
+                break;
+            };
+            let name = output_schema.field(output_index).name();
+            ordering.push(PhysicalSortExpr::new_default(
+                Arc::new(Column::new(name, output_index)) as Arc<dyn PhysicalExpr>,
+            ));
+        }
+        let eq_properties = if ordering.is_empty() {
+            EquivalenceProperties::new(Arc::clone(output_schema))
+        } else {
+            EquivalenceProperties::new_with_orderings(Arc::clone(output_schema), [ordering])
+        };
+        PlanProperties::new(
+            eq_properties,
+            // With every leaf pruned there is still one (empty) partition: DataFusion's
+            // operators expect at least one.
+            Partitioning::UnknownPartitioning(leaf_count.max(1)),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        )
+    }
+
+    /// For each age-off filter, its column in the read schema and the oldest time kept, from one
+    /// clock read per leaf, which the `age_off_clock_millis` metric records.
+    fn age_off_cutoffs(&self, partition: usize) -> Vec<(usize, i64)> {
+        if self.rules.age_offs.is_empty() {
+            return vec![];
+        }
+        let now = self.age_off_clock.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64)
+        });
+        MetricBuilder::new(&self.metrics)
+            .gauge("age_off_clock_millis", partition)
+            .set(now as usize);
+        self.rules
+            .age_offs
+            .iter()
+            .map(|age_off| {
+                let column = self
+                    .read_schema
+                    .index_of(&age_off.column)
+                    .expect("age-off columns are read");
+                (column, now.saturating_sub(age_off.max_age_millis))
+            })
+            .collect()
+    }
+
+    async fn merge_leaf(&self, partition: usize, batch_size: usize) -> Result<LeafMerge> {
+        let leaf = &self.leaves[partition];
+        let key_types = self.schema.key_types();
+        let converter = Arc::new(
+            RowConverter::new(
+                key_types
+                    .iter()
+                    .map(|t| {
+                        SortField::new(match t {
+                            PrimitiveType::Int => DataType::Int32,
+                            PrimitiveType::Long => DataType::Int64,
+                            PrimitiveType::String | PrimitiveType::ByteArray => DataType::Binary,
+                        })
+                    })
+                    .collect(),
+            )
+            .map_err(|source| Error::Arrow {
+                context: "creating the key comparator".into(),
+                source,
+            })?,
+        );
+        let filter = Arc::new(RowFilter::new(
+            &leaf.partition_region,
+            &leaf.query_regions,
+            &self.schema.row_key_types(),
+            self.order,
+        ));
+        let age_offs = Arc::new(self.age_off_cutoffs(partition));
+        let rows_read = MetricBuilder::new(&self.metrics).counter("rows_read", partition);
+        let row_groups_pruned =
+            MetricBuilder::new(&self.metrics).counter("row_groups_pruned", partition);
+        MetricBuilder::new(&self.metrics)
+            .counter("input_files", partition)
+            .add(leaf.files.len());
+        let readers: Vec<FileReader> = leaf
+            .files
+            .iter()
+            .map(|file| FileReader {
+                file: file.clone(),
+                partition_id: leaf.partition_id.clone(),
+                read_schema: Arc::clone(&self.read_schema),
+                key_types: key_types.clone(),
+                order: self.order,
+                verify_order: self.verify_order,
+                converter: Arc::clone(&converter),
+                filter: Arc::clone(&filter),
+                age_offs: Arc::clone(&age_offs),
+                rows_read: rows_read.clone(),
+                row_groups_pruned: row_groups_pruned.clone(),
+                batch_size,
+            })
+            .collect();
+        // Opening reads each file's footer: on S3 a round trip per file, so they overlap, in
+        // the leaf's file order.
+        let opening: Vec<_> = readers
+            .iter()
+            .map(|reader| reader.open(&self.stores))
+            .collect();
+        let opened: Vec<_> = futures::stream::iter(opening)
+            .buffered(FILES_OPENED_AT_ONCE)
+            .try_collect()
+            .await?;
+        let inputs: Vec<Input> = readers
+            .into_iter()
+            .zip(opened)
+            .map(|(reader, opened)| {
+                let (sender, receiver) = mpsc::channel(READ_AHEAD_BATCHES);
+                // The stream owns the reading task: dropping the merge stops the reader.
+                let task = SpawnedTask::spawn(reader.run(opened, sender));
+                futures::stream::unfold((receiver, task), |(mut receiver, task)| async move {
+                    let batch = receiver.recv().await?;
+                    Some((batch, (receiver, task)))
+                })
+                .boxed()
+            })
+            .collect();
+        let aggregator = (!self.rules.aggregations.is_empty()).then(|| {
+            RowAggregator::new(
+                Arc::clone(&self.read_schema),
+                self.schema.key_fields().count(),
+                &self.rules.aggregations,
+            )
+        });
+        let mut merge = LeafMerge::new(
+            inputs,
+            aggregator,
+            Arc::clone(&self.read_schema),
+            self.output_columns.clone(),
+            batch_size,
+        );
+        merge.start().await?;
+        Ok(merge)
+    }
+}
+
+impl DisplayAs for LeafMergeExec {
+    fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let files: usize = self.leaves.iter().map(|l| l.files.len()).sum();
+        match t {
+            DisplayFormatType::Default | DisplayFormatType::Verbose => write!(
+                f,
+                "LeafMergeExec: table={}, leaves={}, files={}, order=[{}] ({})",
+                self.table_id,
+                self.leaf_count_text(),
+                files,
+                self.schema
+                    .key_fields()
+                    .map(|k| k.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                self.order.data_engine()
+            ),
+            DisplayFormatType::TreeRender => {
+                write!(f, "leaves={}\nfiles={}", self.leaf_count_text(), files)
+            }
+        }
+    }
+}
+
+impl ExecutionPlan for LeafMergeExec {
+    fn name(&self) -> &'static str {
+        "LeafMergeExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.cache
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DFResult<TreeNodeRecursion>,
+    ) -> DFResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn replace_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+        _options: ReplaceChildrenOptions,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        self.replace_children(
+            children,
+            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
+        )
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> DFResult<SendableRecordBatchStream> {
+        if self.leaves.is_empty() && partition == 0 {
+            return Ok(Box::pin(EmptyRecordBatchStream::new(Arc::clone(
+                &self.output_schema,
+            ))));
+        }
+        if partition >= self.leaves.len() {
+            return Err(DataFusionError::Internal(format!(
+                "LeafMergeExec has {} leaves, partition {partition} asked for",
+                self.leaves.len()
+            )));
+        }
+        let this = self.clone();
+        let batch_size = context.session_config().batch_size();
+        let baseline = BaselineMetrics::new(&self.metrics, partition);
+        // The merge is opened lazily, on the first poll, because opening reads file footers.
+        let open = async move { this.merge_leaf(partition, batch_size).await };
+        let stream = futures::stream::once(open)
+            .map_ok(move |merge| {
+                let baseline = baseline.clone();
+                futures::stream::try_unfold(merge, move |mut merge| {
+                    let baseline = baseline.clone();
+                    async move {
+                        let batch = merge.next_batch().await?;
+                        Ok(batch.map(|batch| {
+                            baseline.record_output(batch.num_rows());
+                            (batch, merge)
+                        }))
+                    }
+                })
+            })
+            .try_flatten()
+            .map(|r: Result<RecordBatch>| r.map_err(DataFusionError::from));
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            Arc::clone(&self.output_schema),
+            stream,
+        )))
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+}

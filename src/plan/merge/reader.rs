@@ -1,0 +1,531 @@
+//! Reading one input file of a leaf: opening it (footer read, schema adaptation, row-group
+//! pruning on the region), then decoding, filtering to the region and age-off, encoding sort
+//! keys and checking the order, batch by batch.
+
+use std::cmp::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch};
+use datafusion::arrow::compute::kernels::boolean::and;
+use datafusion::arrow::compute::kernels::cmp::gt_eq;
+use datafusion::arrow::compute::{cast, filter_record_batch, prep_null_mask_filter};
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::error::ArrowError;
+use datafusion::arrow::row::{OwnedRow, RowConverter, Rows};
+use datafusion::parquet::arrow::arrow_reader::ArrowReaderOptions;
+use datafusion::parquet::arrow::async_reader::AsyncFileReader;
+use datafusion::parquet::arrow::async_reader::{
+    ParquetRecordBatchStream, ParquetRecordBatchStreamBuilder,
+};
+use datafusion::parquet::arrow::ProjectionMask;
+use datafusion::parquet::errors::{ParquetError, Result as ParquetResult};
+use datafusion::parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
+use datafusion::parquet::file::statistics::Statistics as ParquetStatistics;
+use datafusion::physical_plan::metrics::Count;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use object_store::ObjectStoreExt;
+use tokio::sync::mpsc;
+
+use super::keys::{prefix, KeyedBatch, SortKeys};
+use crate::error::{Error, Result};
+use crate::model::{KeyOrder, KeyValue, PrimitiveType};
+use crate::plan::filter::RowFilter;
+use crate::storage::Stores;
+
+pub(super) struct FileReader {
+    pub(super) file: String,
+    pub(super) partition_id: String,
+    pub(super) read_schema: SchemaRef,
+    pub(super) key_types: Vec<PrimitiveType>,
+    pub(super) order: KeyOrder,
+    pub(super) verify_order: bool,
+    pub(super) converter: Arc<RowConverter>,
+    pub(super) filter: Arc<RowFilter>,
+    /// Age-off filters: a column and the oldest time it may hold.
+    pub(super) age_offs: Arc<Vec<(usize, i64)>>,
+    pub(super) rows_read: Count,
+    pub(super) row_groups_pruned: Count,
+    pub(super) batch_size: usize,
+}
+
+/// How to turn a file's batches into the table's columns: which file column feeds each table
+/// column, and a cast where the file's type has another shape of the same values (nested field
+/// names or nullability, as other writers choose them).
+pub(super) struct ColumnAdapter {
+    positions: Vec<usize>,
+    casts: Vec<Option<DataType>>,
+}
+
+/// Where a file's rows stand in the check that they are in the table's order.
+#[derive(Default)]
+pub(super) struct OrderCheck {
+    /// The last row read, in row format and as key values (for the message).
+    last: Option<(OwnedRow, Vec<KeyValue>)>,
+    rows_checked: u64,
+    /// The first row number in the file, and the row count, of each row group read.
+    row_groups: Vec<(u64, u64)>,
+}
+
+impl OrderCheck {
+    /// The row number in the file of the `index`th row read.
+    fn file_row(&self, index: u64) -> u64 {
+        let mut before = 0;
+        for &(start, rows) in &self.row_groups {
+            if index < before + rows {
+                return start + index - before;
+            }
+            before += rows;
+        }
+        index
+    }
+}
+
+pub(super) type ParquetStream = ParquetRecordBatchStream<ObjectFileReader>;
+
+/// Whether two Arrow types hold the same values, whatever their nested fields are named and
+/// whether those are declared nullable (a cast turns one into the other).
+fn same_values(a: &DataType, b: &DataType) -> bool {
+    match (a, b) {
+        (DataType::List(x), DataType::List(y)) | (DataType::Map(x, _), DataType::Map(y, _)) => {
+            same_values(x.data_type(), y.data_type())
+        }
+        (DataType::Struct(x), DataType::Struct(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .zip(y)
+                    .all(|(f, g)| same_values(f.data_type(), g.data_type()))
+        }
+        _ => a == b,
+    }
+}
+
+/// The bounds a row group's statistics give its first row key, where the table's order is
+/// Parquet's own and the bounds are exact (byte-array statistics may be truncated).
+fn statistics_bounds(
+    statistics: &ParquetStatistics,
+    key_type: PrimitiveType,
+) -> Option<(KeyValue, KeyValue)> {
+    match (statistics, key_type) {
+        (ParquetStatistics::Int32(s), PrimitiveType::Int) => {
+            Some((KeyValue::Int(*s.min_opt()?), KeyValue::Int(*s.max_opt()?)))
+        }
+        (ParquetStatistics::Int64(s), PrimitiveType::Long) => {
+            Some((KeyValue::Long(*s.min_opt()?), KeyValue::Long(*s.max_opt()?)))
+        }
+        (ParquetStatistics::ByteArray(s), PrimitiveType::String | PrimitiveType::ByteArray)
+            if s.min_is_exact() && s.max_is_exact() =>
+        {
+            let (min, max) = (s.min_opt()?.data(), s.max_opt()?.data());
+            Some(match key_type {
+                PrimitiveType::String => (
+                    KeyValue::String(std::str::from_utf8(min).ok()?.to_owned()),
+                    KeyValue::String(std::str::from_utf8(max).ok()?.to_owned()),
+                ),
+                _ => (KeyValue::Bytes(min.to_vec()), KeyValue::Bytes(max.to_vec())),
+            })
+        }
+        _ => None,
+    }
+}
+
+impl FileReader {
+    fn mismatch(&self, message: String) -> Error {
+        Error::InputSchemaMismatch {
+            file: self.file.clone(),
+            partition: self.partition_id.clone(),
+            message,
+        }
+    }
+
+    fn arrow_error(&self, source: ArrowError) -> Error {
+        Error::Arrow {
+            context: format!("reading {} for partition {}", self.file, self.partition_id),
+            source,
+        }
+    }
+
+    fn corrupt(&self, source: datafusion::parquet::errors::ParquetError) -> Error {
+        Error::CorruptInputFile {
+            file: self.file.clone(),
+            partition: self.partition_id.clone(),
+            source,
+        }
+    }
+
+    pub(super) async fn open(
+        &self,
+        stores: &Stores,
+    ) -> Result<(ParquetStream, ColumnAdapter, OrderCheck)> {
+        let location = stores.resolve(&self.file)?;
+        let meta = location
+            .store
+            .head(&location.prefix)
+            .await
+            .map_err(|source| match source {
+                object_store::Error::NotFound { .. } => Error::MissingInputFile {
+                    file: self.file.clone(),
+                    partition: self.partition_id.clone(),
+                    source,
+                },
+                other => Error::object_store(&self.file, other),
+            })?;
+        let reader = ObjectFileReader {
+            store: Arc::clone(&location.store),
+            path: location.prefix,
+            size: meta.size,
+        };
+        // Column types come from the Parquet schema, not from an Arrow schema its writer embedded:
+        // Sleeper's DataFusion compaction declares its strings Utf8View and its byte arrays
+        // BinaryView there, and both read as the table's Utf8 and Binary this way.
+        let options = ArrowReaderOptions::new().with_skip_arrow_metadata(true);
+        let builder = ParquetRecordBatchStreamBuilder::new_with_options(reader, options)
+            .await
+            .map_err(|e| self.corrupt(e))?;
+        let file_schema = Arc::clone(builder.schema());
+        let mut file_columns = Vec::with_capacity(self.read_schema.fields().len());
+        let mut casts = Vec::with_capacity(self.read_schema.fields().len());
+        for field in self.read_schema.fields() {
+            let (index, file_field) = file_schema
+                .column_with_name(field.name())
+                .ok_or_else(|| self.mismatch(format!("it has no column {:?}", field.name())))?;
+            if file_field.data_type() == field.data_type() {
+                casts.push(None);
+            } else if same_values(file_field.data_type(), field.data_type()) {
+                casts.push(Some(field.data_type().clone()));
+            } else {
+                return Err(self.mismatch(format!(
+                    "column {:?} is {} in the file but {} in the table",
+                    field.name(),
+                    file_field.data_type(),
+                    field.data_type()
+                )));
+            }
+            file_columns.push(index);
+        }
+        let mut selected = file_columns.clone();
+        selected.sort_unstable();
+        let positions = file_columns
+            .iter()
+            .map(|c| {
+                selected
+                    .binary_search(c)
+                    .expect("selected holds every file column")
+            })
+            .collect();
+        let mask = ProjectionMask::roots(builder.parquet_schema(), selected);
+        let row_groups = self.row_groups_in_region(builder.metadata());
+        let metadata = builder.metadata();
+        let mut starts = Vec::with_capacity(metadata.num_row_groups());
+        let mut start = 0u64;
+        for group in metadata.row_groups() {
+            starts.push(start);
+            start += group.num_rows() as u64;
+        }
+        let check = OrderCheck {
+            row_groups: row_groups
+                .iter()
+                .map(|&g| (starts[g], metadata.row_group(g).num_rows() as u64))
+                .collect(),
+            ..OrderCheck::default()
+        };
+        let stream = builder
+            .with_projection(mask)
+            .with_row_groups(row_groups)
+            .with_batch_size(self.batch_size)
+            .build()
+            .map_err(|e| self.corrupt(e))?;
+        Ok((stream, ColumnAdapter { positions, casts }, check))
+    }
+
+    /// Row groups that may hold rows the region filter keeps, judged by the statistics of the
+    /// first row key where they bound its values in the table's order.
+    fn row_groups_in_region(&self, metadata: &ParquetMetaData) -> Vec<usize> {
+        let all = 0..metadata.num_row_groups();
+        let key_type = self.key_types[0];
+        if !self.order.agrees_with_arrow(key_type) {
+            return all.collect();
+        }
+        let ranges = self.filter.first_key_ranges();
+        let first_key = self.read_schema.field(0).name();
+        let column = metadata
+            .file_metadata()
+            .schema_descr()
+            .columns()
+            .iter()
+            .position(|c| c.path().parts() == [first_key.as_str()]);
+        let Some(column) = column else {
+            return all.collect();
+        };
+        let kept: Vec<usize> = all
+            .filter(|&i| {
+                let bounds = metadata
+                    .row_group(i)
+                    .column(column)
+                    .statistics()
+                    .and_then(|s| statistics_bounds(s, key_type));
+                bounds.is_none_or(|(low, high)| {
+                    ranges
+                        .iter()
+                        .any(|range| range.overlaps(&low, &high, self.order))
+                })
+            })
+            .collect();
+        self.row_groups_pruned
+            .add(metadata.num_row_groups() - kept.len());
+        kept
+    }
+
+    pub(super) async fn run(
+        self,
+        (mut stream, adapter, mut check): (ParquetStream, ColumnAdapter, OrderCheck),
+        sender: mpsc::Sender<Result<KeyedBatch>>,
+    ) {
+        while let Some(batch) = stream.next().await {
+            let (keyed, past_end) = match batch
+                .map_err(|e| self.corrupt(e))
+                .and_then(|b| self.prepare(b, &adapter, &mut check))
+            {
+                Ok(prepared) => prepared,
+                Err(error) => {
+                    let _ = sender.send(Err(error)).await;
+                    return;
+                }
+            };
+            if let Some(keyed) = keyed {
+                if sender.send(Ok(keyed)).await.is_err() {
+                    return;
+                }
+            }
+            if past_end {
+                return;
+            }
+        }
+    }
+
+    /// Which rows pass the region and the age-off filters; `None` when all do.
+    ///
+    /// Age-off keeps `t >= now - maxAge`, as Sleeper's DataFusion compaction does (its Java path
+    /// keeps `now - t < maxAge`, dropping the row exactly at the boundary): exports follow the
+    /// DataFusion path, the one that applies filters. Null times compare as null and are dropped.
+    fn keep(&self, batch: &RecordBatch) -> std::result::Result<Option<BooleanArray>, ArrowError> {
+        let mut mask = self.filter.evaluate(batch)?;
+        for &(column, cutoff) in self.age_offs.iter() {
+            let recent = gt_eq(batch.column(column), &Int64Array::new_scalar(cutoff))?;
+            mask = Some(match mask {
+                Some(previous) => and(&previous, &recent)?,
+                None => recent,
+            });
+        }
+        Ok(mask.map(|mask| match mask.null_count() {
+            0 => mask,
+            _ => prep_null_mask_filter(&mask),
+        }))
+    }
+
+    /// Adapts, checks the order of, filters and encodes one batch; also says whether the file
+    /// has passed the region.
+    fn prepare(
+        &self,
+        batch: RecordBatch,
+        adapter: &ColumnAdapter,
+        check: &mut OrderCheck,
+    ) -> Result<(Option<KeyedBatch>, bool)> {
+        let arrow_error = |source| self.arrow_error(source);
+        self.rows_read.add(batch.num_rows());
+        let columns = adapter
+            .positions
+            .iter()
+            .zip(&adapter.casts)
+            .map(|(&position, target)| {
+                let column = batch.column(position);
+                match target {
+                    Some(target) => cast(column, target),
+                    None => Ok(Arc::clone(column)),
+                }
+            })
+            .collect::<std::result::Result<Vec<ArrayRef>, _>>()
+            .map_err(|e| self.mismatch(format!("its values do not fit the table schema: {e}")))?;
+        let batch = RecordBatch::try_new(Arc::clone(&self.read_schema), columns)
+            .map_err(|e| self.mismatch(format!("its rows do not fit the table schema: {e}")))?;
+        let past_end = self.filter.past_kept_keys(&batch).map_err(arrow_error)?;
+        let mask = self
+            .keep(&batch)
+            .map_err(arrow_error)?
+            .filter(|mask| mask.true_count() < batch.num_rows());
+        // The order check reads every row, so then every row's key is encoded and the kept rows
+        // point into them; without it, only the kept rows' keys are.
+        let (mut batch, mask) = match mask {
+            Some(mask) if !self.verify_order => (
+                filter_record_batch(&batch, &mask).map_err(arrow_error)?,
+                None,
+            ),
+            mask => (batch, mask),
+        };
+        if batch.num_rows() == 0 {
+            return Ok((None, past_end));
+        }
+        let (rows, prefixes) = self.sort_keys(&batch)?;
+        if self.verify_order {
+            self.check_order(&batch, &rows, &prefixes, check)?;
+        }
+        let keys = match mask {
+            None => SortKeys {
+                rows,
+                kept: None,
+                prefixes,
+            },
+            Some(mask) if mask.true_count() == 0 => return Ok((None, past_end)),
+            Some(mask) => {
+                let kept: Vec<u32> = mask.values().set_indices().map(|i| i as u32).collect();
+                batch = filter_record_batch(&batch, &mask).map_err(arrow_error)?;
+                SortKeys {
+                    prefixes: kept.iter().map(|&i| prefixes[i as usize]).collect(),
+                    rows,
+                    kept: Some(kept),
+                }
+            }
+        };
+        Ok((Some(KeyedBatch { batch, keys }), past_end))
+    }
+
+    /// The batch's keys in the table's order, as row format and as their eight-byte prefixes.
+    fn sort_keys(&self, batch: &RecordBatch) -> Result<(Rows, Vec<u64>)> {
+        let keys: Vec<ArrayRef> = self
+            .key_types
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| self.order.ordered_array(t, batch.column(i)))
+            .collect();
+        let rows = self
+            .converter
+            .convert_columns(&keys)
+            .map_err(|source| self.arrow_error(source))?;
+        let prefixes = rows.iter().map(prefix).collect();
+        Ok((rows, prefixes))
+    }
+
+    /// Fails on the first row that sorts before the row read before it: the merge of files not
+    /// in the table's order would be out of order, silently. Every row read is checked; rows a
+    /// file holds past the region's end are not read, so not checked.
+    fn check_order(
+        &self,
+        batch: &RecordBatch,
+        rows: &Rows,
+        prefixes: &[u64],
+        check: &mut OrderCheck,
+    ) -> Result<()> {
+        let Some(last) = prefixes.len().checked_sub(1) else {
+            return Ok(());
+        };
+        if let Some((previous, _)) = &check.last {
+            if rows.row(0) < previous.row() {
+                return Err(self.unsorted(batch, 0, check));
+            }
+        }
+        // A fold over the prefixes vectorises; rows are compared only where prefixes tie.
+        let (descends, ties) = prefixes
+            .windows(2)
+            .fold((false, false), |(descends, ties), pair| {
+                (descends | (pair[1] < pair[0]), ties | (pair[1] == pair[0]))
+            });
+        if descends || ties {
+            let descent = (1..prefixes.len()).find(|&i| match prefixes[i].cmp(&prefixes[i - 1]) {
+                Ordering::Less => true,
+                Ordering::Equal => rows.row(i) < rows.row(i - 1),
+                Ordering::Greater => false,
+            });
+            if let Some(row) = descent {
+                return Err(self.unsorted(batch, row, check));
+            }
+        }
+        check.last = Some((rows.row(last).owned(), self.key_values(batch, last)));
+        check.rows_checked += prefixes.len() as u64;
+        Ok(())
+    }
+
+    fn key_values(&self, batch: &RecordBatch, row: usize) -> Vec<KeyValue> {
+        (0..self.key_types.len())
+            .filter_map(|column| KeyValue::from_array(batch.column(column), row).ok())
+            .collect()
+    }
+
+    fn unsorted(&self, batch: &RecordBatch, row: usize, check: &OrderCheck) -> Error {
+        let key = self.key_values(batch, row);
+        let previous = match row {
+            0 => check
+                .last
+                .as_ref()
+                .map(|(_, values)| values.clone())
+                .unwrap_or_default(),
+            _ => self.key_values(batch, row - 1),
+        };
+        let other = self.order.other();
+        let fits_other = other.compare_keys(&previous, &key) != Ordering::Greater;
+        let show = |values: &[KeyValue]| {
+            let shown: Vec<String> = values.iter().map(KeyValue::to_string).collect();
+            format!("({})", shown.join(", "))
+        };
+        Error::UnsortedInputFile {
+            file: self.file.clone(),
+            partition: self.partition_id.clone(),
+            row: check.file_row(check.rows_checked + row as u64),
+            key: show(&key),
+            previous: show(&previous),
+            order: self.order,
+            other_order_fits: fits_other.then_some(other),
+        }
+    }
+}
+
+/// Reads a Parquet file through `object_store`, with its size already known from the `head`
+/// that told a missing file from a corrupt one.
+pub(super) struct ObjectFileReader {
+    store: Arc<dyn object_store::ObjectStore>,
+    path: object_store::path::Path,
+    size: u64,
+}
+
+/// Footer bytes fetched in the first request, so most files need one read for their metadata.
+const FOOTER_PREFETCH: usize = 64 * 1024;
+
+impl AsyncFileReader for ObjectFileReader {
+    fn get_bytes(&mut self, range: std::ops::Range<u64>) -> BoxFuture<'_, ParquetResult<Bytes>> {
+        async move {
+            self.store
+                .get_range(&self.path, range)
+                .await
+                .map_err(|e| ParquetError::External(Box::new(e)))
+        }
+        .boxed()
+    }
+
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<std::ops::Range<u64>>,
+    ) -> BoxFuture<'_, ParquetResult<Vec<Bytes>>> {
+        async move {
+            self.store
+                .get_ranges(&self.path, &ranges)
+                .await
+                .map_err(|e| ParquetError::External(Box::new(e)))
+        }
+        .boxed()
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        _options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, ParquetResult<Arc<ParquetMetaData>>> {
+        async move {
+            let size = self.size;
+            let metadata = ParquetMetaDataReader::new()
+                .with_prefetch_hint(Some(FOOTER_PREFETCH))
+                .load_and_finish(self, size)
+                .await?;
+            Ok(Arc::new(metadata))
+        }
+        .boxed()
+    }
+}
