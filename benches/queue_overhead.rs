@@ -28,9 +28,6 @@ use sleeper_export::storage::{Location, Stores};
 use sleeper_export::table::SleeperTable;
 use sleeper_export::tablegen::{write_demo_table, RowStyle, TableWriter};
 
-#[path = "../tests/it/common/mod.rs"]
-mod common;
-
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -81,7 +78,7 @@ async fn planning_rate(planner: &Planner, queue: &dyn MessageQueue, export_id: &
 #[tokio::main]
 async fn main() {
     let stores = Stores::default();
-    let bucket = common::create_bucket("bench");
+    let bucket = sleeper_export::tablegen::local_s3::create_bucket("bench");
     let client = SqsQueue::client().await;
     let output = stores.resolve(&format!("s3://{bucket}/exports")).unwrap();
 
