@@ -445,17 +445,15 @@ impl ExecutionPlan for LeafMergeExec {
         // The merge is opened lazily, on the first poll, because opening reads file footers.
         let open = async move { this.merge_leaf(partition, batch_size).await };
         let stream = futures::stream::once(open)
+            // Called once: the stream before it yields the one merge.
             .map_ok(move |merge| {
-                let baseline = baseline.clone();
-                futures::stream::try_unfold(merge, move |mut merge| {
-                    let baseline = baseline.clone();
-                    async move {
-                        let batch = merge.next_batch().await?;
-                        Ok(batch.map(|batch| {
-                            baseline.record_output(batch.num_rows());
-                            (batch, merge)
-                        }))
-                    }
+                let state = (merge, baseline.clone());
+                futures::stream::try_unfold(state, |(mut merge, baseline)| async move {
+                    let batch = merge.next_batch().await?;
+                    Ok(batch.map(|batch| {
+                        baseline.record_output(batch.num_rows());
+                        (batch, (merge, baseline))
+                    }))
                 })
             })
             .try_flatten()
