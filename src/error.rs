@@ -5,6 +5,9 @@ use datafusion::error::DataFusionError;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The cause of an error, kept so that callers can walk the chain and match on it.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -56,7 +59,12 @@ pub enum Error {
     StateStore { table: String, message: String },
 
     #[error("invalid location {location:?}: {message}")]
-    Location { location: String, message: String },
+    Location {
+        location: String,
+        message: String,
+        #[source]
+        source: Option<BoxError>,
+    },
 
     #[error("input file {file} of partition {partition} is missing")]
     MissingInputFile {
@@ -154,7 +162,12 @@ pub enum Error {
     Queue { queue: String, message: String },
 
     #[error("writing export file {path}: {message}")]
-    Output { path: String, message: String },
+    Output {
+        path: String,
+        message: String,
+        #[source]
+        source: Option<BoxError>,
+    },
 
     #[error("object store at {path}: {source}")]
     ObjectStore {
@@ -193,6 +206,43 @@ impl Error {
                 | Error::Untrusted(_)
                 | Error::ExportPlannedFromOtherState { .. }
         )
+    }
+
+    /// A location that is wrong in itself (not found, not a table), with no cause to keep.
+    pub fn location(location: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Location {
+            location: location.into(),
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A location that failed with `source` while `doing` something ("" for nothing more to say).
+    pub fn location_from(
+        location: impl Into<String>,
+        doing: &str,
+        source: impl Into<BoxError>,
+    ) -> Self {
+        let source = source.into();
+        Error::Location {
+            location: location.into(),
+            message: if doing.is_empty() {
+                source.to_string()
+            } else {
+                format!("{doing}: {source}")
+            },
+            source: Some(source),
+        }
+    }
+
+    /// Writing the export file at `path` failed with `source`.
+    pub fn output(path: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        let source = source.into();
+        Error::Output {
+            path: path.into(),
+            message: source.to_string(),
+            source: Some(source),
+        }
     }
 
     pub fn object_store(path: impl std::fmt::Display, source: object_store::Error) -> Self {

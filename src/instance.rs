@@ -233,8 +233,5 @@ async fn read_properties(bucket: &Location, key: &str) -> Result<JavaProperties>
     bucket
         .read_properties(&path, "properties")
         .await?
-        .ok_or_else(|| Error::Location {
-            location: bucket.url_of(&path),
-            message: "not found".into(),
-        })
+        .ok_or_else(|| Error::location(bucket.url_of(&path), "not found"))
 }

@@ -1,11 +1,12 @@
 //! One leaf query's export: the unit a queue runner receives, `COPY` plans per leaf, and a
 //! library user can run alone. Below the queues: nothing here schedules.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::{collect, ExecutionPlan};
-use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::prelude::SessionConfig;
 use object_store::path::Path;
 use tokio_util::sync::CancellationToken;
 
@@ -120,7 +121,6 @@ pub fn leaf_export_plan(
         } else {
             properties.compaction_rules()?
         },
-        table.stores.clone(),
     )?
     .with_age_off_clock(options.age_off_clock_millis)
     .with_order_check(options.verify_order);
@@ -148,8 +148,20 @@ pub fn leaf_export_plan(
     ))
 }
 
-fn task_context(batch_size: usize) -> Arc<TaskContext> {
-    SessionContext::new_with_config(SessionConfig::new().with_batch_size(batch_size)).task_ctx()
+/// The context a leaf plan runs in: the runtime env of the table's stores, so that the merge
+/// reaches the leaf's files through the same object stores as everything else (one per bucket,
+/// created once), and no session of its own: a leaf plan calls no SQL functions.
+fn task_context(table: &SleeperTable, options: &ExportOptions) -> Result<Arc<TaskContext>> {
+    Ok(Arc::new(TaskContext::new(
+        None,
+        String::new(),
+        SessionConfig::new().with_batch_size(options.batch_size),
+        HashMap::new(),
+        HashMap::new(),
+        HashMap::new(),
+        HashMap::new(),
+        table.stores.runtime_env()?,
+    )))
 }
 
 /// Runs one leaf query to completion: its file is complete at the end, or absent on error.
@@ -162,7 +174,7 @@ pub async fn run_leaf_query(
     let plan = leaf_export_plan(table, query, output, options)?;
     let batches = collect(
         Arc::clone(&plan) as Arc<dyn ExecutionPlan>,
-        task_context(options.batch_size),
+        task_context(table, options)?,
     )
     .await?;
     WrittenLeaf::from_batches(&batches)?
@@ -170,5 +182,6 @@ pub async fn run_leaf_query(
         .ok_or_else(|| Error::Output {
             path: plan.targets()[0].url.clone(),
             message: "the export plan returned no summary".into(),
+            source: None,
         })
 }

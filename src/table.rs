@@ -34,9 +34,11 @@ impl SleeperTable {
         let java = location
             .read_properties(&path, "table properties")
             .await?
-            .ok_or_else(|| Error::Location {
-                location: location.to_string(),
-                message: format!("no Sleeper table here: {PROPERTIES_FILE} not found"),
+            .ok_or_else(|| {
+                Error::location(
+                    location.to_string(),
+                    format!("no Sleeper table here: {PROPERTIES_FILE} not found"),
+                )
             })?;
         let properties = TableProperties::from_java(java)?;
         let state = SnapshotStateStore::new(

@@ -1,6 +1,7 @@
 //! A Sleeper table as a DataFusion table: its scan has one execution partition per leaf
 //! partition, each the leaf's merged, region-filtered rows in the table's key order.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -8,6 +9,8 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::Session;
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::error::Result as DFResult;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 
@@ -16,6 +19,7 @@ use super::pushdown::{intersect_unions, key_regions};
 use crate::error::Result;
 use crate::model::{KeyOrder, Region};
 use crate::query::splitter::leaf_files;
+use crate::storage::ObjectAddress;
 use crate::table::SleeperTable;
 
 #[derive(Debug, Clone)]
@@ -70,9 +74,29 @@ impl SleeperTableProvider {
             leaves,
             projection,
             self.table.properties.compaction_rules()?,
-            self.table.stores.clone(),
         )?
         .with_pruned_leaves(pruned))
+    }
+
+    /// Lets a session not made for Sleeper tables (a plain `SessionContext`)
+    /// reach the table's files: each store they lie in that the session cannot reach gets the
+    /// table's own, as delta-rs registers a table's store when it is scanned. A file name that
+    /// does not parse is left for the merge to report when it reads it.
+    fn register_stores(&self, runtime: &RuntimeEnv) -> Result<()> {
+        let store_urls: HashSet<ObjectStoreUrl> = self
+            .table
+            .files
+            .iter()
+            .filter_map(|file| ObjectAddress::parse(&file.filename).ok())
+            .map(|address| address.store_url)
+            .collect();
+        for url in store_urls {
+            if runtime.object_store(&url).is_err() {
+                let store = self.table.stores.resolve(url.as_str())?.store;
+                runtime.register_object_store(url.as_ref(), store);
+            }
+        }
+        Ok(())
     }
 
     fn order(&self) -> KeyOrder {
@@ -118,11 +142,12 @@ impl TableProvider for SleeperTableProvider {
 
     async fn scan(
         &self,
-        _state: &dyn Session,
+        state: &dyn Session,
         projection: Option<&Vec<usize>>,
         filters: &[Expr],
         _limit: Option<usize>,
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        self.register_stores(state.runtime_env())?;
         let query = self.query_regions(filters);
         Ok(Arc::new(self.merge_plan(
             projection.map(Vec::as_slice),

@@ -31,7 +31,7 @@ use object_store::ObjectStore;
 use tokio_util::sync::CancellationToken;
 
 use super::parquet_writer::ParallelParquetWriter;
-use crate::error::{Error, Result};
+use crate::error::{BoxError, Error, Result};
 
 /// Where one leaf's file goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -366,11 +366,8 @@ impl LeafWriter {
         Ok(rows)
     }
 
-    fn output_error(&self, message: impl fmt::Display) -> Error {
-        Error::Output {
-            path: self.target.url.clone(),
-            message: message.to_string(),
-        }
+    fn output_error(&self, source: impl Into<BoxError>) -> Error {
+        Error::output(self.target.url.clone(), source)
     }
 
     async fn write(self, mut input: SendableRecordBatchStream) -> Result<RecordBatch> {

@@ -98,10 +98,7 @@ impl BulkExportConfig {
         let properties = file
             .read_properties(&file.prefix, "instance properties")
             .await?
-            .ok_or_else(|| Error::Location {
-                location: location.into(),
-                message: "not found".into(),
-            })?;
+            .ok_or_else(|| Error::location(location, "not found"))?;
         Self::from_properties(&properties)
     }
 

@@ -180,14 +180,12 @@ impl ExportRecords {
             Err(Error::ObjectStore {
                 source: object_store::Error::AlreadyExists { .. },
                 ..
-            }) => self
-                .manifest()
-                .await?
-                .map(Some)
-                .ok_or_else(|| Error::Location {
-                    location: self.root.url_of(&self.path(MANIFEST)),
-                    message: "the manifest exists but cannot be read back".into(),
-                }),
+            }) => self.manifest().await?.map(Some).ok_or_else(|| {
+                Error::location(
+                    self.root.url_of(&self.path(MANIFEST)),
+                    "the manifest exists but cannot be read back",
+                )
+            }),
             Err(e) => Err(e),
         }
     }
@@ -267,12 +265,14 @@ impl ExportRecords {
 
     /// The export's state from one listing of its folder (plus its unfinished uploads).
     pub async fn status(&self) -> Result<ExportStatus> {
-        let manifest: Manifest = self.manifest().await?.ok_or_else(|| Error::Location {
-            location: self.root.url_of(&self.folder()),
-            message: format!(
-                "no manifest for export {} of table {}",
-                self.export_id, self.table_id
-            ),
+        let manifest: Manifest = self.manifest().await?.ok_or_else(|| {
+            Error::location(
+                self.root.url_of(&self.folder()),
+                format!(
+                    "no manifest for export {} of table {}",
+                    self.export_id, self.table_id
+                ),
+            )
         })?;
         let expected: HashSet<Path> = manifest
             .sub_exports

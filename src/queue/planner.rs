@@ -102,16 +102,14 @@ impl Planner {
                     // The same digest means the same leaves, unless the manifest was edited.
                     let id = planned
                         .get(query.leaf_partition_id.as_str())
-                        .ok_or_else(|| Error::Location {
-                            location: format!(
-                                "{}/{}/{export_id}/{MANIFEST}",
-                                self.output,
-                                table.id()
-                            ),
-                            message: format!(
-                                "export {export_id} has no sub-export for leaf {}",
-                                query.leaf_partition_id
-                            ),
+                        .ok_or_else(|| {
+                            Error::location(
+                                format!("{}/{}/{export_id}/{MANIFEST}", self.output, table.id()),
+                                format!(
+                                    "export {export_id} has no sub-export for leaf {}",
+                                    query.leaf_partition_id
+                                ),
+                            )
                         })?;
                     query.sub_export_id = (*id).to_owned();
                 }

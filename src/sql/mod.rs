@@ -11,15 +11,11 @@ use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProviderFactory};
 use datafusion::datasource::TableProvider;
 use datafusion::error::{DataFusionError, Result as DFResult};
-use datafusion::execution::object_store::{DefaultObjectStoreRegistry, ObjectStoreRegistry};
-use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::logical_expr::CreateExternalTable;
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParser, Statement};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
-use object_store::ObjectStore;
-use url::Url;
 
 pub use copy::{ExportNode, SleeperQueryPlanner, EXPORT_ID_OPTION};
 
@@ -39,13 +35,7 @@ pub fn sleeper_session(stores: Stores, config: SessionConfig) -> Result<SessionC
         .options_mut()
         .optimizer
         .enable_round_robin_repartition = false;
-    let runtime = RuntimeEnvBuilder::new()
-        .with_object_store_registry(Arc::new(StoresRegistry {
-            stores,
-            others: DefaultObjectStoreRegistry::new(),
-        }))
-        .build_arc()
-        .map_err(Error::from)?;
+    let runtime = stores.runtime_env()?;
     let state = SessionStateBuilder::new()
         .with_config(config)
         .with_runtime_env(runtime)
@@ -183,35 +173,5 @@ impl TableProviderFactory for SleeperTableFactory {
             }
         }
         Ok(Arc::new(provider))
-    }
-}
-
-/// Object stores for DataFusion's own reads and writes: `s3://` buckets come from the crate's
-/// stores (one configuration for everything) unless one was registered for them, other URLs
-/// from DataFusion's default registry.
-#[derive(Debug)]
-struct StoresRegistry {
-    stores: Stores,
-    others: DefaultObjectStoreRegistry,
-}
-
-impl ObjectStoreRegistry for StoresRegistry {
-    fn register_store(
-        &self,
-        url: &Url,
-        store: Arc<dyn ObjectStore>,
-    ) -> Option<Arc<dyn ObjectStore>> {
-        self.others.register_store(url, store)
-    }
-
-    fn get_store(&self, url: &Url) -> DFResult<Arc<dyn ObjectStore>> {
-        let registered = self.others.get_store(url);
-        match url.scheme() {
-            "s3" | "s3a" if registered.is_err() => {
-                let bucket = url.host_str().unwrap_or_default();
-                Ok(self.stores.resolve(&format!("s3://{bucket}"))?.store)
-            }
-            _ => registered,
-        }
     }
 }

@@ -1,12 +1,15 @@
 //! Where tables, inputs and outputs live: a local directory or an `s3://` prefix, both reached
 //! through `object_store` so every code path is the same for both.
 
+mod registry;
 mod uploads;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::execution::runtime_env::RuntimeEnv;
 use futures::TryStreamExt;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::client::{HttpConnector, ReqwestConnector};
@@ -17,7 +20,7 @@ use object_store::{
 };
 use url::Url;
 
-use crate::error::{Error, Result};
+use crate::error::{BoxError, Error, Result};
 use crate::model::JavaProperties;
 pub use uploads::UnfinishedUpload;
 use uploads::{S3Uploads, Staging};
@@ -107,10 +110,8 @@ impl Location {
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(Error::object_store(url, e)),
         };
-        let text = String::from_utf8(bytes.to_vec()).map_err(|_| Error::Location {
-            location: url,
-            message: format!("{what} are not UTF-8"),
-        })?;
+        let text = String::from_utf8(bytes.to_vec())
+            .map_err(|e| Error::location_from(url, &format!("{what} are not UTF-8"), e))?;
         Ok(Some(JavaProperties::parse(&text)))
     }
 
@@ -140,11 +141,92 @@ pub async fn read_all(store: &dyn ObjectStore, path: &Path) -> object_store::Res
 /// Changes to how S3 buckets are reached, over what the environment says.
 pub type S3Settings = Arc<dyn Fn(AmazonS3Builder) -> AmazonS3Builder + Send + Sync>;
 
-/// Opens object stores for URLs and paths, one per bucket, shared between tables and exports.
+/// Where an object or prefix is, decoded from its URL or local path without opening a store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectAddress {
+    /// What a registry of stores (DataFusion's runtime env) is asked for: `s3://bucket`
+    /// (`s3a://` names the same bucket) or `file:///`.
+    pub store_url: ObjectStoreUrl,
+    pub path: Path,
+    /// As given, made absolute: `s3a://bucket/key`, `file:///data/table`.
+    pub url: Url,
+}
+
+impl ObjectAddress {
+    /// Decodes `s3://bucket/key`, `s3a://bucket/key`, `file:///path` or a plain local path
+    /// (relative paths are taken from the current directory).
+    pub fn parse(location: &str) -> Result<Self> {
+        let bad = |source: BoxError| Error::location_from(location, "", source);
+        let Some((scheme, rest)) = location.split_once("://") else {
+            return local_address(location, std::path::Path::new(location));
+        };
+        match scheme {
+            "s3" | "s3a" => {
+                let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+                if bucket.is_empty() {
+                    return Err(Error::location(location, "no bucket name"));
+                }
+                let path = Path::parse(key.trim_end_matches('/')).map_err(|e| bad(e.into()))?;
+                Ok(ObjectAddress {
+                    store_url: ObjectStoreUrl::parse(format!("s3://{bucket}"))
+                        .map_err(|e| bad(e.into()))?,
+                    url: Url::parse(&format!("{scheme}://{bucket}/{path}"))
+                        .map_err(|e| bad(e.into()))?,
+                    path,
+                })
+            }
+            "file" => {
+                let url = Url::parse(location).map_err(|e| bad(e.into()))?;
+                let path = url
+                    .to_file_path()
+                    .map_err(|_| Error::location(location, "not a local file URL"))?;
+                local_address(location, &path)
+            }
+            other => Err(Error::location(
+                location,
+                format!("unsupported scheme {other:?}: use a local path, file://, s3:// or s3a://"),
+            )),
+        }
+    }
+}
+
+fn local_address(location: &str, path: &std::path::Path) -> Result<ObjectAddress> {
+    let bad = |source: BoxError| Error::location_from(location, "", source);
+    // `..` is resolved as a `file://` URL resolves it, so that both forms of a path name the
+    // same place.
+    let absolute = std::path::absolute(path)
+        .map_err(|e| bad(e.into()))?
+        .components()
+        .fold(std::path::PathBuf::new(), |mut path, component| {
+            match component {
+                std::path::Component::ParentDir => {
+                    path.pop();
+                }
+                other => path.push(other),
+            }
+            path
+        });
+    Ok(ObjectAddress {
+        store_url: ObjectStoreUrl::local_filesystem(),
+        path: Path::from_absolute_path(&absolute).map_err(|e| bad(e.into()))?,
+        url: Url::from_file_path(&absolute)
+            .map_err(|_| Error::location(location, "not an absolute path"))?,
+    })
+}
+
+/// Opens object stores for URLs and paths, one per bucket, shared between tables, exports and
+/// the DataFusion plans that read them (through [`Stores::runtime_env`]).
 #[derive(Clone, Default)]
 pub struct Stores {
-    s3_buckets: Arc<Mutex<HashMap<String, S3Bucket>>>,
-    local: Arc<Mutex<Option<Arc<dyn ObjectStore>>>>,
+    opened: Arc<OpenedStores>,
+    runtime: Arc<OnceLock<Arc<RuntimeEnv>>>,
+}
+
+/// The stores opened so far, and how to open more.
+#[derive(Default)]
+struct OpenedStores {
+    s3_buckets: Mutex<HashMap<String, S3Bucket>>,
+    local: Mutex<Option<Arc<dyn ObjectStore>>>,
     s3_settings: Option<S3Settings>,
     s3_retry: RetryConfig,
 }
@@ -159,96 +241,73 @@ impl Stores {
     /// Stores whose S3 buckets are configured from the environment and then by `settings` (e.g.
     /// another endpoint, or other retries).
     pub fn with_s3_settings(settings: S3Settings) -> Self {
-        Stores {
+        Stores::opening(OpenedStores {
             s3_settings: Some(settings),
-            ..Stores::default()
-        }
+            ..OpenedStores::default()
+        })
     }
 
     /// How S3 requests are retried (object_store's default: 10 times, exponential back-off from
-    /// 100 ms, within 3 minutes).
+    /// 100 ms, within 3 minutes). Buckets opened before are opened again.
     pub fn with_s3_retry(self, retry: RetryConfig) -> Self {
-        Stores {
+        Stores::opening(OpenedStores {
             s3_retry: retry,
-            ..self
+            s3_settings: self.opened.s3_settings.clone(),
+            ..OpenedStores::default()
+        })
+    }
+
+    fn opening(opened: OpenedStores) -> Self {
+        Stores {
+            opened: Arc::new(opened),
+            runtime: Arc::default(),
         }
     }
 
     /// Resolves `s3://bucket/key`, `s3a://bucket/key`, `file:///path` or a plain local path
     /// (relative paths are taken from the current directory).
     pub fn resolve(&self, location: &str) -> Result<Location> {
-        let bad = |message: String| Error::Location {
-            location: location.to_owned(),
-            message,
-        };
-        if let Some((scheme, rest)) = location.split_once("://") {
-            match scheme {
-                "s3" | "s3a" => {
-                    let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
-                    if bucket.is_empty() {
-                        return Err(bad("no bucket name".into()));
-                    }
-                    let (store, staging) = self.s3_bucket(bucket)?;
-                    let prefix =
-                        Path::parse(key.trim_end_matches('/')).map_err(|e| bad(e.to_string()))?;
-                    let url = Url::parse(&format!("{scheme}://{bucket}/{prefix}"))
-                        .map_err(|e| bad(e.to_string()))?;
-                    Ok(Location {
-                        store,
-                        prefix,
-                        url,
-                        staging,
-                    })
-                }
-                "file" => {
-                    let url = Url::parse(location).map_err(|e| bad(e.to_string()))?;
-                    let path = url
-                        .to_file_path()
-                        .map_err(|_| bad("not a local file URL".into()))?;
-                    self.local_path(location, &path)
-                }
-                other => Err(bad(format!(
-                    "unsupported scheme {other:?}: use a local path, file://, s3:// or s3a://"
-                ))),
-            }
-        } else {
-            self.local_path(location, std::path::Path::new(location))
-        }
-    }
-
-    fn local_path(&self, location: &str, path: &std::path::Path) -> Result<Location> {
-        let bad = |message: String| Error::Location {
-            location: location.to_owned(),
-            message,
-        };
-        // `..` is resolved as a `file://` URL resolves it, so that both forms of a path name the
-        // same place.
-        let absolute = std::path::absolute(path)
-            .map_err(|e| bad(e.to_string()))?
-            .components()
-            .fold(std::path::PathBuf::new(), |mut path, component| {
-                match component {
-                    std::path::Component::ParentDir => {
-                        path.pop();
-                    }
-                    other => path.push(other),
-                }
-                path
-            });
-        let prefix = Path::from_absolute_path(&absolute).map_err(|e| bad(e.to_string()))?;
-        let url = Url::from_file_path(&absolute).map_err(|_| bad("not an absolute path".into()))?;
-        let store = Arc::clone(
-            self.local
-                .lock()
-                .expect("store cache lock")
-                .get_or_insert_with(|| Arc::new(LocalFileSystem::new())),
-        );
+        let address = ObjectAddress::parse(location)?;
+        let (store, staging) = self.opened.open(address.store_url.as_ref())?;
         Ok(Location {
             store,
-            prefix,
-            url,
-            staging: Staging::LocalFiles,
+            prefix: address.path,
+            url: address.url,
+            staging,
         })
+    }
+
+    /// The runtime env DataFusion plans run in to reach these stores: `s3://` buckets open as
+    /// [`Stores::resolve`] opens them unless a store was registered for them, other URLs come
+    /// from DataFusion's default registry. One for all clones of these stores.
+    pub fn runtime_env(&self) -> Result<Arc<RuntimeEnv>> {
+        if let Some(runtime) = self.runtime.get() {
+            return Ok(Arc::clone(runtime));
+        }
+        let runtime = registry::runtime_env(Arc::clone(&self.opened))?;
+        Ok(Arc::clone(self.runtime.get_or_init(|| runtime)))
+    }
+}
+
+impl OpenedStores {
+    /// The store of an [`ObjectAddress::store_url`].
+    fn open(&self, store_url: &Url) -> Result<S3Bucket> {
+        match store_url.scheme() {
+            "file" => {
+                let store = Arc::clone(
+                    self.local
+                        .lock()
+                        .expect("store cache lock")
+                        .get_or_insert_with(|| Arc::new(LocalFileSystem::new())),
+                );
+                Ok((store, Staging::LocalFiles))
+            }
+            "s3" | "s3a" => self.s3_bucket(store_url.host_str().unwrap_or_default()),
+            other => Err(Error::location(
+                store_url.as_str(),
+                format!("no store for scheme {other:?}"),
+            )),
+        }
     }
 
     /// Buckets are configured from the standard AWS environment (`AWS_ENDPOINT_URL`,
@@ -258,10 +317,7 @@ impl Stores {
         if let Some((store, staging)) = buckets.get(bucket) {
             return Ok((Arc::clone(store), staging.clone()));
         }
-        let bad = |message: String| Error::Location {
-            location: format!("s3://{bucket}"),
-            message,
-        };
+        let bad = |source: BoxError| Error::location_from(format!("s3://{bucket}"), "", source);
         let mut builder = AmazonS3Builder::from_env()
             .with_bucket_name(bucket)
             .with_retry(self.s3_retry.clone());
@@ -284,13 +340,13 @@ impl Stores {
             (None, true) => format!("https://{bucket}.s3.{region}.amazonaws.com/"),
             (None, false) => format!("https://s3.{region}.amazonaws.com/{bucket}/"),
         };
-        let bucket_url = Url::parse(&bucket_url).map_err(|e| bad(e.to_string()))?;
+        let bucket_url = Url::parse(&bucket_url).map_err(|e| bad(e.into()))?;
         let allow_http = config(AmazonS3ConfigKey::Client(ClientConfigKey::AllowHttp))
             .is_some_and(|v| v == "true");
         let client = ReqwestConnector::default()
             .connect(&ClientOptions::new().with_allow_http(allow_http))
-            .map_err(|e| bad(e.to_string()))?;
-        let s3 = Arc::new(builder.build().map_err(|e| bad(e.to_string()))?);
+            .map_err(|e| bad(e.into()))?;
+        let s3 = Arc::new(builder.build().map_err(|e| bad(e.into()))?);
         let staging = Staging::S3(Arc::new(S3Uploads {
             store: Arc::clone(&s3),
             client,
@@ -301,5 +357,38 @@ impl Stores {
         let store: Arc<dyn ObjectStore> = s3;
         buckets.insert(bucket.to_owned(), (Arc::clone(&store), staging.clone()));
         Ok((store, staging))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sleeper_and_plain_urls_of_a_bucket_share_one_store_url() {
+        let s3a = ObjectAddress::parse("s3a://bucket/table/data/f.parquet").unwrap();
+        let s3 = ObjectAddress::parse("s3://bucket/table/data/f.parquet").unwrap();
+        assert_eq!(s3a.store_url, s3.store_url);
+        assert_eq!(s3a.store_url.as_str(), "s3://bucket/");
+        assert_eq!(s3a.path, s3.path);
+        assert_eq!(s3a.url.as_str(), "s3a://bucket/table/data/f.parquet");
+        let local = ObjectAddress::parse("/data/t/../f.parquet").unwrap();
+        assert_eq!(local.store_url, ObjectStoreUrl::local_filesystem());
+        assert_eq!(local.url.as_str(), "file:///data/f.parquet");
+    }
+
+    #[test]
+    fn a_bad_location_keeps_the_error_that_rejected_it() {
+        let error = ObjectAddress::parse("s3://bucket/a/../b").unwrap_err();
+        let Error::Location { location, source, .. } = &error else {
+            panic!("{error:?}");
+        };
+        assert_eq!(location, "s3://bucket/a/../b");
+        let source = source.as_deref().expect("a source");
+        assert!(
+            source.downcast_ref::<object_store::path::Error>().is_some(),
+            "{source:?}"
+        );
+        assert!(std::error::Error::source(&error).is_some());
     }
 }

@@ -16,7 +16,7 @@ use object_store::RetryConfig;
 use serde::Deserialize;
 use url::Url;
 
-use crate::error::{Error, Result};
+use crate::error::{BoxError, Error, Result};
 
 /// One unfinished upload: the object it was writing, and what names the upload itself (the
 /// staging file, or the S3 upload id).
@@ -54,10 +54,7 @@ impl Staging {
                 let (under, file) = (under.clone(), local_file_path(url)?);
                 tokio::task::spawn_blocking(move || Ok(local_staging_files(&under, &file)))
                     .await
-                    .map_err(|e| Error::Location {
-                        location: location.to_owned(),
-                        message: format!("looking for staging files: {e}"),
-                    })?
+                    .map_err(|e| Error::location_from(location, "looking for staging files", e))?
             }
             Staging::S3(s3) => s3.list(under, location).await,
         }
@@ -66,10 +63,11 @@ impl Staging {
     pub async fn abort(&self, upload: &UnfinishedUpload) -> Result<()> {
         match self {
             Staging::LocalFiles => match tokio::fs::remove_file(&upload.upload).await {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::Location {
-                    location: upload.upload.clone(),
-                    message: format!("cannot remove the staging file: {e}"),
-                }),
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::location_from(
+                    upload.upload.clone(),
+                    "cannot remove the staging file",
+                    e,
+                )),
                 _ => Ok(()),
             },
             Staging::S3(s3) => s3
@@ -104,10 +102,7 @@ fn local_file_path(url: &str) -> Result<PathBuf> {
     Url::parse(url)
         .ok()
         .and_then(|url| url.to_file_path().ok())
-        .ok_or_else(|| Error::Location {
-            location: url.to_owned(),
-            message: "not a local file URL".into(),
-        })
+        .ok_or_else(|| Error::location(url, "not a local file URL"))
 }
 
 fn walk_staging_files(directory: &std::path::Path, found: &mut Vec<UnfinishedUpload>) {
@@ -157,16 +152,15 @@ struct ListedUpload {
 impl S3Uploads {
     /// Multipart uploads in progress for the key `under` or for keys below `under/`.
     async fn list(&self, under: &Path, location: &str) -> Result<Vec<UnfinishedUpload>> {
-        let failed = |message: String| Error::Location {
-            location: location.to_owned(),
-            message: format!("listing unfinished multipart uploads: {message}"),
+        let failed = |source: BoxError| {
+            Error::location_from(location, "listing unfinished multipart uploads", source)
         };
         let credential = self
             .store
             .credentials()
             .get_credential()
             .await
-            .map_err(|e| failed(e.to_string()))?;
+            .map_err(|e| failed(e.into()))?;
         let mut found = Vec::new();
         let mut markers: Option<(String, String)> = None;
         loop {
@@ -183,9 +177,9 @@ impl S3Uploads {
             let body = self
                 .get_with_retries(&url, &credential)
                 .await
-                .map_err(failed)?;
+                .map_err(|e| failed(e.into()))?;
             let page: ListMultipartUploadsResult =
-                quick_xml::de::from_reader(body.as_ref()).map_err(|e| failed(e.to_string()))?;
+                quick_xml::de::from_reader(body.as_ref()).map_err(|e| failed(e.into()))?;
             let below = format!("{under}/");
             found.extend(
                 page.upload

@@ -401,10 +401,7 @@ impl TableWriter {
             .location
             .child(&format!("data/partition_{data_partition}/{uuid}.parquet"));
         let url = self.location.url_of(&path);
-        let output_error = |e: &dyn std::fmt::Display| Error::Output {
-            path: url.clone(),
-            message: e.to_string(),
-        };
+        let output_error = |e| Error::output(url.clone(), e);
         let mut writer = ParallelParquetWriter::try_new(
             Arc::clone(&self.location.store),
             path,
@@ -412,13 +409,13 @@ impl TableWriter {
             self.properties
                 .writer_properties(&self.properties.schema.arrow_schema())?,
         )
-        .map_err(|e| output_error(&e))?;
+        .map_err(output_error)?;
         let mut rows = 0;
         for batch in batches {
             rows += batch.num_rows() as u64;
-            writer.write(batch).await.map_err(|e| output_error(&e))?;
+            writer.write(batch).await.map_err(output_error)?;
         }
-        writer.finish().await.map_err(|e| output_error(&e))?;
+        writer.finish().await.map_err(output_error)?;
         for partition_id in referenced_by {
             self.partition(partition_id)?;
             self.files.push(FileReference {

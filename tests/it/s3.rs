@@ -196,6 +196,56 @@ async fn sql_creates_copies_and_reads_tables_on_s3() {
     );
 }
 
+/// The merge reads through the object stores of the session it runs in, as DataFusion's own
+/// scans do: a plain `SessionContext` reaches the table's bucket through the table's stores
+/// (registered on scan), and a store the session already has for the bucket is the one read.
+#[tokio::test]
+async fn the_merge_reads_through_the_sessions_object_stores() {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::Int64Type;
+    use datafusion::prelude::SessionContext;
+    use sleeper_export::plan::SleeperTableProvider;
+    use std::sync::Arc;
+
+    let bucket = create_bucket("session-stores");
+    let stores = Stores::default();
+    let table = random_table_at(
+        stores.resolve(&format!("s3://{bucket}/tables/t")).unwrap(),
+        77,
+    )
+    .await;
+    let count = |ctx: SessionContext| async move {
+        let batches = ctx.sql("SELECT count(*) FROM t").await?.collect().await?;
+        Ok::<_, datafusion::error::DataFusionError>(
+            batches[0].column(0).as_primitive::<Int64Type>().value(0),
+        )
+    };
+    let sleeper = sleeper_export::sql::sleeper_session(stores.clone(), Default::default()).unwrap();
+    sleeper
+        .register_table("t", Arc::new(SleeperTableProvider::new(table.clone())))
+        .unwrap();
+    let expected = count(sleeper).await.unwrap();
+    assert!(expected > 0);
+
+    let plain = SessionContext::new();
+    plain
+        .register_table("t", Arc::new(SleeperTableProvider::new(table.clone())))
+        .unwrap();
+    assert_eq!(count(plain).await.unwrap(), expected);
+
+    let elsewhere = SessionContext::new();
+    let bucket_url = url::Url::parse(&format!("s3://{bucket}")).unwrap();
+    elsewhere.register_object_store(&bucket_url, Arc::new(object_store::memory::InMemory::new()));
+    elsewhere
+        .register_table("t", Arc::new(SleeperTableProvider::new(table)))
+        .unwrap();
+    let error = count(elsewhere).await.unwrap_err();
+    assert!(
+        matches!(Error::from(error), Error::MissingInputFile { .. }),
+        "the session's empty store for s3://{bucket} was not the one read"
+    );
+}
+
 /// Sleeper names its files `s3a://…`: they are the table's files as much as `s3://` ones.
 #[tokio::test]
 async fn a_table_whose_files_are_named_s3a_exports_the_same_rows() {

@@ -101,9 +101,12 @@ pub async fn demo(args: DemoArgs, stores: &Stores) -> Result<ExitCode> {
     let table_dir = args.dir.join("table");
     let output_dir = args.dir.join("export");
     if table_dir.exists() {
-        std::fs::remove_dir_all(&table_dir).map_err(|e| Error::Location {
-            location: table_dir.display().to_string(),
-            message: format!("cannot clear the old demo table: {e}"),
+        std::fs::remove_dir_all(&table_dir).map_err(|e| {
+            Error::location_from(
+                table_dir.display().to_string(),
+                "cannot clear the old demo table",
+                e,
+            )
         })?;
     }
     let location = stores.resolve(&table_dir.to_string_lossy())?;

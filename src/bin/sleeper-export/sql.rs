@@ -41,9 +41,8 @@ pub struct TablesArgs {
 
 pub async fn run(args: SqlArgs, stores: Stores) -> Result<()> {
     let script = match (&args.statements, &args.file) {
-        (_, Some(file)) => std::fs::read_to_string(file).map_err(|e| Error::Location {
-            location: file.display().to_string(),
-            message: format!("cannot read the SQL file: {e}"),
+        (_, Some(file)) => std::fs::read_to_string(file).map_err(|e| {
+            Error::location_from(file.display().to_string(), "cannot read the SQL file", e)
         })?,
         (Some(statements), None) => statements.clone(),
         (None, None) => unreachable!("clap requires statements or --file"),
@@ -55,10 +54,10 @@ pub async fn run(args: SqlArgs, stores: Stores) -> Result<()> {
             (Some(pair), _) => pair,
             (None, Some(_)) => (table.as_str(), table.as_str()),
             (None, None) => {
-                return Err(Error::Location {
-                    location: table.clone(),
-                    message: "--table takes NAME=LOCATION".into(),
-                })
+                return Err(Error::location(
+                    table.clone(),
+                    "--table takes NAME=LOCATION",
+                ))
             }
         };
         let opened = open_table(source, instance.as_ref(), &stores).await?;

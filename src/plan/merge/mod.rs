@@ -20,6 +20,7 @@ use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::runtime::SpawnedTask;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result as DFResult};
+use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr, PhysicalSortExpr};
@@ -40,7 +41,6 @@ use super::aggregate::RowAggregator;
 use super::filter::RowFilter;
 use crate::error::{Error, Result};
 use crate::model::{CompactionRules, KeyOrder, PrimitiveType, Region, Schema};
-use crate::storage::Stores;
 use loser_tree::{Input, LeafMerge};
 use reader::FileReader;
 
@@ -82,7 +82,6 @@ pub struct LeafMergeExec {
     rules: Arc<CompactionRules>,
     /// A fixed clock for age-off filters, instead of reading it at each leaf's start.
     age_off_clock: Option<i64>,
-    stores: Stores,
     metrics: ExecutionPlanMetricsSet,
     cache: Arc<PlanProperties>,
 }
@@ -99,7 +98,6 @@ impl LeafMergeExec {
         leaves: Vec<LeafInput>,
         projection: Option<&[usize]>,
         rules: CompactionRules,
-        stores: Stores,
     ) -> Result<Self> {
         let table_id = table_id.into();
         let table_schema = schema.arrow_schema();
@@ -164,7 +162,6 @@ impl LeafMergeExec {
             pruned_leaves: 0,
             rules: Arc::new(rules),
             age_off_clock: None,
-            stores,
             metrics: ExecutionPlanMetricsSet::new(),
             cache,
         })
@@ -266,7 +263,14 @@ impl LeafMergeExec {
             .collect()
     }
 
-    async fn merge_leaf(&self, partition: usize, batch_size: usize) -> Result<LeafMerge> {
+    /// The leaf's files are reached through `runtime`'s object stores, as DataFusion's own
+    /// scans reach theirs.
+    async fn merge_leaf(
+        &self,
+        partition: usize,
+        batch_size: usize,
+        runtime: Arc<RuntimeEnv>,
+    ) -> Result<LeafMerge> {
         let leaf = &self.leaves[partition];
         let key_types = self.schema.key_types();
         let converter = Arc::new(
@@ -320,10 +324,7 @@ impl LeafMergeExec {
             .collect();
         // Opening reads each file's footer: on S3 a round trip per file, so they overlap, in
         // the leaf's file order.
-        let opening: Vec<_> = readers
-            .iter()
-            .map(|reader| reader.open(&self.stores))
-            .collect();
+        let opening: Vec<_> = readers.iter().map(|reader| reader.open(&runtime)).collect();
         let opened: Vec<_> = futures::stream::iter(opening)
             .buffered(FILES_OPENED_AT_ONCE)
             .try_collect()
@@ -443,7 +444,8 @@ impl ExecutionPlan for LeafMergeExec {
         let batch_size = context.session_config().batch_size();
         let baseline = BaselineMetrics::new(&self.metrics, partition);
         // The merge is opened lazily, on the first poll, because opening reads file footers.
-        let open = async move { this.merge_leaf(partition, batch_size).await };
+        let runtime = context.runtime_env();
+        let open = async move { this.merge_leaf(partition, batch_size, runtime).await };
         let stream = futures::stream::once(open)
             // Called once: the stream before it yields the one merge.
             .map_ok(move |merge| {

@@ -13,6 +13,7 @@ use datafusion::arrow::compute::{cast, filter_record_batch, prep_null_mask_filte
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::row::{OwnedRow, RowConverter, Rows};
+use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::parquet::arrow::arrow_reader::ArrowReaderOptions;
 use datafusion::parquet::arrow::async_reader::AsyncFileReader;
 use datafusion::parquet::arrow::async_reader::{
@@ -32,7 +33,7 @@ use super::keys::{prefix, KeyedBatch, SortKeys};
 use crate::error::{Error, Result};
 use crate::model::{KeyOrder, KeyValue, PrimitiveType};
 use crate::plan::filter::RowFilter;
-use crate::storage::Stores;
+use crate::storage::ObjectAddress;
 
 pub(super) struct FileReader {
     pub(super) file: String,
@@ -156,12 +157,14 @@ impl FileReader {
 
     pub(super) async fn open(
         &self,
-        stores: &Stores,
+        runtime: &RuntimeEnv,
     ) -> Result<(ParquetStream, ColumnAdapter, OrderCheck)> {
-        let location = stores.resolve(&self.file)?;
-        let meta = location
-            .store
-            .head(&location.prefix)
+        let address = ObjectAddress::parse(&self.file)?;
+        let store = runtime.object_store(&address.store_url).map_err(|e| {
+            Error::location_from(&self.file, "no object store for it in the session", e)
+        })?;
+        let meta = store
+            .head(&address.path)
             .await
             .map_err(|source| match source {
                 object_store::Error::NotFound { .. } => Error::MissingInputFile {
@@ -172,8 +175,8 @@ impl FileReader {
                 other => Error::object_store(&self.file, other),
             })?;
         let reader = ObjectFileReader {
-            store: Arc::clone(&location.store),
-            path: location.prefix,
+            store,
+            path: address.path,
             size: meta.size,
         };
         // Column types come from the Parquet schema, not from an Arrow schema its writer embedded:
