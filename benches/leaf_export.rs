@@ -20,8 +20,8 @@
 
 mod common;
 
-use common::{peak_rss_mib, peak_rss_reset};
-use std::time::{Duration, Instant};
+use common::{env_number, measure, output_dir, peak_rss_reset, print_result, runtime};
+use std::time::Instant;
 
 use datafusion::prelude::{SessionConfig, SessionContext};
 use sleeper_export::leaf::{run_leaf_query, ExportOptions};
@@ -40,21 +40,6 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const FILES: usize = 8;
 /// About 80 % of uniformly random lowercase keys sort below this.
 const SPLIT: &str = "uuuu";
-
-fn env_number(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn runtime(threads: usize) -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .enable_all()
-        .build()
-        .expect("a runtime")
-}
 
 async fn create_table(dir: &std::path::Path, rows_per_file: usize) -> SleeperTable {
     let marker = dir.join(format!("complete-{rows_per_file}"));
@@ -99,12 +84,6 @@ async fn create_table(dir: &std::path::Path, rows_per_file: usize) -> SleeperTab
     let table = writer.finish().await.unwrap();
     std::fs::write(marker, "").unwrap();
     table
-}
-
-struct Measured {
-    time: Duration,
-    peak_rss_mib: f64,
-    rows: u64,
 }
 
 fn ours(table: &SleeperTable, out: &std::path::Path, threads: usize, verify_order: bool) -> u64 {
@@ -208,16 +187,8 @@ fn floor(table: &SleeperTable, out: &std::path::Path, write: bool) -> u64 {
 /// Runs one variant in this process, `runs` times, printing `RESULT seconds peak_rss_mib rows`
 /// per run. Each variant runs in its own process so that its peak RSS is its own.
 fn run_variant(name: &str, table: &SleeperTable, runs: usize) {
-    // Outputs go to memory where the machine has a tmpfs: the benchmark measures the engine,
-    // not how the local disk's page cache happens to behave (it varies tenfold between runs here).
-    let shm = std::path::Path::new("/dev/shm");
     for _ in 0..runs {
-        let out = if shm.is_dir() {
-            tempfile::tempdir_in(shm)
-        } else {
-            tempfile::tempdir()
-        }
-        .unwrap();
+        let out = output_dir();
         peak_rss_reset();
         let started = Instant::now();
         let rows = match name {
@@ -232,11 +203,7 @@ fn run_variant(name: &str, table: &SleeperTable, runs: usize) {
             "datafusion-2" => datafusion_merge(table, out.path()),
             other => panic!("unknown variant {other}"),
         };
-        println!(
-            "RESULT {} {} {rows}",
-            started.elapsed().as_secs_f64(),
-            peak_rss_mib()
-        );
+        print_result(started.elapsed().as_secs_f64(), rows);
     }
 }
 
@@ -245,37 +212,6 @@ fn aggregating(table: &SleeperTable) -> SleeperTable {
     let mut properties = (*table.properties).clone();
     properties.aggregations = Some("sum(count), max(text), min(measure)".into());
     table.with_properties(properties).unwrap()
-}
-
-fn measure(variant: &str, runs: usize) -> Measured {
-    let output = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--variant", variant, "--runs", &runs.to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{variant}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let mut results: Vec<(f64, f64, u64)> = String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(|line| line.strip_prefix("RESULT "))
-        .map(|line| {
-            let fields: Vec<&str> = line.split(' ').collect();
-            (
-                fields[0].parse().unwrap(),
-                fields[1].parse().unwrap(),
-                fields[2].parse().unwrap(),
-            )
-        })
-        .collect();
-    results.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let (seconds, _, rows) = results[results.len() / 2];
-    Measured {
-        time: Duration::from_secs_f64(seconds),
-        peak_rss_mib: results.iter().map(|r| r.1).fold(0.0, f64::max),
-        rows,
-    }
 }
 
 fn main() {
@@ -304,7 +240,8 @@ fn main() {
         "ours-agg-2",
         "datafusion-2",
     ];
-    let measured: Vec<(&str, Measured)> = variants.iter().map(|v| (*v, measure(v, runs))).collect();
+    let measured: Vec<(&str, common::Measured)> =
+        variants.iter().map(|v| (*v, measure(v, runs))).collect();
     let get = |name: &str| &measured.iter().find(|(v, _)| *v == name).unwrap().1;
     for name in ["ours-1", "ours-2", "ours-unchecked-2", "datafusion-2"] {
         assert_eq!(

@@ -1,4 +1,10 @@
-//! Shared by the benchmarks: peak memory of the running process (Linux).
+//! Shared by the benchmarks: peak memory of the running process (Linux), runtimes, and running
+//! each variant in a process of its own so that its peak memory is its own.
+
+// Each benchmark binary compiles this module and uses part of it.
+#![allow(dead_code)]
+
+use std::time::Duration;
 
 /// Starts a new peak: writing 5 to clear_refs resets the peak resident set size.
 pub fn peak_rss_reset() {
@@ -13,4 +19,77 @@ pub fn peak_rss_mib() -> f64 {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+pub fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+pub fn runtime(threads: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .expect("a runtime")
+}
+
+/// A variant's median time over its runs, its highest peak RSS, and the rows it wrote.
+pub struct Measured {
+    pub time: Duration,
+    pub peak_rss_mib: f64,
+    pub rows: u64,
+}
+
+/// Runs `--variant <variant> --runs <runs>` of this benchmark's own binary, which prints a line
+/// `RESULT seconds peak_rss_mib rows` per run (see [`print_result`]).
+pub fn measure(variant: &str, runs: usize) -> Measured {
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--variant", variant, "--runs", &runs.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{variant}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut results: Vec<(f64, f64, u64)> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| line.strip_prefix("RESULT "))
+        .map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            (
+                fields[0].parse().unwrap(),
+                fields[1].parse().unwrap(),
+                fields[2].parse().unwrap(),
+            )
+        })
+        .collect();
+    results.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (seconds, _, rows) = results[results.len() / 2];
+    Measured {
+        time: Duration::from_secs_f64(seconds),
+        peak_rss_mib: results.iter().map(|r| r.1).fold(0.0, f64::max),
+        rows,
+    }
+}
+
+/// The line [`measure`] reads, for one run that took `seconds` and wrote `rows`.
+pub fn print_result(seconds: f64, rows: u64) {
+    println!("RESULT {seconds} {} {rows}", peak_rss_mib());
+}
+
+/// A fresh output directory in memory where the machine has a tmpfs: the benchmarks measure
+/// the engine, not how the local disk's page cache happens to behave (it varies tenfold
+/// between runs here).
+pub fn output_dir() -> tempfile::TempDir {
+    let shm = std::path::Path::new("/dev/shm");
+    if shm.is_dir() {
+        tempfile::tempdir_in(shm)
+    } else {
+        tempfile::tempdir()
+    }
+    .unwrap()
 }

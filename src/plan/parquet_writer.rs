@@ -1,6 +1,8 @@
-//! Writes one Parquet file to an object store, encoding the columns of each row group on
-//! separate tasks: encoding is most of an export's work, and one thread would cap the export at
-//! one core however many the runner has.
+//! Writes one Parquet file to an object store, encoding each column on its own task: encoding is
+//! most of an export's work, and one thread would cap the export at one core however many the
+//! runner has. A column's task encodes the column's arrays as they arrive, so what waits for a
+//! row group to close is its encoded pages, never its raw rows: memory is bounded by the
+//! compressed size of a row group, whatever the row-group setting.
 //!
 //! The file becomes visible only at `finish`: small files are one PUT, large ones a multipart
 //! upload completed at the end (locally, a staged file renamed at the end). `abort` or dropping
@@ -22,13 +24,17 @@ use datafusion::parquet::file::properties::WriterProperties;
 use datafusion::parquet::file::writer::SerializedFileWriter;
 use object_store::path::Path;
 use object_store::ObjectStore;
+use tokio::sync::mpsc;
 
 use super::upload::Upload;
 use crate::model::schema::leaf_count;
 
-/// Row groups encoding at once: one being filled while up to this many encode keeps every core
-/// busy without holding more than a few row groups in memory.
-const ROW_GROUPS_IN_FLIGHT: usize = 2;
+/// Closed row groups whose encoders may still be finishing while the next one fills.
+const ROW_GROUPS_CLOSING: usize = 1;
+
+/// Arrays queued for each column's encoder: enough that encoders and the merge overlap, few
+/// enough that raw rows never pile up when an encoder is the slower side.
+const ARRAYS_QUEUED_PER_COLUMN: usize = 2;
 
 #[derive(Clone, Default)]
 struct SharedBuffer(Arc<Mutex<Vec<u8>>>);
@@ -54,7 +60,14 @@ impl Write for SharedBuffer {
     }
 }
 
-type EncodedColumns = SpawnedTask<Result<Vec<ArrowColumnChunk>, ParquetError>>;
+type EncodedColumn = SpawnedTask<Result<Vec<ArrowColumnChunk>, ParquetError>>;
+
+/// The row group being filled: one encoder task per column, fed as batches arrive.
+struct OpenRowGroup {
+    arrays: Vec<mpsc::Sender<ArrayRef>>,
+    encoded: Vec<EncodedColumn>,
+    rows: usize,
+}
 
 pub struct ParallelParquetWriter {
     schema: SchemaRef,
@@ -64,10 +77,9 @@ pub struct ParallelParquetWriter {
     /// Taken by `finish` or `abort`; one still here when the writer is dropped aborts itself.
     upload: Option<Upload>,
     row_group_rows: usize,
-    pending: Vec<RecordBatch>,
-    pending_rows: usize,
+    open: Option<OpenRowGroup>,
     row_groups_started: usize,
-    in_flight: VecDeque<Vec<EncodedColumns>>,
+    closing: VecDeque<Vec<EncodedColumn>>,
     bytes_written: u64,
     crc32c: u32,
     footer_written: bool,
@@ -107,10 +119,9 @@ impl ParallelParquetWriter {
             buffer,
             upload: Some(Upload::new(store, path)),
             row_group_rows,
-            pending: Vec::new(),
-            pending_rows: 0,
+            open: None,
             row_groups_started: 0,
-            in_flight: VecDeque::new(),
+            closing: VecDeque::new(),
             bytes_written: 0,
             crc32c: 0,
             footer_written: false,
@@ -119,53 +130,85 @@ impl ParallelParquetWriter {
 
     pub async fn write(&mut self, batch: RecordBatch) -> Result<(), ParquetError> {
         let mut batch = batch;
-        while self.pending_rows + batch.num_rows() >= self.row_group_rows {
-            let fits = self.row_group_rows - self.pending_rows;
-            self.pending.push(batch.slice(0, fits));
-            batch = batch.slice(fits, batch.num_rows() - fits);
-            self.pending_rows = self.row_group_rows;
-            self.start_row_group()?;
-            while self.in_flight.len() > ROW_GROUPS_IN_FLIGHT {
-                self.write_oldest_row_group().await?;
+        while batch.num_rows() > 0 {
+            if self.open.is_none() {
+                self.open = Some(self.open_row_group()?);
             }
-        }
-        if batch.num_rows() > 0 {
-            self.pending_rows += batch.num_rows();
-            self.pending.push(batch);
+            let open = self.open.as_mut().expect("a row group is open");
+            let fits = (self.row_group_rows - open.rows).min(batch.num_rows());
+            let part = batch.slice(0, fits);
+            batch = batch.slice(fits, batch.num_rows() - fits);
+            open.rows += fits;
+            let mut encoder_stopped = false;
+            for (arrays, column) in open.arrays.iter().zip(part.columns()) {
+                if arrays.send(ArrayRef::clone(column)).await.is_err() {
+                    encoder_stopped = true;
+                    break;
+                }
+            }
+            let full = open.rows == self.row_group_rows;
+            if encoder_stopped {
+                // An encoder stops early only on an error, which its row group reports.
+                self.close_row_group();
+                self.write_closed_row_groups().await?;
+                return Err(ParquetError::General(
+                    "a column encoder stopped before its row group ended".into(),
+                ));
+            }
+            if full {
+                self.close_row_group();
+                while self.closing.len() > ROW_GROUPS_CLOSING {
+                    self.write_oldest_row_group().await?;
+                }
+            }
         }
         Ok(())
     }
 
-    /// Hands the pending rows to one encoding task per column.
-    fn start_row_group(&mut self) -> Result<(), ParquetError> {
-        let batches = std::mem::take(&mut self.pending);
-        self.pending_rows = 0;
+    /// Starts one encoding task per column of the next row group.
+    fn open_row_group(&mut self) -> Result<OpenRowGroup, ParquetError> {
         let mut writers = self
             .factory
             .create_column_writers(self.row_groups_started)?
             .into_iter();
         self.row_groups_started += 1;
-        let mut tasks = Vec::with_capacity(self.schema.fields().len());
-        for (index, field) in self.schema.fields().iter().enumerate() {
+        let mut open = OpenRowGroup {
+            arrays: Vec::with_capacity(self.schema.fields().len()),
+            encoded: Vec::with_capacity(self.schema.fields().len()),
+            rows: 0,
+        };
+        for field in self.schema.fields() {
             let column_writers: Vec<ArrowColumnWriter> = writers
                 .by_ref()
                 .take(leaf_count(field.data_type()))
                 .collect();
-            let columns: Vec<ArrayRef> = batches
-                .iter()
-                .map(|b| ArrayRef::clone(b.column(index)))
-                .collect();
-            let field = FieldRef::clone(field);
-            tasks.push(SpawnedTask::spawn(async move {
-                encode_column(&field, &columns, column_writers)
-            }));
+            let (sender, receiver) = mpsc::channel(ARRAYS_QUEUED_PER_COLUMN);
+            open.arrays.push(sender);
+            open.encoded.push(SpawnedTask::spawn(encode_column(
+                FieldRef::clone(field),
+                receiver,
+                column_writers,
+            )));
         }
-        self.in_flight.push_back(tasks);
+        Ok(open)
+    }
+
+    /// Ends the open row group's input: its encoders finish what is queued and close.
+    fn close_row_group(&mut self) {
+        if let Some(open) = self.open.take() {
+            self.closing.push_back(open.encoded);
+        }
+    }
+
+    async fn write_closed_row_groups(&mut self) -> Result<(), ParquetError> {
+        while !self.closing.is_empty() {
+            self.write_oldest_row_group().await?;
+        }
         Ok(())
     }
 
     async fn write_oldest_row_group(&mut self) -> Result<(), ParquetError> {
-        let Some(tasks) = self.in_flight.pop_front() else {
+        let Some(tasks) = self.closing.pop_front() else {
             return Ok(());
         };
         let mut row_group = self.file.next_row_group()?;
@@ -223,12 +266,8 @@ impl ParallelParquetWriter {
     /// Encodes and uploads the rows still held and the footer: everything of `finish` but
     /// making the file visible (one request), and unlike that, safe to stop halfway and `abort`.
     pub async fn write_remaining(&mut self) -> Result<(), ParquetError> {
-        if self.pending_rows > 0 {
-            self.start_row_group()?;
-        }
-        while !self.in_flight.is_empty() {
-            self.write_oldest_row_group().await?;
-        }
+        self.close_row_group();
+        self.write_closed_row_groups().await?;
         self.file.finish()?;
         self.upload_buffered().await?;
         self.upload_mut()
@@ -240,7 +279,8 @@ impl ParallelParquetWriter {
     }
 
     pub async fn abort(mut self) {
-        self.in_flight.clear();
+        self.open = None;
+        self.closing.clear();
         if let Some(upload) = self.upload.take() {
             if let Err(e) = upload.abort().await {
                 tracing::warn!("could not abort an unfinished upload: {e}");
@@ -249,13 +289,13 @@ impl ParallelParquetWriter {
     }
 }
 
-fn encode_column(
-    field: &FieldRef,
-    columns: &[ArrayRef],
+async fn encode_column(
+    field: FieldRef,
+    mut arrays: mpsc::Receiver<ArrayRef>,
     mut writers: Vec<ArrowColumnWriter>,
 ) -> Result<Vec<ArrowColumnChunk>, ParquetError> {
-    for column in columns {
-        for (writer, leaf) in writers.iter_mut().zip(compute_leaves(field, column)?) {
+    while let Some(array) = arrays.recv().await {
+        for (writer, leaf) in writers.iter_mut().zip(compute_leaves(&field, &array)?) {
             writer.write(&leaf)?;
         }
     }

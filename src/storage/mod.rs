@@ -380,7 +380,10 @@ mod tests {
     #[test]
     fn a_bad_location_keeps_the_error_that_rejected_it() {
         let error = ObjectAddress::parse("s3://bucket/a/../b").unwrap_err();
-        let Error::Location { location, source, .. } = &error else {
+        let Error::Location {
+            location, source, ..
+        } = &error
+        else {
             panic!("{error:?}");
         };
         assert_eq!(location, "s3://bucket/a/../b");

@@ -59,6 +59,16 @@ pub struct LeafInput {
 /// that memory stays flat however large the leaf.
 const READ_AHEAD_BATCHES: usize = 2;
 
+/// Compressed bytes a leaf's files fetch at once, shared between them: each file reads its row
+/// groups a window of pages at a time (1 M-row row groups are tens of MiB per file).
+const LEAF_FETCH_BUDGET_BYTES: usize = 64 * 1024 * 1024;
+
+/// Decoded rows a leaf's files hold in batches, shared between them: with many files each
+/// decodes smaller batches (never fewer rows than `MIN_FILE_BATCH_ROWS`, nor more than the
+/// session's batch size).
+const LEAF_DECODED_ROWS: usize = 128 * 1024;
+const MIN_FILE_BATCH_ROWS: usize = 1024;
+
 /// Files of a leaf whose footers are read at once.
 const FILES_OPENED_AT_ONCE: usize = 16;
 
@@ -304,6 +314,13 @@ impl LeafMergeExec {
         MetricBuilder::new(&self.metrics)
             .counter("input_files", partition)
             .add(leaf.files.len());
+        // The leaf's files share its read budgets, so memory does not grow with their number:
+        // an un-compacted leaf has hundreds.
+        let files = leaf.files.len().max(1);
+        let fetch_budget = LEAF_FETCH_BUDGET_BYTES / files;
+        let file_batch_size = (LEAF_DECODED_ROWS / files)
+            .max(MIN_FILE_BATCH_ROWS)
+            .min(batch_size);
         let readers: Vec<FileReader> = leaf
             .files
             .iter()
@@ -319,7 +336,8 @@ impl LeafMergeExec {
                 age_offs: Arc::clone(&age_offs),
                 rows_read: rows_read.clone(),
                 row_groups_pruned: row_groups_pruned.clone(),
-                batch_size,
+                batch_size: file_batch_size.max(1),
+                fetch_budget,
             })
             .collect();
         // Opening reads each file's footer: on S3 a round trip per file, so they overlap, in

@@ -3,6 +3,7 @@
 //! keys and checking the order, batch by batch.
 
 use std::cmp::Ordering;
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -14,14 +15,18 @@ use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::row::{OwnedRow, RowConverter, Rows};
 use datafusion::execution::runtime_env::RuntimeEnv;
-use datafusion::parquet::arrow::arrow_reader::ArrowReaderOptions;
+use datafusion::parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, RowSelection, RowSelector,
+};
 use datafusion::parquet::arrow::async_reader::AsyncFileReader;
 use datafusion::parquet::arrow::async_reader::{
     ParquetRecordBatchStream, ParquetRecordBatchStreamBuilder,
 };
 use datafusion::parquet::arrow::ProjectionMask;
 use datafusion::parquet::errors::{ParquetError, Result as ParquetResult};
-use datafusion::parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
+use datafusion::parquet::file::metadata::{
+    PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader,
+};
 use datafusion::parquet::file::statistics::Statistics as ParquetStatistics;
 use datafusion::physical_plan::metrics::Count;
 use futures::future::BoxFuture;
@@ -49,6 +54,8 @@ pub(super) struct FileReader {
     pub(super) rows_read: Count,
     pub(super) row_groups_pruned: Count,
     pub(super) batch_size: usize,
+    /// Compressed bytes this file may fetch at once: its share of the leaf's read budget.
+    pub(super) fetch_budget: usize,
 }
 
 /// How to turn a file's batches into the table's columns: which file column feeds each table
@@ -83,7 +90,118 @@ impl OrderCheck {
     }
 }
 
-pub(super) type ParquetStream = ParquetRecordBatchStream<ObjectFileReader>;
+/// A file's rows as a sequence of windows, each some rows of one row group read by a stream of
+/// its own. Parquet's reader fetches all the pages a stream selects in a row group at once, so a
+/// whole 1 M-row row group per file at a time unless the stream selects fewer rows; with the
+/// file's offset index, a window fetches only its own pages. Without one, a window is a whole
+/// row group.
+pub(super) struct WindowedStream {
+    reader: ObjectFileReader,
+    metadata: ArrowReaderMetadata,
+    projection: ProjectionMask,
+    batch_size: usize,
+    windows: VecDeque<Window>,
+    current: Option<ParquetRecordBatchStream<ObjectFileReader>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Window {
+    row_group: usize,
+    first_row: usize,
+    rows: usize,
+    row_group_rows: usize,
+}
+
+impl Window {
+    fn selection(&self) -> Option<RowSelection> {
+        if self.rows == self.row_group_rows {
+            return None;
+        }
+        let after = self.row_group_rows - self.first_row - self.rows;
+        let selectors = [
+            RowSelector::skip(self.first_row),
+            RowSelector::select(self.rows),
+            RowSelector::skip(after),
+        ];
+        Some(
+            selectors
+                .into_iter()
+                .filter(|s| s.row_count > 0)
+                .collect::<Vec<_>>()
+                .into(),
+        )
+    }
+}
+
+/// The windows that read `row_groups` fetching about `budget` compressed bytes at a time (never
+/// fewer than `min_rows` rows); each row group is one window where `windowed` is false.
+fn windows(
+    metadata: &ParquetMetaData,
+    row_groups: &[usize],
+    projection: &ProjectionMask,
+    budget: usize,
+    min_rows: usize,
+    windowed: bool,
+) -> VecDeque<Window> {
+    let mut windows = VecDeque::new();
+    for &row_group in row_groups {
+        let group = metadata.row_group(row_group);
+        let row_group_rows = usize::try_from(group.num_rows()).unwrap_or(0);
+        let bytes: usize = group
+            .columns()
+            .iter()
+            .enumerate()
+            .filter(|(leaf, _)| projection.leaf_included(*leaf))
+            .map(|(_, column)| usize::try_from(column.compressed_size()).unwrap_or(0))
+            .sum();
+        let window_rows = if windowed && bytes > budget {
+            (row_group_rows * budget / bytes).max(min_rows)
+        } else {
+            row_group_rows
+        }
+        .max(1);
+        let mut first_row = 0;
+        while first_row < row_group_rows {
+            let rows = window_rows.min(row_group_rows - first_row);
+            windows.push_back(Window {
+                row_group,
+                first_row,
+                rows,
+                row_group_rows,
+            });
+            first_row += rows;
+        }
+    }
+    windows
+}
+
+impl WindowedStream {
+    pub(super) async fn next(&mut self) -> Option<ParquetResult<RecordBatch>> {
+        loop {
+            if let Some(stream) = &mut self.current {
+                match stream.next().await {
+                    Some(batch) => return Some(batch),
+                    None => self.current = None,
+                }
+            }
+            let window = self.windows.pop_front()?;
+            let mut builder = ParquetRecordBatchStreamBuilder::new_with_metadata(
+                self.reader.clone(),
+                self.metadata.clone(),
+            )
+            .with_projection(self.projection.clone())
+            .with_row_groups(vec![window.row_group])
+            .with_batch_size(self.batch_size);
+            if let Some(selection) = window.selection() {
+                builder = builder.with_row_selection(selection);
+            }
+            match builder.build() {
+                Ok(stream) => self.current = Some(stream),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+}
 
 /// Whether two Arrow types hold the same values, whatever their nested fields are named and
 /// whether those are declared nullable (a cast turns one into the other).
@@ -158,7 +276,7 @@ impl FileReader {
     pub(super) async fn open(
         &self,
         runtime: &RuntimeEnv,
-    ) -> Result<(ParquetStream, ColumnAdapter, OrderCheck)> {
+    ) -> Result<(WindowedStream, ColumnAdapter, OrderCheck)> {
         let address = ObjectAddress::parse(&self.file)?;
         let store = runtime.object_store(&address.store_url).map_err(|e| {
             Error::location_from(&self.file, "no object store for it in the session", e)
@@ -174,7 +292,7 @@ impl FileReader {
                 },
                 other => Error::object_store(&self.file, other),
             })?;
-        let reader = ObjectFileReader {
+        let mut reader = ObjectFileReader {
             store,
             path: address.path,
             size: meta.size,
@@ -182,11 +300,13 @@ impl FileReader {
         // Column types come from the Parquet schema, not from an Arrow schema its writer embedded:
         // Sleeper's DataFusion compaction declares its strings Utf8View and its byte arrays
         // BinaryView there, and both read as the table's Utf8 and Binary this way.
-        let options = ArrowReaderOptions::new().with_skip_arrow_metadata(true);
-        let builder = ParquetRecordBatchStreamBuilder::new_with_options(reader, options)
+        let options = ArrowReaderOptions::new()
+            .with_skip_arrow_metadata(true)
+            .with_offset_index_policy(PageIndexPolicy::Optional);
+        let reader_metadata = ArrowReaderMetadata::load_async(&mut reader, options)
             .await
             .map_err(|e| self.corrupt(e))?;
-        let file_schema = Arc::clone(builder.schema());
+        let file_schema = Arc::clone(reader_metadata.schema());
         let mut file_columns = Vec::with_capacity(self.read_schema.fields().len());
         let mut casts = Vec::with_capacity(self.read_schema.fields().len());
         for field in self.read_schema.fields() {
@@ -217,9 +337,9 @@ impl FileReader {
                     .expect("selected holds every file column")
             })
             .collect();
-        let mask = ProjectionMask::roots(builder.parquet_schema(), selected);
-        let row_groups = self.row_groups_in_region(builder.metadata());
-        let metadata = builder.metadata();
+        let mask = ProjectionMask::roots(reader_metadata.parquet_schema(), selected);
+        let metadata = reader_metadata.metadata();
+        let row_groups = self.row_groups_in_region(metadata);
         let mut starts = Vec::with_capacity(metadata.num_row_groups());
         let mut start = 0u64;
         for group in metadata.row_groups() {
@@ -233,12 +353,22 @@ impl FileReader {
                 .collect(),
             ..OrderCheck::default()
         };
-        let stream = builder
-            .with_projection(mask)
-            .with_row_groups(row_groups)
-            .with_batch_size(self.batch_size)
-            .build()
-            .map_err(|e| self.corrupt(e))?;
+        let windowed = metadata.offset_index().is_some();
+        let stream = WindowedStream {
+            windows: windows(
+                metadata,
+                &row_groups,
+                &mask,
+                self.fetch_budget,
+                self.batch_size,
+                windowed,
+            ),
+            reader,
+            metadata: reader_metadata.clone(),
+            projection: mask,
+            batch_size: self.batch_size,
+            current: None,
+        };
         Ok((stream, ColumnAdapter { positions, casts }, check))
     }
 
@@ -282,7 +412,7 @@ impl FileReader {
 
     pub(super) async fn run(
         self,
-        (mut stream, adapter, mut check): (ParquetStream, ColumnAdapter, OrderCheck),
+        (mut stream, adapter, mut check): (WindowedStream, ColumnAdapter, OrderCheck),
         sender: mpsc::Sender<Result<KeyedBatch>>,
     ) {
         while let Some(batch) = stream.next().await {
@@ -484,6 +614,7 @@ impl FileReader {
 
 /// Reads a Parquet file through `object_store`, with its size already known from the `head`
 /// that told a missing file from a corrupt one.
+#[derive(Clone)]
 pub(super) struct ObjectFileReader {
     store: Arc<dyn object_store::ObjectStore>,
     path: object_store::path::Path,
@@ -519,16 +650,143 @@ impl AsyncFileReader for ObjectFileReader {
 
     fn get_metadata<'a>(
         &'a mut self,
-        _options: Option<&'a ArrowReaderOptions>,
+        options: Option<&'a ArrowReaderOptions>,
     ) -> BoxFuture<'a, ParquetResult<Arc<ParquetMetaData>>> {
         async move {
             let size = self.size;
+            let offset_index = options.map_or(PageIndexPolicy::Skip, |o| o.offset_index_policy());
             let metadata = ParquetMetaDataReader::new()
                 .with_prefetch_hint(Some(FOOTER_PREFETCH))
+                .with_offset_index_policy(offset_index)
                 .load_and_finish(self, size)
                 .await?;
             Ok(Arc::new(metadata))
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{AsArray, StringArray};
+    use datafusion::arrow::datatypes::{Field, Int64Type, Schema};
+    use datafusion::parquet::arrow::ArrowWriter;
+    use datafusion::parquet::file::properties::WriterProperties;
+    use object_store::memory::InMemory;
+    use object_store::ObjectStoreExt;
+
+    const ROW_GROUP_ROWS: usize = 10_000;
+
+    /// A file of three 10,000-row row groups with 500-row pages, keys 0..30,000, through an
+    /// in-memory store.
+    async fn file_with_pages() -> (ObjectFileReader, ArrowReaderMetadata) {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("key", DataType::Int64, false),
+            Field::new("value", DataType::Utf8, false),
+        ]));
+        let keys: Vec<i64> = (0..3 * ROW_GROUP_ROWS as i64).collect();
+        let values: StringArray = keys.iter().map(|k| Some(format!("value {k}"))).collect();
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![Arc::new(Int64Array::from(keys)), Arc::new(values)],
+        )
+        .unwrap();
+        let properties = WriterProperties::builder()
+            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+            .set_data_page_row_count_limit(500)
+            .set_write_batch_size(500)
+            .build();
+        let mut bytes = Vec::new();
+        let mut writer = ArrowWriter::try_new(&mut bytes, schema, Some(properties)).unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+        let store = Arc::new(InMemory::new());
+        let path = object_store::path::Path::from("f.parquet");
+        let size = bytes.len() as u64;
+        store.put(&path, bytes.into()).await.unwrap();
+        let mut reader = ObjectFileReader { store, path, size };
+        let options = ArrowReaderOptions::new().with_offset_index_policy(PageIndexPolicy::Optional);
+        let metadata = ArrowReaderMetadata::load_async(&mut reader, options)
+            .await
+            .unwrap();
+        (reader, metadata)
+    }
+
+    async fn keys_read(stream: &mut WindowedStream) -> Vec<i64> {
+        let mut keys = Vec::new();
+        while let Some(batch) = stream.next().await {
+            keys.extend(
+                batch
+                    .unwrap()
+                    .column(0)
+                    .as_primitive::<Int64Type>()
+                    .values(),
+            );
+        }
+        keys
+    }
+
+    #[tokio::test]
+    async fn a_file_read_in_windows_gives_every_row_once_in_order() {
+        let (reader, metadata) = file_with_pages().await;
+        assert!(metadata.metadata().offset_index().is_some());
+        let all = ProjectionMask::all();
+        let row_group_bytes = metadata.metadata().row_group(0).compressed_size() as usize;
+        let windows = windows(
+            metadata.metadata(),
+            &[0, 2],
+            &all,
+            row_group_bytes / 4,
+            1000,
+            true,
+        );
+        let listed: Vec<Window> = windows.iter().copied().collect();
+        // Row group 0 in quarters; row group 2's longer strings in a few more windows.
+        assert!(listed[..4]
+            .iter()
+            .all(|w| w.row_group == 0 && w.rows == ROW_GROUP_ROWS / 4));
+        assert!((4..=6).contains(&(listed.len() - 4)), "{listed:?}");
+        for pair in listed.windows(2) {
+            let (a, b) = (pair[0], pair[1]);
+            let next = if a.first_row + a.rows == a.row_group_rows {
+                0
+            } else {
+                a.first_row + a.rows
+            };
+            assert_eq!(b.first_row, next, "{listed:?}");
+        }
+        let mut stream = WindowedStream {
+            reader,
+            metadata,
+            projection: all,
+            batch_size: 700,
+            windows,
+            current: None,
+        };
+        let expected: Vec<i64> = (0..ROW_GROUP_ROWS as i64)
+            .chain(2 * ROW_GROUP_ROWS as i64..3 * ROW_GROUP_ROWS as i64)
+            .collect();
+        assert_eq!(keys_read(&mut stream).await, expected);
+    }
+
+    #[tokio::test]
+    async fn windows_are_whole_row_groups_within_the_budget_or_without_an_offset_index() {
+        let (_, metadata) = file_with_pages().await;
+        let all = ProjectionMask::all();
+        let metadata = metadata.metadata();
+        let row_group_bytes = metadata
+            .row_groups()
+            .iter()
+            .map(|group| group.compressed_size() as usize)
+            .max()
+            .unwrap();
+        let whole = |budget, windowed| windows(metadata, &[0, 1, 2], &all, budget, 1, windowed);
+        assert_eq!(whole(row_group_bytes, true).len(), 3);
+        assert_eq!(whole(row_group_bytes / 10, false).len(), 3);
+        assert!(whole(1, true).len() > 3 * 100, "at least a page a window");
+        // The window never drops below the minimum rows, however small the budget.
+        let floor = windows(metadata, &[0], &all, 1, 2500, true);
+        assert_eq!(floor.len(), 4);
     }
 }
