@@ -26,7 +26,7 @@ use std::time::Instant;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use sleeper_export::leaf::{run_leaf_query, ExportOptions};
 use sleeper_export::model::PartitionTree;
-use sleeper_export::model::{Field, KeyValue, PrimitiveType, Schema, TableProperties};
+use sleeper_export::model::{KeyValue, TableProperties};
 use sleeper_export::plan::filter::RowFilter;
 use sleeper_export::query::split_into_leaf_queries;
 use sleeper_export::storage::Stores;
@@ -50,16 +50,7 @@ async fn create_table(dir: &std::path::Path, rows_per_file: usize) -> SleeperTab
             .unwrap();
     }
     let _ = std::fs::remove_dir_all(dir);
-    let schema = Schema::new(
-        vec![Field::primitive("key", PrimitiveType::String)],
-        vec![Field::primitive("timestamp", PrimitiveType::Long)],
-        vec![
-            Field::primitive("count", PrimitiveType::Long),
-            Field::primitive("text", PrimitiveType::String),
-            Field::primitive("measure", PrimitiveType::Long),
-        ],
-    )
-    .unwrap();
+    let schema = common::bench_schema();
     let tree =
         PartitionTree::from_split_points("bench", &schema, &[KeyValue::String(SPLIT.into())])
             .unwrap();

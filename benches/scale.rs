@@ -19,7 +19,7 @@ use std::time::Instant;
 use common::{env_number, measure, output_dir, peak_rss_reset, print_result, runtime};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use sleeper_export::leaf::{run_leaf_query, ExportOptions};
-use sleeper_export::model::{Field, PartitionTree, PrimitiveType, Schema, TableProperties};
+use sleeper_export::model::{PartitionTree, TableProperties};
 use sleeper_export::query::split_into_leaf_queries;
 use sleeper_export::storage::Stores;
 use sleeper_export::table::SleeperTable;
@@ -71,16 +71,7 @@ async fn create_table(layout: Layout, total_rows: usize) -> SleeperTable {
             .unwrap();
     }
     let _ = std::fs::remove_dir_all(&dir);
-    let schema = Schema::new(
-        vec![Field::primitive("key", PrimitiveType::String)],
-        vec![Field::primitive("timestamp", PrimitiveType::Long)],
-        vec![
-            Field::primitive("count", PrimitiveType::Long),
-            Field::primitive("text", PrimitiveType::String),
-            Field::primitive("measure", PrimitiveType::Long),
-        ],
-    )
-    .unwrap();
+    let schema = common::bench_schema();
     let tree = PartitionTree::from_split_points("scale", &schema, &[]).unwrap();
     let mut properties = TableProperties::new("scale", "scale", schema);
     properties.parquet.row_group_rows = layout.row_group_rows;

@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+use sleeper_export::model::{Field, PrimitiveType, Schema};
+
 /// Starts a new peak: writing 5 to clear_refs resets the peak resident set size.
 pub fn peak_rss_reset() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
@@ -91,5 +93,20 @@ pub fn output_dir() -> tempfile::TempDir {
     } else {
         tempfile::tempdir()
     }
+    .unwrap()
+}
+
+/// The benchmarks' table: a 16-char string row key, an i64 sort key, and an i64, a 20-40 byte
+/// string and a third i64 as values (Sleeper has no floating-point type).
+pub fn bench_schema() -> Schema {
+    Schema::new(
+        vec![Field::primitive("key", PrimitiveType::String)],
+        vec![Field::primitive("timestamp", PrimitiveType::Long)],
+        vec![
+            Field::primitive("count", PrimitiveType::Long),
+            Field::primitive("text", PrimitiveType::String),
+            Field::primitive("measure", PrimitiveType::Long),
+        ],
+    )
     .unwrap()
 }
