@@ -694,14 +694,9 @@ async fn table_with_empty_leaves(
     location: sleeper_export::storage::Location,
     leaves: i64,
 ) -> SleeperTable {
-    use sleeper_export::model::{Field, KeyValue, PrimitiveType, Schema, TableProperties};
+    use sleeper_export::model::{KeyValue, TableProperties};
     use sleeper_export::tablegen::{RowStyle, TableWriter};
-    let schema = Schema::new(
-        vec![Field::primitive("id", PrimitiveType::Long)],
-        vec![],
-        vec![Field::primitive("name", PrimitiveType::String)],
-    )
-    .unwrap();
+    let schema = id_name_schema();
     let splits: Vec<KeyValue> = (1..leaves).map(|i| KeyValue::Long(i * 100)).collect();
     let tree = PartitionTree::from_split_points("sparse", &schema, &splits).unwrap();
     let first = tree.leaves()[0].id.clone();

@@ -288,6 +288,16 @@ pub async fn write_random_table(
     writer.finish().await.unwrap()
 }
 
+/// A long row key `id` and a string value `name`.
+pub fn id_name_schema() -> Schema {
+    Schema::new(
+        vec![Field::primitive("id", PrimitiveType::Long)],
+        vec![],
+        vec![Field::primitive("name", PrimitiveType::String)],
+    )
+    .unwrap()
+}
+
 /// A table keyed by a long `id` in -1000..1000, split at -500, 0 and 500, whose rows all sit in
 /// one file on the root partition: every leaf reads a slice of that file.
 pub async fn long_key_table(
@@ -295,12 +305,7 @@ pub async fn long_key_table(
     row_group_rows: usize,
     rows: usize,
 ) -> SleeperTable {
-    let schema = Schema::new(
-        vec![Field::primitive("id", PrimitiveType::Long)],
-        vec![],
-        vec![Field::primitive("name", PrimitiveType::String)],
-    )
-    .unwrap();
+    let schema = id_name_schema();
     let splits = [KeyValue::Long(-500), KeyValue::Long(0), KeyValue::Long(500)];
     let tree = PartitionTree::from_split_points("longs", &schema, &splits).unwrap();
     let mut properties = TableProperties::new("longs", "longs", schema);
