@@ -33,10 +33,6 @@ use sleeper_export::storage::Stores;
 use sleeper_export::table::SleeperTable;
 use sleeper_export::tablegen::{RowStyle, TableWriter};
 
-/// The allocator the `sleeper-export` binary uses, for every variant alike.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 const FILES: usize = 8;
 /// About 80 % of uniformly random lowercase keys sort below this.
 const SPLIT: &str = "uuuu";
@@ -206,6 +202,7 @@ fn aggregating(table: &SleeperTable) -> SleeperTable {
 }
 
 fn main() {
+    common::allocator::limit_arenas();
     let args: Vec<String> = std::env::args().collect();
     let rows_per_file = env_number("SLEEPER_BENCH_ROWS", 2_500_000);
     let runs = env_number("SLEEPER_BENCH_RUNS", 3);

@@ -28,9 +28,6 @@ use sleeper_export::storage::{Location, Stores};
 use sleeper_export::table::SleeperTable;
 use sleeper_export::tablegen::{write_demo_table, RowStyle, TableWriter};
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 async fn sqs_queue(client: &aws_sdk_sqs::Client, name: &str) -> SqsQueue {
     let url = client
         .create_queue()

@@ -27,13 +27,11 @@ use sleeper_export::statestore::{snapshot, SNAPSHOTS_DIR};
 use sleeper_export::storage::Stores;
 use sleeper_export::table::SleeperTable;
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 const LEAVES: i64 = 5_000;
 const FILES_PER_LEAF: usize = 20;
 
 fn main() {
+    common::allocator::limit_arenas();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -8,6 +8,11 @@ use std::time::Duration;
 
 use sleeper_export::model::{Field, PrimitiveType, Schema};
 
+/// The allocator settings of the `sleeper-export` binary, so that peak memory is the binary's:
+/// each benchmark's `main` calls `allocator::limit_arenas()` first.
+#[path = "../../src/bin/sleeper-export/allocator.rs"]
+pub mod allocator;
+
 /// Starts a new peak: writing 5 to clear_refs resets the peak resident set size.
 pub fn peak_rss_reset() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");

@@ -29,8 +29,11 @@ use tokio::sync::mpsc;
 use super::upload::Upload;
 use crate::model::schema::leaf_count;
 
-/// Closed row groups whose encoders may still be finishing while the next one fills.
-const ROW_GROUPS_CLOSING: usize = 1;
+/// Closed row groups whose encoders may still be finishing while the next one fills. None: each
+/// column's encoder has kept up with the batches, so little is left to finish when a row group
+/// closes, and letting the next fill meanwhile held a second row group's encoded pages (70 MiB
+/// more peak at 1 M-row row groups, no faster; `benches/scale.rs`).
+const ROW_GROUPS_CLOSING: usize = 0;
 
 /// Arrays queued for each column's encoder: enough that encoders and the merge overlap, few
 /// enough that raw rows never pile up when an encoder is the slower side.
@@ -40,12 +43,9 @@ const ARRAYS_QUEUED_PER_COLUMN: usize = 2;
 struct SharedBuffer(Arc<Mutex<Vec<u8>>>);
 
 impl SharedBuffer {
-    /// The bytes written so far; the buffer starts again at the same capacity, since the next
-    /// row group is about as large and growing to it would copy it several times.
+    /// The bytes written since the last take.
     fn take(&self) -> Vec<u8> {
-        let mut buffer = self.0.lock().expect("buffer lock");
-        let capacity = buffer.capacity();
-        std::mem::replace(&mut *buffer, Vec::with_capacity(capacity))
+        std::mem::take(&mut *self.0.lock().expect("buffer lock"))
     }
 }
 
@@ -73,16 +73,41 @@ pub struct ParallelParquetWriter {
     schema: SchemaRef,
     file: SerializedFileWriter<SharedBuffer>,
     factory: ArrowRowGroupWriterFactory,
-    buffer: SharedBuffer,
-    /// Taken by `finish` or `abort`; one still here when the writer is dropped aborts itself.
-    upload: Option<Upload>,
+    output: FileOutput,
     row_group_rows: usize,
     open: Option<OpenRowGroup>,
     row_groups_started: usize,
     closing: VecDeque<Vec<EncodedColumn>>,
+    footer_written: bool,
+}
+
+/// Where the file's bytes go once written: the buffer the Parquet writer writes into, and the
+/// upload it is emptied into.
+struct FileOutput {
+    buffer: SharedBuffer,
+    /// Taken by `finish` or `abort`; one still here when the writer is dropped aborts itself.
+    upload: Option<Upload>,
     bytes_written: u64,
     crc32c: u32,
-    footer_written: bool,
+}
+
+impl FileOutput {
+    /// Sends what the buffer holds on to the upload.
+    async fn send_buffered(&mut self) -> Result<(), ParquetError> {
+        let bytes = self.buffer.take();
+        self.bytes_written += bytes.len() as u64;
+        self.crc32c = crc32c::crc32c_append(self.crc32c, &bytes);
+        self.upload_mut()
+            .put(bytes.into())
+            .await
+            .map_err(|e| ParquetError::External(Box::new(e)))
+    }
+
+    fn upload_mut(&mut self) -> &mut Upload {
+        self.upload
+            .as_mut()
+            .expect("the upload lives until finish or abort")
+    }
 }
 
 /// A finished file: its size and the CRC32C of its bytes (hex), for records a reader can verify.
@@ -116,14 +141,16 @@ impl ParallelParquetWriter {
             schema,
             file,
             factory,
-            buffer,
-            upload: Some(Upload::new(store, path)),
+            output: FileOutput {
+                buffer,
+                upload: Some(Upload::new(store, path)),
+                bytes_written: 0,
+                crc32c: 0,
+            },
             row_group_rows,
             open: None,
             row_groups_started: 0,
             closing: VecDeque::new(),
-            bytes_written: 0,
-            crc32c: 0,
             footer_written: false,
         })
     }
@@ -219,26 +246,13 @@ impl ParallelParquetWriter {
                 .map_err(|e| ParquetError::External(Box::new(e)))??;
             for chunk in chunks {
                 chunk.append_to_row_group(&mut row_group)?;
+                // Each column's bytes go on as soon as they are in the file, so a row group is
+                // never held twice, encoded and again as the file's bytes.
+                self.output.send_buffered().await?;
             }
         }
         row_group.close()?;
-        self.upload_buffered().await
-    }
-
-    async fn upload_buffered(&mut self) -> Result<(), ParquetError> {
-        let bytes = self.buffer.take();
-        self.bytes_written += bytes.len() as u64;
-        self.crc32c = crc32c::crc32c_append(self.crc32c, &bytes);
-        self.upload_mut()
-            .put(bytes.into())
-            .await
-            .map_err(|e| ParquetError::External(Box::new(e)))
-    }
-
-    fn upload_mut(&mut self) -> &mut Upload {
-        self.upload
-            .as_mut()
-            .expect("the upload lives until finish or abort")
+        self.output.send_buffered().await
     }
 
     /// Writes what is left and the footer, and completes the upload.
@@ -251,15 +265,16 @@ impl ParallelParquetWriter {
         }
         // A failed completion leaves nothing behind by itself (a single put writes nothing, a
         // multipart upload that cannot complete is aborted).
-        self.upload
+        self.output
+            .upload
             .take()
             .expect("the upload lives until finish or abort")
             .complete()
             .await
             .map_err(|e| ParquetError::External(Box::new(e)))?;
         Ok(WrittenFile {
-            bytes: self.bytes_written,
-            crc32c: format!("{:08x}", self.crc32c),
+            bytes: self.output.bytes_written,
+            crc32c: format!("{:08x}", self.output.crc32c),
         })
     }
 
@@ -269,8 +284,9 @@ impl ParallelParquetWriter {
         self.close_row_group();
         self.write_closed_row_groups().await?;
         self.file.finish()?;
-        self.upload_buffered().await?;
-        self.upload_mut()
+        self.output.send_buffered().await?;
+        self.output
+            .upload_mut()
             .send_all()
             .await
             .map_err(|e| ParquetError::External(Box::new(e)))?;
@@ -281,7 +297,7 @@ impl ParallelParquetWriter {
     pub async fn abort(mut self) {
         self.open = None;
         self.closing.clear();
-        if let Some(upload) = self.upload.take() {
+        if let Some(upload) = self.output.upload.take() {
             if let Err(e) = upload.abort().await {
                 tracing::warn!("could not abort an unfinished upload: {e}");
             }

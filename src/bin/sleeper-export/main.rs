@@ -1,6 +1,7 @@
 //! The `sleeper-export` command line: one module per group of commands, over the library's
 //! public API.
 
+mod allocator;
 mod local;
 mod options;
 mod queues;
@@ -16,9 +17,6 @@ use tracing_subscriber::EnvFilter;
 use local::{DemoArgs, ExportArgs, GenerateArgs};
 use queues::{PlanArgs, RunArgs, StatusArgs, SubmitArgs};
 use sql::{SqlArgs, TablesArgs};
-
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -80,8 +78,16 @@ pub enum Command {
     Tables(TablesArgs),
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    allocator::limit_arenas();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a Tokio runtime");
+    runtime.block_on(logged_run())
+}
+
+async fn logged_run() -> ExitCode {
     let cli = Cli::parse();
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(cli.default_log_filter()));

@@ -7,6 +7,7 @@
 //! encoding, the order check); `keys` holds a batch's sort keys; `loser_tree` merges sorted
 //! input streams.
 
+mod fetch;
 mod keys;
 mod loser_tree;
 mod reader;
@@ -55,9 +56,9 @@ pub struct LeafInput {
     pub files: Vec<String>,
 }
 
-/// Batches read ahead per input file: enough to overlap decoding with merging, small enough
-/// that memory stays flat however large the leaf.
-const READ_AHEAD_BATCHES: usize = 2;
+/// Batches read ahead per input file: one overlaps decoding with merging; a second cost 35 MiB
+/// at 128 files and was no faster (`benches/scale.rs`).
+const READ_AHEAD_BATCHES: usize = 1;
 
 /// Compressed bytes a leaf's files fetch at once, shared between them: each file reads its row
 /// groups a window of pages at a time (1 M-row row groups are tens of MiB per file).

@@ -31,9 +31,10 @@ use datafusion::parquet::file::statistics::Statistics as ParquetStatistics;
 use datafusion::physical_plan::metrics::Count;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
-use object_store::ObjectStoreExt;
+use object_store::{GetOptions, GetRange, ObjectStoreExt};
 use tokio::sync::mpsc;
 
+use super::fetch::{self, ranges_read, HeldBytes, HeldReader, Prefetch};
 use super::keys::{prefix, KeyedBatch, SortKeys};
 use crate::error::{Error, Result};
 use crate::model::{KeyOrder, KeyValue, PrimitiveType};
@@ -94,14 +95,18 @@ impl OrderCheck {
 /// its own. Parquet's reader fetches all the pages a stream selects in a row group at once, so a
 /// whole 1 M-row row group per file at a time unless the stream selects fewer rows; with the
 /// file's offset index, a window fetches only its own pages. Without one, a window is a whole
-/// row group.
+/// row group. The next window's pages are fetched while this one is decoded.
 pub(super) struct WindowedStream {
     reader: ObjectFileReader,
     metadata: ArrowReaderMetadata,
     projection: ProjectionMask,
     batch_size: usize,
     windows: VecDeque<Window>,
-    current: Option<ParquetRecordBatchStream<ObjectFileReader>>,
+    current: Option<ParquetRecordBatchStream<HeldReader>>,
+    /// The bytes of the window being decoded.
+    held: HeldBytes,
+    /// The next window's bytes, on their way.
+    prefetch: Option<Prefetch>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,14 +190,20 @@ impl WindowedStream {
                 }
             }
             let window = self.windows.pop_front()?;
-            let mut builder = ParquetRecordBatchStreamBuilder::new_with_metadata(
-                self.reader.clone(),
-                self.metadata.clone(),
-            )
-            .with_projection(self.projection.clone())
-            .with_row_groups(vec![window.row_group])
-            .with_batch_size(self.batch_size);
-            if let Some(selection) = window.selection() {
+            let selection = window.selection();
+            if let Err(e) = self.hold(&window, selection.as_ref()).await {
+                return Some(Err(e));
+            }
+            let reader = HeldReader {
+                file: self.reader.clone(),
+                held: Arc::new(self.held.clone()),
+            };
+            let mut builder =
+                ParquetRecordBatchStreamBuilder::new_with_metadata(reader, self.metadata.clone())
+                    .with_projection(self.projection.clone())
+                    .with_row_groups(vec![window.row_group])
+                    .with_batch_size(self.batch_size);
+            if let Some(selection) = selection {
                 builder = builder.with_row_selection(selection);
             }
             match builder.build() {
@@ -200,6 +211,35 @@ impl WindowedStream {
                 Err(e) => return Some(Err(e)),
             }
         }
+    }
+
+    /// Holds `window`'s bytes (the pages it shares with the window before, and the rest from
+    /// the prefetch, or fetched now for the first window), and starts fetching the next one's.
+    async fn hold(
+        &mut self,
+        window: &Window,
+        selection: Option<&RowSelection>,
+    ) -> ParquetResult<()> {
+        let metadata = self.metadata.metadata();
+        let ranges = ranges_read(metadata, &self.projection, window.row_group, selection);
+        let mut held = self.held.carried_into(&ranges);
+        self.held = HeldBytes::default();
+        let prefetch = match self.prefetch.take() {
+            Some(prefetch) => prefetch,
+            None => HeldBytes::fetch(&self.reader, held.missing(&ranges)),
+        };
+        held.extend(fetch::join(prefetch).await?);
+        if let Some(next) = self.windows.front() {
+            let next_ranges = ranges_read(
+                metadata,
+                &self.projection,
+                next.row_group,
+                next.selection().as_ref(),
+            );
+            self.prefetch = Some(HeldBytes::fetch(&self.reader, held.missing(&next_ranges)));
+        }
+        self.held = held;
+        Ok(())
     }
 }
 
@@ -273,6 +313,25 @@ impl FileReader {
         }
     }
 
+    /// The footer's read is the file's first request: a missing file is told from a corrupt
+    /// one by the store's answer to it.
+    fn open_error(&self, error: ParquetError) -> Error {
+        match error {
+            ParquetError::External(source) => match source.downcast::<object_store::Error>() {
+                Ok(source) => match *source {
+                    source @ object_store::Error::NotFound { .. } => Error::MissingInputFile {
+                        file: self.file.clone(),
+                        partition: self.partition_id.clone(),
+                        source,
+                    },
+                    other => Error::object_store(&self.file, other),
+                },
+                Err(other) => self.corrupt(ParquetError::External(other)),
+            },
+            other => self.corrupt(other),
+        }
+    }
+
     pub(super) async fn open(
         &self,
         runtime: &RuntimeEnv,
@@ -281,22 +340,7 @@ impl FileReader {
         let store = runtime.object_store(&address.store_url).map_err(|e| {
             Error::location_from(&self.file, "no object store for it in the session", e)
         })?;
-        let meta = store
-            .head(&address.path)
-            .await
-            .map_err(|source| match source {
-                object_store::Error::NotFound { .. } => Error::MissingInputFile {
-                    file: self.file.clone(),
-                    partition: self.partition_id.clone(),
-                    source,
-                },
-                other => Error::object_store(&self.file, other),
-            })?;
-        let mut reader = ObjectFileReader {
-            store,
-            path: address.path,
-            size: meta.size,
-        };
+        let mut reader = ObjectFileReader::new(store, address.path);
         // Column types come from the Parquet schema, not from an Arrow schema its writer embedded:
         // Sleeper's DataFusion compaction declares its strings Utf8View and its byte arrays
         // BinaryView there, and both read as the table's Utf8 and Binary this way.
@@ -305,7 +349,7 @@ impl FileReader {
             .with_offset_index_policy(PageIndexPolicy::Optional);
         let reader_metadata = ArrowReaderMetadata::load_async(&mut reader, options)
             .await
-            .map_err(|e| self.corrupt(e))?;
+            .map_err(|e| self.open_error(e))?;
         let file_schema = Arc::clone(reader_metadata.schema());
         let mut file_columns = Vec::with_capacity(self.read_schema.fields().len());
         let mut casts = Vec::with_capacity(self.read_schema.fields().len());
@@ -355,11 +399,12 @@ impl FileReader {
         };
         let windowed = metadata.offset_index().is_some();
         let stream = WindowedStream {
+            // Two windows' bytes are held at once: the one decoded and the next.
             windows: windows(
                 metadata,
                 &row_groups,
                 &mask,
-                self.fetch_budget,
+                self.fetch_budget / 2,
                 self.batch_size,
                 windowed,
             ),
@@ -368,6 +413,8 @@ impl FileReader {
             projection: mask,
             batch_size: self.batch_size,
             current: None,
+            held: HeldBytes::default(),
+            prefetch: None,
         };
         Ok((stream, ColumnAdapter { positions, casts }, check))
     }
@@ -612,17 +659,34 @@ impl FileReader {
     }
 }
 
-/// Reads a Parquet file through `object_store`, with its size already known from the `head`
-/// that told a missing file from a corrupt one.
+/// Reads a Parquet file through `object_store`. Its size is never asked for: the first request
+/// reads the file's last bytes, whose answer gives the size, so opening a file is one request
+/// (two where its metadata and page index reach further back), not a HEAD and then a read.
 #[derive(Clone)]
 pub(super) struct ObjectFileReader {
     store: Arc<dyn object_store::ObjectStore>,
     path: object_store::path::Path,
-    size: u64,
 }
 
-/// Footer bytes fetched in the first request, so most files need one read for their metadata.
-const FOOTER_PREFETCH: usize = 64 * 1024;
+impl ObjectFileReader {
+    pub(super) fn new(
+        store: Arc<dyn object_store::ObjectStore>,
+        path: object_store::path::Path,
+    ) -> Self {
+        ObjectFileReader { store, path }
+    }
+
+    /// Exactly `range`, in one request.
+    pub(super) async fn get_span(&self, range: &std::ops::Range<u64>) -> ParquetResult<Bytes> {
+        self.store
+            .get_range(&self.path, range.clone())
+            .await
+            .map_err(|e| ParquetError::External(Box::new(e)))
+    }
+}
+
+/// The file's last bytes, fetched in its first request: most footers and offset indexes fit.
+const FOOTER_PREFETCH: u64 = 64 * 1024;
 
 impl AsyncFileReader for ObjectFileReader {
     fn get_bytes(&mut self, range: std::ops::Range<u64>) -> BoxFuture<'_, ParquetResult<Bytes>> {
@@ -653,12 +717,27 @@ impl AsyncFileReader for ObjectFileReader {
         options: Option<&'a ArrowReaderOptions>,
     ) -> BoxFuture<'a, ParquetResult<Arc<ParquetMetaData>>> {
         async move {
-            let size = self.size;
+            let external = |e| ParquetError::External(Box::new(e));
+            let options_of_tail = GetOptions {
+                range: Some(GetRange::Suffix(FOOTER_PREFETCH)),
+                ..GetOptions::default()
+            };
+            let tail = self
+                .store
+                .get_opts(&self.path, options_of_tail)
+                .await
+                .map_err(external)?;
+            let size = tail.meta.size;
+            let range = tail.range.clone();
+            let tail = HeldBytes::span(range, tail.bytes().await.map_err(external)?);
+            let mut reader = HeldReader {
+                file: self.clone(),
+                held: Arc::new(tail),
+            };
             let offset_index = options.map_or(PageIndexPolicy::Skip, |o| o.offset_index_policy());
             let metadata = ParquetMetaDataReader::new()
-                .with_prefetch_hint(Some(FOOTER_PREFETCH))
                 .with_offset_index_policy(offset_index)
-                .load_and_finish(self, size)
+                .load_and_finish(&mut reader, size)
                 .await?;
             Ok(Arc::new(metadata))
         }
@@ -703,9 +782,8 @@ mod tests {
         writer.close().unwrap();
         let store = Arc::new(InMemory::new());
         let path = object_store::path::Path::from("f.parquet");
-        let size = bytes.len() as u64;
         store.put(&path, bytes.into()).await.unwrap();
-        let mut reader = ObjectFileReader { store, path, size };
+        let mut reader = ObjectFileReader::new(store, path);
         let options = ArrowReaderOptions::new().with_offset_index_policy(PageIndexPolicy::Optional);
         let metadata = ArrowReaderMetadata::load_async(&mut reader, options)
             .await
@@ -763,6 +841,8 @@ mod tests {
             batch_size: 700,
             windows,
             current: None,
+            held: HeldBytes::default(),
+            prefetch: None,
         };
         let expected: Vec<i64> = (0..ROW_GROUP_ROWS as i64)
             .chain(2 * ROW_GROUP_ROWS as i64..3 * ROW_GROUP_ROWS as i64)
