@@ -368,7 +368,9 @@ impl S3Server {
                 .and_then(|(first, last)| {
                     Some((first.parse::<u64>().ok()?, last.parse::<u64>().ok()?))
                 });
+            let tail = request.contains("\"range\": \"bytes=-");
             let kind = match (method, range) {
+                ("GET", None) if tail => "GET tail",
                 ("GET", Some((first, last))) => {
                     load.get_bytes += last + 1 - first;
                     "GET range"

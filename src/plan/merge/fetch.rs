@@ -238,7 +238,11 @@ mod tests {
     async fn a_window_reads_its_held_bytes_without_asking_the_store() {
         let store = Arc::new(object_store::memory::InMemory::new());
         let mut reader = HeldReader {
-            file: ObjectFileReader::new(store, "absent.parquet".into()),
+            file: ObjectFileReader::new(
+                store,
+                "absent.parquet".into(),
+                Arc::new(tokio::sync::Semaphore::new(1)),
+            ),
             held: Arc::new(held(&[(100, b"abcdef")])),
         };
         let read = reader

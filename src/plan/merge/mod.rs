@@ -36,7 +36,7 @@ use datafusion::physical_plan::{
     PlanProperties, ReplaceChildrenOptions,
 };
 use futures::{StreamExt, TryStreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 
 use super::aggregate::RowAggregator;
 use super::filter::RowFilter;
@@ -72,6 +72,11 @@ const MIN_FILE_BATCH_ROWS: usize = 1024;
 
 /// Files of a leaf whose footers are read at once.
 const FILES_OPENED_AT_ONCE: usize = 16;
+
+/// Requests for windows' bytes a leaf's files have in flight together: each file fetches its
+/// next window's pages, a request per column, so 128 files had 640 at once on S3, each with
+/// its connection's buffers (824 MiB peak); ample to keep a store's latency hidden.
+const LEAF_REQUESTS_AT_ONCE: usize = 32;
 
 #[derive(Debug, Clone)]
 pub struct LeafMergeExec {
@@ -322,6 +327,7 @@ impl LeafMergeExec {
         let file_batch_size = (LEAF_DECODED_ROWS / files)
             .max(MIN_FILE_BATCH_ROWS)
             .min(batch_size);
+        let requests = Arc::new(Semaphore::new(LEAF_REQUESTS_AT_ONCE));
         let readers: Vec<FileReader> = leaf
             .files
             .iter()
@@ -339,6 +345,7 @@ impl LeafMergeExec {
                 row_groups_pruned: row_groups_pruned.clone(),
                 batch_size: file_batch_size.max(1),
                 fetch_budget,
+                requests: Arc::clone(&requests),
             })
             .collect();
         // Opening reads each file's footer: on S3 a round trip per file, so they overlap, in

@@ -32,7 +32,7 @@ use datafusion::physical_plan::metrics::Count;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use object_store::{GetOptions, GetRange, ObjectStoreExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 
 use super::fetch::{self, ranges_read, HeldBytes, HeldReader, Prefetch};
 use super::keys::{prefix, KeyedBatch, SortKeys};
@@ -57,6 +57,8 @@ pub(super) struct FileReader {
     pub(super) batch_size: usize,
     /// Compressed bytes this file may fetch at once: its share of the leaf's read budget.
     pub(super) fetch_budget: usize,
+    /// Requests for windows' bytes the leaf's files may have in flight together.
+    pub(super) requests: Arc<Semaphore>,
 }
 
 /// How to turn a file's batches into the table's columns: which file column feeds each table
@@ -340,7 +342,7 @@ impl FileReader {
         let store = runtime.object_store(&address.store_url).map_err(|e| {
             Error::location_from(&self.file, "no object store for it in the session", e)
         })?;
-        let mut reader = ObjectFileReader::new(store, address.path);
+        let mut reader = ObjectFileReader::new(store, address.path, Arc::clone(&self.requests));
         // Column types come from the Parquet schema, not from an Arrow schema its writer embedded:
         // Sleeper's DataFusion compaction declares its strings Utf8View and its byte arrays
         // BinaryView there, and both read as the table's Utf8 and Binary this way.
@@ -666,18 +668,29 @@ impl FileReader {
 pub(super) struct ObjectFileReader {
     store: Arc<dyn object_store::ObjectStore>,
     path: object_store::path::Path,
+    requests: Arc<Semaphore>,
 }
 
 impl ObjectFileReader {
     pub(super) fn new(
         store: Arc<dyn object_store::ObjectStore>,
         path: object_store::path::Path,
+        requests: Arc<Semaphore>,
     ) -> Self {
-        ObjectFileReader { store, path }
+        ObjectFileReader {
+            store,
+            path,
+            requests,
+        }
     }
 
-    /// Exactly `range`, in one request.
+    /// Exactly `range`, in one request, once one of the leaf's requests is free.
     pub(super) async fn get_span(&self, range: &std::ops::Range<u64>) -> ParquetResult<Bytes> {
+        let _permit = self
+            .requests
+            .acquire()
+            .await
+            .map_err(|e| ParquetError::External(Box::new(e)))?;
         self.store
             .get_range(&self.path, range.clone())
             .await
@@ -783,7 +796,7 @@ mod tests {
         let store = Arc::new(InMemory::new());
         let path = object_store::path::Path::from("f.parquet");
         store.put(&path, bytes.into()).await.unwrap();
-        let mut reader = ObjectFileReader::new(store, path);
+        let mut reader = ObjectFileReader::new(store, path, Arc::new(Semaphore::new(4)));
         let options = ArrowReaderOptions::new().with_offset_index_policy(PageIndexPolicy::Optional);
         let metadata = ArrowReaderMetadata::load_async(&mut reader, options)
             .await
