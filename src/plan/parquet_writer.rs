@@ -29,11 +29,11 @@ use tokio::sync::mpsc;
 use super::upload::Upload;
 use crate::model::schema::leaf_count;
 
-/// Closed row groups whose encoders may still be finishing while the next one fills. None: each
-/// column's encoder has kept up with the batches, so little is left to finish when a row group
-/// closes, and letting the next fill meanwhile held a second row group's encoded pages (70 MiB
-/// more peak at 1 M-row row groups, no faster; `benches/scale.rs`).
-const ROW_GROUPS_CLOSING: usize = 0;
+/// Row groups up to this many rows may finish encoding while the next one fills: the overlap
+/// saved 2 % of a one-thread export of 100 k-row row groups (`benches/leaf_export.rs`), while at
+/// 1 M-row row groups it was no faster and held a second row group's encoded pages (70 MiB more
+/// peak; `benches/scale.rs`).
+const OVERLAPPED_ROW_GROUP_ROWS: usize = 256 * 1024;
 
 /// Arrays queued for each column's encoder: enough that encoders and the merge overlap, few
 /// enough that raw rows never pile up when an encoder is the slower side.
@@ -75,6 +75,8 @@ pub struct ParallelParquetWriter {
     factory: ArrowRowGroupWriterFactory,
     output: FileOutput,
     row_group_rows: usize,
+    /// Closed row groups whose encoders may still be finishing while the next one fills.
+    row_groups_closing: usize,
     open: Option<OpenRowGroup>,
     row_groups_started: usize,
     closing: VecDeque<Vec<EncodedColumn>>,
@@ -148,6 +150,7 @@ impl ParallelParquetWriter {
                 crc32c: 0,
             },
             row_group_rows,
+            row_groups_closing: usize::from(row_group_rows <= OVERLAPPED_ROW_GROUP_ROWS),
             open: None,
             row_groups_started: 0,
             closing: VecDeque::new(),
@@ -184,7 +187,7 @@ impl ParallelParquetWriter {
             }
             if full {
                 self.close_row_group();
-                while self.closing.len() > ROW_GROUPS_CLOSING {
+                while self.closing.len() > self.row_groups_closing {
                     self.write_oldest_row_group().await?;
                 }
             }
