@@ -75,8 +75,6 @@ pub struct ParallelParquetWriter {
     factory: ArrowRowGroupWriterFactory,
     output: FileOutput,
     row_group_rows: usize,
-    /// Closed row groups whose encoders may still be finishing while the next one fills.
-    row_groups_closing: usize,
     open: Option<OpenRowGroup>,
     row_groups_started: usize,
     closing: VecDeque<Vec<EncodedColumn>>,
@@ -150,7 +148,6 @@ impl ParallelParquetWriter {
                 crc32c: 0,
             },
             row_group_rows,
-            row_groups_closing: usize::from(row_group_rows <= OVERLAPPED_ROW_GROUP_ROWS),
             open: None,
             row_groups_started: 0,
             closing: VecDeque::new(),
@@ -187,12 +184,17 @@ impl ParallelParquetWriter {
             }
             if full {
                 self.close_row_group();
-                while self.closing.len() > self.row_groups_closing {
+                while self.closing.len() > self.row_groups_closing() {
                     self.write_oldest_row_group().await?;
                 }
             }
         }
         Ok(())
+    }
+
+    /// Closed row groups whose encoders may still be finishing while the next one fills.
+    fn row_groups_closing(&self) -> usize {
+        usize::from(self.row_group_rows <= OVERLAPPED_ROW_GROUP_ROWS)
     }
 
     /// Starts one encoding task per column of the next row group.
