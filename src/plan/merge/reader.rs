@@ -225,6 +225,7 @@ impl WindowedStream {
         let metadata = self.metadata.metadata();
         let ranges = ranges_read(metadata, &self.projection, window.row_group, selection);
         let mut held = self.held.carried_into(&ranges);
+        // The last window's bytes go before waiting for the next's: only the carried pages stay.
         self.held = HeldBytes::default();
         let prefetch = match self.prefetch.take() {
             Some(prefetch) => prefetch,
