@@ -1,53 +1,131 @@
-//! A file's bytes, fetched a window ahead of its decoding: while one window of rows is decoded,
-//! the pages of the next are already on their way, so the merge does not wait a round trip to
-//! the store at every window (on S3, tens of milliseconds each). Pages two windows share (the
-//! page a window boundary splits, dictionary pages) are fetched once and carried over.
+//! A file's pages, fetched a window of rows ahead of their decoding: while one window is
+//! decoded, the pages of the next are already on their way, so the merge does not wait a round
+//! trip to the store at every window (on S3, tens of milliseconds each).
+//!
+//! Each page is fetched once, by the window holding its first row, and decoded once: Parquet's
+//! synchronous reader takes a row group's pages one by one as it reaches them, from the pages
+//! held, which let each go as it is taken. (Its asynchronous reader fetches every page a stream
+//! selects before decoding any, so a window was a stream of its own, and every page a window
+//! boundary split was decompressed and decoded again to skip the rows already read: a fifth of
+//! the reading at 128 files.)
 
+use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use datafusion::common::runtime::SpawnedTask;
-use datafusion::parquet::arrow::arrow_reader::{ArrowReaderOptions, RowSelection};
-use datafusion::parquet::arrow::async_reader::AsyncFileReader;
 use datafusion::parquet::arrow::ProjectionMask;
 use datafusion::parquet::errors::{ParquetError, Result as ParquetResult};
 use datafusion::parquet::file::metadata::ParquetMetaData;
-use futures::future::BoxFuture;
-use futures::FutureExt;
+use datafusion::parquet::file::page_index::offset_index::OffsetIndexMetaData;
+use datafusion::parquet::file::reader::{ChunkReader, Length};
 
 use super::reader::ObjectFileReader;
 
-/// The byte ranges Parquet's reader asks for to decode `selection` of `row_group` (all of it
-/// where `selection` is None), as it computes them: per projected column, the dictionary page
-/// if there is one and the data pages holding selected rows (the whole column chunk without a
-/// selection or an offset index).
-pub(super) fn ranges_read(
+/// Some rows of one row group, whose pages are fetched together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Window {
+    pub(super) row_group: usize,
+    pub(super) first_row: usize,
+    pub(super) rows: usize,
+}
+
+impl Window {
+    pub(super) fn end_row(&self) -> usize {
+        self.first_row + self.rows
+    }
+}
+
+/// The row group's offset index, where the file has one: without it a page's place is known
+/// only by reading the page before it, so a row group is read as whole column chunks.
+fn page_locations(metadata: &ParquetMetaData, row_group: usize) -> Option<&[OffsetIndexMetaData]> {
+    metadata
+        .offset_index()
+        .map(|index| index[row_group].as_slice())
+        .filter(|columns| !columns.is_empty())
+}
+
+/// The windows that read `row_groups` fetching about `budget` compressed bytes at a time (never
+/// fewer than `min_rows` rows); a row group without an offset index is one window.
+pub(super) fn windows(
     metadata: &ParquetMetaData,
+    row_groups: &[usize],
     projection: &ProjectionMask,
-    row_group: usize,
-    selection: Option<&RowSelection>,
-) -> Vec<Range<u64>> {
-    let offsets = metadata.offset_index().map(|index| &index[row_group]);
-    let mut ranges = Vec::new();
-    let columns = metadata.row_group(row_group).columns().iter().enumerate();
-    for (leaf, column) in columns.filter(|(leaf, _)| projection.leaf_included(*leaf)) {
-        let (start, length) = column.byte_range();
-        match selection.zip(offsets) {
-            Some((selection, offsets)) => {
-                let pages = offsets[leaf].page_locations();
-                match pages.first() {
-                    Some(first) if first.offset as u64 != start => {
-                        ranges.push(start..first.offset as u64);
-                    }
-                    _ => {}
-                }
-                ranges.extend(selection.scan_ranges(pages));
-            }
-            None => ranges.push(start..start + length),
+    budget: usize,
+    min_rows: usize,
+) -> VecDeque<Window> {
+    let mut windows = VecDeque::new();
+    for &row_group in row_groups {
+        let group = metadata.row_group(row_group);
+        let row_group_rows = usize::try_from(group.num_rows()).unwrap_or(0);
+        let bytes: usize = group
+            .columns()
+            .iter()
+            .enumerate()
+            .filter(|(leaf, _)| projection.leaf_included(*leaf))
+            .map(|(_, column)| usize::try_from(column.compressed_size()).unwrap_or(0))
+            .sum();
+        let paged = page_locations(metadata, row_group).is_some();
+        let window_rows = if paged && bytes > budget {
+            (row_group_rows * budget / bytes).max(min_rows)
+        } else {
+            row_group_rows
+        }
+        .max(1);
+        let mut first_row = 0;
+        while first_row < row_group_rows {
+            let rows = window_rows.min(row_group_rows - first_row);
+            windows.push_back(Window {
+                row_group,
+                first_row,
+                rows,
+            });
+            first_row += rows;
         }
     }
-    ranges
+    windows
+}
+
+/// The byte ranges `window` fetches, each a piece Parquet's reader later asks for whole: per
+/// projected column, the pages whose first row the window holds, and the dictionary page in a
+/// row group's first window; without an offset index, the whole column chunk.
+pub(super) fn pages_fetched(
+    metadata: &ParquetMetaData,
+    projection: &ProjectionMask,
+    window: Window,
+) -> Vec<Range<u64>> {
+    let locations = page_locations(metadata, window.row_group);
+    let rows = window.first_row as i64..window.end_row() as i64;
+    let mut pages = Vec::new();
+    let columns = metadata.row_group(window.row_group).columns().iter();
+    for (leaf, column) in columns.enumerate() {
+        if !projection.leaf_included(leaf) {
+            continue;
+        }
+        let (start, length) = column.byte_range();
+        let Some(locations) = locations else {
+            pages.push(start..start + length);
+            continue;
+        };
+        let data_pages = locations[leaf].page_locations();
+        match data_pages.first() {
+            Some(first) if window.first_row == 0 && first.offset as u64 != start => {
+                pages.push(start..first.offset as u64);
+            }
+            _ => {}
+        }
+        pages.extend(
+            data_pages
+                .iter()
+                .filter(|page| rows.contains(&page.first_row_index))
+                .map(|page| {
+                    let offset = page.offset as u64;
+                    offset..offset + page.compressed_page_size as u64
+                }),
+        );
+    }
+    pages
 }
 
 /// Sorted, with touching and overlapping ranges merged: one request per run of adjacent pages.
@@ -63,149 +141,165 @@ fn coalesce(mut ranges: Vec<Range<u64>>) -> Vec<Range<u64>> {
     merged
 }
 
-/// Bytes of one file held for a window: spans of the file, each with its bytes.
-#[derive(Default, Clone)]
-pub(super) struct HeldBytes {
-    spans: Vec<(Range<u64>, Bytes)>,
+/// Pieces of a file, each with the offset it starts at.
+pub(super) type Pieces = Vec<(u64, Bytes)>;
+
+pub(super) type Prefetch = SpawnedTask<ParquetResult<Pieces>>;
+
+/// Fetches `pieces` of `file`, a request per run of adjacent pieces, all at once, on a task of
+/// its own so that the fetch goes on while the caller decodes; each piece is a slice of its
+/// request's bytes. Not object_store's `get_ranges`: that merges ranges less than 1 MiB apart,
+/// so with many files, whose windows are a page or two of each column, each request read most
+/// of a row group to keep a few pages of it (1.1 GiB peak at 128 files on S3).
+pub(super) fn fetch(file: &ObjectFileReader, mut pieces: Vec<Range<u64>>) -> Prefetch {
+    let file = file.clone();
+    SpawnedTask::spawn(async move {
+        pieces.sort_unstable_by_key(|piece| piece.start);
+        let spans = coalesce(pieces.clone());
+        let fetched =
+            futures::future::try_join_all(spans.iter().map(|span| file.get_span(span))).await?;
+        // A store answers a range past an object's end with the bytes there are.
+        for (span, bytes) in spans.iter().zip(&fetched) {
+            if (bytes.len() as u64) < span.end - span.start {
+                return Err(ParquetError::EOF(format!(
+                    "the file ends at byte {} but its metadata places pages up to byte {}",
+                    span.start + bytes.len() as u64,
+                    span.end
+                )));
+            }
+        }
+        let mut spans = spans.iter().zip(fetched).peekable();
+        let mut sliced = Vec::with_capacity(pieces.len());
+        for piece in pieces {
+            while let Some((span, _)) = spans.peek() {
+                if span.end >= piece.end {
+                    break;
+                }
+                spans.next();
+            }
+            let (span, bytes) = spans.peek().expect("every piece lies in a span");
+            let offset = (piece.start - span.start) as usize;
+            let length = (piece.end - piece.start) as usize;
+            sliced.push((piece.start, bytes.slice(offset..offset + length)));
+        }
+        Ok(sliced)
+    })
 }
 
-impl HeldBytes {
-    /// `range` without a copy, where one span holds all of it.
-    fn slice(&self, range: &Range<u64>) -> Option<Bytes> {
-        self.spans
-            .iter()
-            .find(|(span, _)| span.start <= range.start && range.end <= span.end)
-            .map(|(span, bytes)| {
-                bytes.slice((range.start - span.start) as usize..(range.end - span.start) as usize)
-            })
-    }
-
-    /// The spans to fetch for `ranges`: those not held, with adjacent pages merged.
-    pub(super) fn missing(&self, ranges: &[Range<u64>]) -> Vec<Range<u64>> {
-        coalesce(
-            ranges
-                .iter()
-                .filter(|range| self.slice(range).is_none())
-                .cloned()
-                .collect(),
-        )
-    }
-
-    /// Copies of the held parts of `ranges`, so that carrying a shared page into the next
-    /// window does not keep this window's spans alive.
-    pub(super) fn carried_into(&self, ranges: &[Range<u64>]) -> HeldBytes {
-        HeldBytes {
-            spans: ranges
-                .iter()
-                .filter_map(|range| {
-                    let bytes = self.slice(range)?;
-                    Some((range.clone(), Bytes::copy_from_slice(&bytes)))
-                })
-                .collect(),
-        }
-    }
-
-    pub(super) fn span(range: Range<u64>, bytes: Bytes) -> Self {
-        HeldBytes {
-            spans: vec![(range, bytes)],
-        }
-    }
-
-    pub(super) fn extend(&mut self, other: HeldBytes) {
-        self.spans.extend(other.spans);
-    }
-
-    /// Fetches `spans` of `file`, a request each, all at once, on a task of its own so that
-    /// the fetch goes on while the caller decodes. Not object_store's `get_ranges`: that merges
-    /// ranges less than 1 MiB apart, so with many files, whose windows are a page or two of each
-    /// column, each request read most of a row group to keep a few pages of it (1.1 GiB peak at
-    /// 128 files on S3).
-    pub(super) fn fetch(file: &ObjectFileReader, spans: Vec<Range<u64>>) -> Prefetch {
-        let file = file.clone();
-        SpawnedTask::spawn(async move {
-            let fetched =
-                futures::future::try_join_all(spans.iter().map(|span| file.get_span(span))).await?;
-            Ok(HeldBytes {
-                spans: spans.into_iter().zip(fetched).collect(),
-            })
-        })
-    }
-}
-
-pub(super) type Prefetch = SpawnedTask<ParquetResult<HeldBytes>>;
-
-pub(super) async fn join(prefetch: Prefetch) -> ParquetResult<HeldBytes> {
+pub(super) async fn join(prefetch: Prefetch) -> ParquetResult<Pieces> {
     prefetch
         .join()
         .await
         .map_err(|e| ParquetError::External(Box::new(e)))?
 }
 
-/// A file read through bytes already held: a window's pages, or the file's last bytes while its
-/// footer is read. Anything else comes from the file itself (the ranges above leave nothing
-/// else for a window, but a reader must not fail on it).
+/// The fetched pieces of one row group, which Parquet's reader reads as its file. A page goes
+/// once Parquet's reader has taken it (it asks for each page once, whole); whole column chunks,
+/// read where there is no offset index, stay until the row group is done.
 #[derive(Clone)]
-pub(super) struct HeldReader {
-    pub(super) file: ObjectFileReader,
-    pub(super) held: Arc<HeldBytes>,
+pub(super) struct HeldPages {
+    held: Arc<Mutex<BTreeMap<u64, Bytes>>>,
+    whole_chunks: bool,
 }
 
-impl AsyncFileReader for HeldReader {
-    fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, ParquetResult<Bytes>> {
-        match self.held.slice(&range) {
-            Some(bytes) => futures::future::ready(Ok(bytes)).boxed(),
-            None => self.file.get_bytes(range),
+impl HeldPages {
+    pub(super) fn new(metadata: &ParquetMetaData, row_group: usize) -> Self {
+        HeldPages {
+            held: Arc::default(),
+            whole_chunks: page_locations(metadata, row_group).is_none(),
         }
     }
 
-    fn get_byte_ranges(
-        &mut self,
-        ranges: Vec<Range<u64>>,
-    ) -> BoxFuture<'_, ParquetResult<Vec<Bytes>>> {
-        async move {
-            let mut bytes: Vec<Option<Bytes>> =
-                ranges.iter().map(|range| self.held.slice(range)).collect();
-            let unheld: Vec<Range<u64>> = ranges
-                .iter()
-                .zip(&bytes)
-                .filter(|(_, held)| held.is_none())
-                .map(|(range, _)| range.clone())
-                .collect();
-            if !unheld.is_empty() {
-                let mut fetched = self.file.get_byte_ranges(unheld).await?.into_iter();
-                for slot in bytes.iter_mut().filter(|slot| slot.is_none()) {
-                    *slot = fetched.next();
-                }
-            }
-            Ok(bytes.into_iter().map(Option::unwrap_or_default).collect())
-        }
-        .boxed()
+    pub(super) fn insert(&self, pieces: Pieces) {
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(pieces);
     }
 
-    fn get_metadata<'a>(
-        &'a mut self,
-        options: Option<&'a ArrowReaderOptions>,
-    ) -> BoxFuture<'a, ParquetResult<Arc<ParquetMetaData>>> {
-        self.file.get_metadata(options)
+    /// Bytes `start..start + length`, or up to the end of their piece where `length` is None.
+    fn take(&self, start: u64, length: Option<usize>) -> ParquetResult<Bytes> {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let found = held
+            .range(..=start)
+            .next_back()
+            .and_then(|(&piece_start, bytes)| {
+                let offset = (start - piece_start) as usize;
+                let end = length.map_or(bytes.len(), |length| offset + length);
+                (end <= bytes.len()).then(|| (piece_start, bytes.slice(offset..end)))
+            });
+        let Some((piece_start, bytes)) = found else {
+            let end = length.map_or_else(
+                || "its piece's end".to_string(),
+                |l| (start + l as u64).to_string(),
+            );
+            return Err(ParquetError::General(format!(
+                "bytes {start}..{end} of the file were not fetched before Parquet's reader asked for them"
+            )));
+        };
+        if !self.whole_chunks && piece_start == start && length.is_some() {
+            held.remove(&piece_start);
+        }
+        Ok(bytes)
+    }
+
+    #[cfg(test)]
+    fn held_offsets(&self) -> Vec<u64> {
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .copied()
+            .collect()
+    }
+}
+
+impl Length for HeldPages {
+    /// Parquet's reader asks a file's length only to find its footer, which it never reads here.
+    fn len(&self) -> u64 {
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .last_key_value()
+            .map_or(0, |(start, bytes)| start + bytes.len() as u64)
+    }
+}
+
+impl ChunkReader for HeldPages {
+    type T = bytes::buf::Reader<Bytes>;
+
+    /// Where there is no offset index, Parquet's reader reads each page header from here.
+    fn get_read(&self, start: u64) -> ParquetResult<Self::T> {
+        Ok(self.take(start, None)?.reader())
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> ParquetResult<Bytes> {
+        self.take(start, Some(length))
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::io::Read;
+
+    use object_store::memory::InMemory;
+    use object_store::ObjectStoreExt;
+    use tokio::sync::Semaphore;
+
     use super::*;
 
-    fn held(spans: &[(u64, &[u8])]) -> HeldBytes {
-        HeldBytes {
-            spans: spans
+    fn held(whole_chunks: bool, pieces: &[(u64, &'static [u8])]) -> HeldPages {
+        let held = HeldPages {
+            held: Arc::default(),
+            whole_chunks,
+        };
+        held.insert(
+            pieces
                 .iter()
-                .map(|(start, bytes)| {
-                    (
-                        *start..*start + bytes.len() as u64,
-                        Bytes::copy_from_slice(bytes),
-                    )
-                })
+                .map(|&(start, bytes)| (start, Bytes::from_static(bytes)))
                 .collect(),
-        }
+        );
+        held
     }
 
     #[test]
@@ -217,55 +311,54 @@ mod tests {
     }
 
     #[test]
-    fn held_pages_are_served_and_only_the_rest_fetched() {
-        let bytes = held(&[(100, b"abcdef"), (200, b"xyz")]);
-        assert_eq!(
-            bytes.slice(&(101..104)).unwrap(),
-            Bytes::from_static(b"bcd")
-        );
-        assert_eq!(
-            bytes.slice(&(200..203)).unwrap(),
-            Bytes::from_static(b"xyz")
-        );
-        assert!(bytes.slice(&(104..108)).is_none(), "past a span's end");
-        assert_eq!(
-            bytes.missing(&[100..103, 103..106, 106..110, 110..120, 300..301]),
-            vec![106..120, 300..301]
-        );
-    }
-
-    #[tokio::test]
-    async fn a_window_reads_its_held_bytes_without_asking_the_store() {
-        let store = Arc::new(object_store::memory::InMemory::new());
-        let mut reader = HeldReader {
-            file: ObjectFileReader::new(
-                store,
-                "absent.parquet".into(),
-                Arc::new(tokio::sync::Semaphore::new(1)),
-            ),
-            held: Arc::new(held(&[(100, b"abcdef")])),
-        };
-        let read = reader
-            .get_byte_ranges(vec![100..102, 102..106])
-            .await
-            .unwrap();
-        assert_eq!(
-            read,
-            [Bytes::from_static(b"ab"), Bytes::from_static(b"cdef")]
-        );
-        // Bytes not held come from the store, here a missing file.
-        assert!(reader.get_bytes(0..4).await.is_err());
+    fn a_page_is_let_go_once_taken() {
+        let pages = held(false, &[(100, b"abcdef"), (200, b"xyz")]);
+        assert_eq!(pages.get_bytes(200, 3).unwrap(), Bytes::from_static(b"xyz"));
+        assert_eq!(pages.held_offsets(), [100]);
+        let error = pages.get_bytes(200, 3).unwrap_err().to_string();
+        assert!(error.contains("bytes 200..203"), "{error}");
+        assert!(pages.get_bytes(104, 4).is_err(), "past a page's end");
+        assert_eq!(pages.held_offsets(), [100]);
     }
 
     #[test]
-    fn a_carried_page_is_a_copy_of_its_bytes_alone() {
-        let bytes = held(&[(100, b"abcdef")]);
-        let carried = bytes.carried_into(&[104..106, 500..501]);
-        assert_eq!(carried.spans.len(), 1);
-        assert_eq!(carried.spans[0].0, 104..106);
-        assert_eq!(carried.spans[0].1, Bytes::from_static(b"ef"));
-        // A copy, not a slice: the window's own span can be freed.
-        let original = bytes.spans[0].1.as_ptr() as usize;
-        assert!(!(original..original + 6).contains(&(carried.spans[0].1.as_ptr() as usize)));
+    fn a_whole_column_chunk_is_read_as_often_as_asked() {
+        let chunks = held(true, &[(100, b"abcdef")]);
+        let mut header = String::new();
+        chunks
+            .get_read(102)
+            .unwrap()
+            .read_to_string(&mut header)
+            .unwrap();
+        assert_eq!(header, "cdef");
+        assert_eq!(chunks.get_bytes(103, 2).unwrap(), Bytes::from_static(b"de"));
+        assert_eq!(
+            chunks.get_bytes(100, 6).unwrap(),
+            Bytes::from_static(b"abcdef")
+        );
+        assert_eq!(chunks.held_offsets(), [100]);
+        assert_eq!(chunks.len(), 106);
+    }
+
+    #[tokio::test]
+    async fn fetched_pieces_are_cut_from_their_spans() {
+        let store = Arc::new(InMemory::new());
+        let path = object_store::path::Path::from("f");
+        let content: Vec<u8> = (0..=255).collect();
+        store.put(&path, content.clone().into()).await.unwrap();
+        let file = ObjectFileReader::new(store, path, Arc::new(Semaphore::new(1)));
+        let pieces = join(fetch(&file, vec![50..60, 0..10, 10..30, 200..256]))
+            .await
+            .unwrap();
+        let starts: Vec<u64> = pieces.iter().map(|(start, _)| *start).collect();
+        assert_eq!(starts, [0, 10, 50, 200]);
+        for (start, bytes) in pieces {
+            let start = start as usize;
+            assert_eq!(bytes, content[start..start + bytes.len()]);
+        }
+        let error = join(fetch(&file, vec![240..250, 250..300]))
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("ends at byte 256"), "{error}");
     }
 }

@@ -16,12 +16,10 @@ use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::row::{OwnedRow, RowConverter, Rows};
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::parquet::arrow::arrow_reader::{
-    ArrowReaderMetadata, ArrowReaderOptions, RowSelection, RowSelector,
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader,
+    ParquetRecordBatchReaderBuilder,
 };
 use datafusion::parquet::arrow::async_reader::AsyncFileReader;
-use datafusion::parquet::arrow::async_reader::{
-    ParquetRecordBatchStream, ParquetRecordBatchStreamBuilder,
-};
 use datafusion::parquet::arrow::ProjectionMask;
 use datafusion::parquet::errors::{ParquetError, Result as ParquetResult};
 use datafusion::parquet::file::metadata::{
@@ -30,11 +28,11 @@ use datafusion::parquet::file::metadata::{
 use datafusion::parquet::file::statistics::Statistics as ParquetStatistics;
 use datafusion::physical_plan::metrics::Count;
 use futures::future::BoxFuture;
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use object_store::{GetOptions, GetRange, ObjectStoreExt};
 use tokio::sync::{mpsc, Semaphore};
 
-use super::fetch::{self, ranges_read, HeldBytes, HeldReader, Prefetch};
+use super::fetch::{self, pages_fetched, windows, HeldPages, Pieces, Prefetch, Window};
 use super::keys::{prefix, KeyedBatch, SortKeys};
 use crate::error::{Error, Result};
 use crate::model::{KeyOrder, KeyValue, PrimitiveType};
@@ -93,156 +91,133 @@ impl OrderCheck {
     }
 }
 
-/// A file's rows as a sequence of windows, each some rows of one row group read by a stream of
-/// its own. Parquet's reader fetches all the pages a stream selects in a row group at once, so a
-/// whole 1 M-row row group per file at a time unless the stream selects fewer rows; with the
-/// file's offset index, a window fetches only its own pages. Without one, a window is a whole
-/// row group. The next window's pages are fetched while this one is decoded.
+/// A file's rows, decoded a row group at a time by Parquet's reader from the pages held for
+/// it, which arrive a window of rows at a time: with the file's offset index, a window fetches
+/// only its own pages; without one, a window is a whole row group. The next window's pages are
+/// fetched while this one is decoded.
 pub(super) struct WindowedStream {
-    reader: ObjectFileReader,
+    fetcher: WindowFetcher,
     metadata: ArrowReaderMetadata,
     projection: ProjectionMask,
     batch_size: usize,
+    current: Option<RowGroupDecoder>,
+}
+
+/// Fetches a file's windows in order, one ahead of the one last received.
+struct WindowFetcher {
+    reader: ObjectFileReader,
+    metadata: Arc<ParquetMetaData>,
+    projection: ProjectionMask,
     windows: VecDeque<Window>,
-    current: Option<ParquetRecordBatchStream<HeldReader>>,
-    /// The bytes of the window being decoded.
-    held: HeldBytes,
-    /// The next window's bytes, on their way.
-    prefetch: Option<Prefetch>,
+    in_flight: Option<(Window, Prefetch)>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Window {
-    row_group: usize,
-    first_row: usize,
-    rows: usize,
-    row_group_rows: usize,
-}
-
-impl Window {
-    fn selection(&self) -> Option<RowSelection> {
-        if self.rows == self.row_group_rows {
-            return None;
-        }
-        let after = self.row_group_rows - self.first_row - self.rows;
-        let selectors = [
-            RowSelector::skip(self.first_row),
-            RowSelector::select(self.rows),
-            RowSelector::skip(after),
-        ];
-        Some(
-            selectors
-                .into_iter()
-                .filter(|s| s.row_count > 0)
-                .collect::<Vec<_>>()
-                .into(),
+impl WindowFetcher {
+    fn start(&self, window: Window) -> Prefetch {
+        fetch::fetch(
+            &self.reader,
+            pages_fetched(&self.metadata, &self.projection, window),
         )
     }
+
+    /// The next window's pages, once they have arrived; the window after it is then on its way.
+    async fn receive(&mut self) -> Option<ParquetResult<(Window, Pieces)>> {
+        let (window, prefetch) = match self.in_flight.take() {
+            Some(in_flight) => in_flight,
+            None => {
+                let window = self.windows.pop_front()?;
+                (window, self.start(window))
+            }
+        };
+        let pieces = fetch::join(prefetch).await;
+        if let Some(next) = self.windows.pop_front() {
+            self.in_flight = Some((next, self.start(next)));
+        }
+        Some(pieces.map(|pieces| (window, pieces)))
+    }
 }
 
-/// The windows that read `row_groups` fetching about `budget` compressed bytes at a time (never
-/// fewer than `min_rows` rows); each row group is one window where `windowed` is false.
-fn windows(
-    metadata: &ParquetMetaData,
-    row_groups: &[usize],
-    projection: &ProjectionMask,
-    budget: usize,
-    min_rows: usize,
-    windowed: bool,
-) -> VecDeque<Window> {
-    let mut windows = VecDeque::new();
-    for &row_group in row_groups {
-        let group = metadata.row_group(row_group);
-        let row_group_rows = usize::try_from(group.num_rows()).unwrap_or(0);
-        let bytes: usize = group
-            .columns()
-            .iter()
-            .enumerate()
-            .filter(|(leaf, _)| projection.leaf_included(*leaf))
-            .map(|(_, column)| usize::try_from(column.compressed_size()).unwrap_or(0))
-            .sum();
-        let window_rows = if windowed && bytes > budget {
-            (row_group_rows * budget / bytes).max(min_rows)
-        } else {
-            row_group_rows
-        }
-        .max(1);
-        let mut first_row = 0;
-        while first_row < row_group_rows {
-            let rows = window_rows.min(row_group_rows - first_row);
-            windows.push_back(Window {
-                row_group,
-                first_row,
-                rows,
-                row_group_rows,
-            });
-            first_row += rows;
-        }
-    }
-    windows
+struct RowGroupDecoder {
+    row_group: usize,
+    rows: usize,
+    next_row: usize,
+    /// Rows before this one have all their pages held (or already taken by the decoder).
+    fetched_rows: usize,
+    pages: HeldPages,
+    decoder: ParquetRecordBatchReader,
 }
 
 impl WindowedStream {
     pub(super) async fn next(&mut self) -> Option<ParquetResult<RecordBatch>> {
         loop {
-            if let Some(stream) = &mut self.current {
-                match stream.next().await {
-                    Some(batch) => return Some(batch),
-                    None => self.current = None,
+            let Some(current) = &mut self.current else {
+                let first = match self.fetcher.receive().await? {
+                    Ok(first) => first,
+                    Err(e) => return Some(Err(e)),
+                };
+                match self.decoder(first) {
+                    Ok(decoder) => self.current = Some(decoder),
+                    Err(e) => return Some(Err(e)),
+                }
+                continue;
+            };
+            if current.next_row == current.rows {
+                self.current = None;
+                continue;
+            }
+            // Parquet's reader takes a page when it reaches the page's first row, so a batch
+            // decodes from what is held once every row it covers has been fetched.
+            let batch_end = (current.next_row + self.batch_size).min(current.rows);
+            while current.fetched_rows < batch_end {
+                match self.fetcher.receive().await {
+                    Some(Ok((window, pieces))) if window.row_group == current.row_group => {
+                        current.pages.insert(pieces);
+                        current.fetched_rows = window.end_row();
+                    }
+                    Some(Err(e)) => return Some(Err(e)),
+                    _ => {
+                        return Some(Err(ParquetError::General(format!(
+                            "the windows of row group {} end at row {} of its {}",
+                            current.row_group, current.fetched_rows, current.rows
+                        ))))
+                    }
                 }
             }
-            let window = self.windows.pop_front()?;
-            let selection = window.selection();
-            if let Err(e) = self.hold(&window, selection.as_ref()).await {
-                return Some(Err(e));
-            }
-            let reader = HeldReader {
-                file: self.reader.clone(),
-                held: Arc::new(self.held.clone()),
+            return match current.decoder.next() {
+                Some(Ok(batch)) => {
+                    current.next_row += batch.num_rows();
+                    Some(Ok(batch))
+                }
+                Some(Err(e)) => Some(Err(ParquetError::External(Box::new(e)))),
+                None => Some(Err(ParquetError::EOF(format!(
+                    "row group {} ended after {} of the {} rows its metadata gives",
+                    current.row_group, current.next_row, current.rows
+                )))),
             };
-            let mut builder =
-                ParquetRecordBatchStreamBuilder::new_with_metadata(reader, self.metadata.clone())
-                    .with_projection(self.projection.clone())
-                    .with_row_groups(vec![window.row_group])
-                    .with_batch_size(self.batch_size);
-            if let Some(selection) = selection {
-                builder = builder.with_row_selection(selection);
-            }
-            match builder.build() {
-                Ok(stream) => self.current = Some(stream),
-                Err(e) => return Some(Err(e)),
-            }
         }
     }
 
-    /// Holds `window`'s bytes (the pages it shares with the window before, and the rest from
-    /// the prefetch, or fetched now for the first window), and starts fetching the next one's.
-    async fn hold(
-        &mut self,
-        window: &Window,
-        selection: Option<&RowSelection>,
-    ) -> ParquetResult<()> {
+    /// The decoder of the row group whose first window is `first`.
+    fn decoder(&self, (first, pieces): (Window, Pieces)) -> ParquetResult<RowGroupDecoder> {
         let metadata = self.metadata.metadata();
-        let ranges = ranges_read(metadata, &self.projection, window.row_group, selection);
-        let mut held = self.held.carried_into(&ranges);
-        // The last window's bytes go before waiting for the next's: only the carried pages stay.
-        self.held = HeldBytes::default();
-        let prefetch = match self.prefetch.take() {
-            Some(prefetch) => prefetch,
-            None => HeldBytes::fetch(&self.reader, held.missing(&ranges)),
-        };
-        held.extend(fetch::join(prefetch).await?);
-        if let Some(next) = self.windows.front() {
-            let next_ranges = ranges_read(
-                metadata,
-                &self.projection,
-                next.row_group,
-                next.selection().as_ref(),
-            );
-            self.prefetch = Some(HeldBytes::fetch(&self.reader, held.missing(&next_ranges)));
-        }
-        self.held = held;
-        Ok(())
+        let pages = HeldPages::new(metadata, first.row_group);
+        pages.insert(pieces);
+        let decoder = ParquetRecordBatchReaderBuilder::new_with_metadata(
+            pages.clone(),
+            self.metadata.clone(),
+        )
+        .with_projection(self.projection.clone())
+        .with_row_groups(vec![first.row_group])
+        .with_batch_size(self.batch_size)
+        .build()?;
+        Ok(RowGroupDecoder {
+            row_group: first.row_group,
+            rows: usize::try_from(metadata.row_group(first.row_group).num_rows()).unwrap_or(0),
+            next_row: 0,
+            fetched_rows: first.end_row(),
+            pages,
+            decoder,
+        })
     }
 }
 
@@ -400,24 +375,25 @@ impl FileReader {
                 .collect(),
             ..OrderCheck::default()
         };
-        let windowed = metadata.offset_index().is_some();
         let stream = WindowedStream {
-            // Two windows' bytes are held at once: the one decoded and the next.
-            windows: windows(
-                metadata,
-                &row_groups,
-                &mask,
-                self.fetch_budget / 2,
-                self.batch_size,
-                windowed,
-            ),
-            reader,
+            fetcher: WindowFetcher {
+                // Two windows' pages are held at once: the one decoded and the next.
+                windows: windows(
+                    metadata,
+                    &row_groups,
+                    &mask,
+                    self.fetch_budget / 2,
+                    self.batch_size,
+                ),
+                reader,
+                metadata: Arc::clone(metadata),
+                projection: mask.clone(),
+                in_flight: None,
+            },
             metadata: reader_metadata.clone(),
             projection: mask,
             batch_size: self.batch_size,
             current: None,
-            held: HeldBytes::default(),
-            prefetch: None,
         };
         Ok((stream, ColumnAdapter { positions, casts }, check))
     }
@@ -743,10 +719,10 @@ impl AsyncFileReader for ObjectFileReader {
                 .map_err(external)?;
             let size = tail.meta.size;
             let range = tail.range.clone();
-            let tail = HeldBytes::span(range, tail.bytes().await.map_err(external)?);
-            let mut reader = HeldReader {
+            let mut reader = TailReader {
                 file: self.clone(),
-                held: Arc::new(tail),
+                start: range.start,
+                tail: tail.bytes().await.map_err(external)?,
             };
             let offset_index = options.map_or(PageIndexPolicy::Skip, |o| o.offset_index_policy());
             let metadata = ParquetMetaDataReader::new()
@@ -756,6 +732,40 @@ impl AsyncFileReader for ObjectFileReader {
             Ok(Arc::new(metadata))
         }
         .boxed()
+    }
+}
+
+/// A file read through its last bytes, held while its footer is read; anything before them
+/// (a page index that reaches further back) comes from the file itself.
+struct TailReader {
+    file: ObjectFileReader,
+    start: u64,
+    tail: Bytes,
+}
+
+impl TailReader {
+    fn held(&self, range: &std::ops::Range<u64>) -> Option<Bytes> {
+        let end = self.start + self.tail.len() as u64;
+        (self.start <= range.start && range.end <= end).then(|| {
+            self.tail
+                .slice((range.start - self.start) as usize..(range.end - self.start) as usize)
+        })
+    }
+}
+
+impl AsyncFileReader for TailReader {
+    fn get_bytes(&mut self, range: std::ops::Range<u64>) -> BoxFuture<'_, ParquetResult<Bytes>> {
+        match self.held(&range) {
+            Some(bytes) => futures::future::ready(Ok(bytes)).boxed(),
+            None => self.file.get_bytes(range),
+        }
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, ParquetResult<Arc<ParquetMetaData>>> {
+        self.file.get_metadata(options)
     }
 }
 
@@ -819,6 +829,27 @@ mod tests {
         keys
     }
 
+    fn stream(
+        reader: ObjectFileReader,
+        metadata: ArrowReaderMetadata,
+        windows: VecDeque<Window>,
+        batch_size: usize,
+    ) -> WindowedStream {
+        WindowedStream {
+            fetcher: WindowFetcher {
+                reader,
+                metadata: Arc::clone(metadata.metadata()),
+                projection: ProjectionMask::all(),
+                windows,
+                in_flight: None,
+            },
+            metadata,
+            projection: ProjectionMask::all(),
+            batch_size,
+            current: None,
+        }
+    }
+
     #[tokio::test]
     async fn a_file_read_in_windows_gives_every_row_once_in_order() {
         let (reader, metadata) = file_with_pages().await;
@@ -831,7 +862,6 @@ mod tests {
             &all,
             row_group_bytes / 4,
             1000,
-            true,
         );
         let listed: Vec<Window> = windows.iter().copied().collect();
         // Row group 0 in quarters; row group 2's longer strings in a few more windows.
@@ -841,31 +871,87 @@ mod tests {
         assert!((4..=6).contains(&(listed.len() - 4)), "{listed:?}");
         for pair in listed.windows(2) {
             let (a, b) = (pair[0], pair[1]);
-            let next = if a.first_row + a.rows == a.row_group_rows {
+            let next = if a.end_row() == ROW_GROUP_ROWS {
                 0
             } else {
-                a.first_row + a.rows
+                a.end_row()
             };
             assert_eq!(b.first_row, next, "{listed:?}");
         }
-        let mut stream = WindowedStream {
-            reader,
-            metadata,
-            projection: all,
-            batch_size: 700,
-            windows,
-            current: None,
-            held: HeldBytes::default(),
-            prefetch: None,
-        };
         let expected: Vec<i64> = (0..ROW_GROUP_ROWS as i64)
             .chain(2 * ROW_GROUP_ROWS as i64..3 * ROW_GROUP_ROWS as i64)
             .collect();
+        // Batches that end inside windows, on their boundaries, and span several.
+        for batch_size in [700, 500, 2500, 6000] {
+            let mut stream = stream(
+                reader.clone(),
+                metadata.clone(),
+                windows.clone(),
+                batch_size,
+            );
+            assert_eq!(
+                keys_read(&mut stream).await,
+                expected,
+                "batch size {batch_size}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_file_without_an_offset_index_is_read_a_row_group_at_a_time() {
+        let (reader, _) = file_with_pages().await;
+        let options = ArrowReaderOptions::new().with_offset_index_policy(PageIndexPolicy::Skip);
+        let metadata = ArrowReaderMetadata::load_async(&mut reader.clone(), options)
+            .await
+            .unwrap();
+        let windows = windows(metadata.metadata(), &[1, 2], &ProjectionMask::all(), 1, 1);
+        assert_eq!(windows.len(), 2);
+        let mut stream = stream(reader, metadata, windows, 700);
+        let expected: Vec<i64> = (ROW_GROUP_ROWS as i64..3 * ROW_GROUP_ROWS as i64).collect();
         assert_eq!(keys_read(&mut stream).await, expected);
     }
 
     #[tokio::test]
-    async fn windows_are_whole_row_groups_within_the_budget_or_without_an_offset_index() {
+    async fn every_page_is_fetched_by_one_window_only() {
+        let (_, metadata) = file_with_pages().await;
+        let metadata = metadata.metadata();
+        let all = ProjectionMask::all();
+        let mut every_page: Vec<std::ops::Range<u64>> = Vec::new();
+        for row_group in 0..3 {
+            for column in metadata.row_group(row_group).columns() {
+                let (start, length) = column.byte_range();
+                every_page.push(start..start + length);
+            }
+        }
+        for budget in [1, 20_000, 50_000, 1 << 30] {
+            let mut fetched: Vec<std::ops::Range<u64>> =
+                windows(metadata, &[0, 1, 2], &all, budget, 700)
+                    .into_iter()
+                    .flat_map(|window| pages_fetched(metadata, &all, window))
+                    .collect();
+            fetched.sort_unstable_by_key(|page| page.start);
+            for pair in fetched.windows(2) {
+                assert!(pair[0].end <= pair[1].start, "{pair:?} fetched twice");
+            }
+            // Each column chunk, dictionary page and all, is fetched piece by piece and whole.
+            let mut chunks = every_page.iter();
+            let mut chunk = chunks.next().unwrap().clone();
+            for page in fetched {
+                assert_eq!(page.start, chunk.start, "budget {budget}");
+                chunk.start = page.end;
+                if chunk.is_empty() {
+                    chunk = chunks.next().cloned().unwrap_or(0..0);
+                }
+            }
+            assert!(
+                chunks.next().is_none() && chunk.is_empty(),
+                "budget {budget}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn windows_are_whole_row_groups_within_the_budget() {
         let (_, metadata) = file_with_pages().await;
         let all = ProjectionMask::all();
         let metadata = metadata.metadata();
@@ -875,12 +961,11 @@ mod tests {
             .map(|group| group.compressed_size() as usize)
             .max()
             .unwrap();
-        let whole = |budget, windowed| windows(metadata, &[0, 1, 2], &all, budget, 1, windowed);
-        assert_eq!(whole(row_group_bytes, true).len(), 3);
-        assert_eq!(whole(row_group_bytes / 10, false).len(), 3);
-        assert!(whole(1, true).len() > 3 * 100, "at least a page a window");
+        let whole = |budget| windows(metadata, &[0, 1, 2], &all, budget, 1);
+        assert_eq!(whole(row_group_bytes).len(), 3);
+        assert!(whole(1).len() > 3 * 100, "at least a page a window");
         // The window never drops below the minimum rows, however small the budget.
-        let floor = windows(metadata, &[0], &all, 1, 2500, true);
+        let floor = windows(metadata, &[0], &all, 1, 2500);
         assert_eq!(floor.len(), 4);
     }
 }
