@@ -217,7 +217,8 @@ impl HeldPages {
             .extend(pieces);
     }
 
-    /// Bytes `start..start + length`, or up to the end of their piece where `length` is None.
+    /// Bytes `start..start + length` (to the end of their piece where `length` is None); a page
+    /// asked for whole is let go.
     fn take(&self, start: u64, length: Option<usize>) -> ParquetResult<Bytes> {
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         let found = held
