@@ -105,14 +105,15 @@ pub(super) fn pages_fetched(
         }
         let (start, length) = column.byte_range();
         let Some(locations) = locations else {
-            pages.push(start..start + length);
+            pages.push(start..start.saturating_add(length));
             continue;
         };
         let data_pages = locations[leaf].page_locations();
-        match data_pages.first() {
-            Some(first) if window.first_row == 0 && first.offset as u64 != start => {
-                pages.push(start..first.offset as u64);
-            }
+        let first_data_page = data_pages
+            .first()
+            .and_then(|first| u64::try_from(first.offset).ok());
+        match first_data_page {
+            Some(first) if window.first_row == 0 && first > start => pages.push(start..first),
             _ => {}
         }
         pages.extend(
@@ -120,8 +121,11 @@ pub(super) fn pages_fetched(
                 .iter()
                 .filter(|page| rows.contains(&page.first_row_index))
                 .map(|page| {
-                    let offset = page.offset as u64;
-                    offset..offset + page.compressed_page_size as u64
+                    // A hostile file's negative sizes and offsets become empty or unfetchable
+                    // ranges here, and Parquet's reader then rejects the page.
+                    let offset = u64::try_from(page.offset).unwrap_or(u64::MAX);
+                    let length = u64::try_from(page.compressed_page_size).unwrap_or(0);
+                    offset..offset.saturating_add(length)
                 }),
         );
     }
@@ -232,7 +236,7 @@ impl HeldPages {
         let Some((piece_start, bytes)) = found else {
             let end = length.map_or_else(
                 || "its piece's end".to_string(),
-                |l| (start + l as u64).to_string(),
+                |l| start.saturating_add(l as u64).to_string(),
             );
             return Err(ParquetError::General(format!(
                 "bytes {start}..{end} of the file were not fetched before Parquet's reader asked for them"
