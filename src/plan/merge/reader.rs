@@ -775,6 +775,7 @@ mod tests {
     use datafusion::arrow::array::{AsArray, StringArray};
     use datafusion::arrow::datatypes::{Field, Int64Type, Schema};
     use datafusion::parquet::arrow::ArrowWriter;
+    use datafusion::parquet::file::page_index::offset_index::PageLocation;
     use datafusion::parquet::file::properties::WriterProperties;
     use object_store::memory::InMemory;
     use object_store::ObjectStoreExt;
@@ -909,6 +910,44 @@ mod tests {
         let mut stream = stream(reader, metadata, windows, 700);
         let expected: Vec<i64> = (ROW_GROUP_ROWS as i64..3 * ROW_GROUP_ROWS as i64).collect();
         assert_eq!(keys_read(&mut stream).await, expected);
+    }
+
+    /// Page places come from the file: negative ones must end in an error, not in an overflow
+    /// or a panic.
+    #[tokio::test]
+    async fn a_hostile_offset_index_is_an_error() {
+        let (reader, metadata) = file_with_pages().await;
+        let bends: [fn(&mut PageLocation); 3] = [
+            |page| page.offset = -5,
+            |page| page.compressed_page_size = -1,
+            |page| page.offset = i64::MAX,
+        ];
+        for (bend, page) in bends.iter().zip([1, 2, 0]) {
+            let mut index = metadata.metadata().offset_index().unwrap().clone();
+            bend(&mut index[0][1].page_locations[page]);
+            let hostile = metadata
+                .metadata()
+                .as_ref()
+                .clone()
+                .into_builder()
+                .set_offset_index(Some(index))
+                .build();
+            let hostile =
+                ArrowReaderMetadata::try_new(Arc::new(hostile), ArrowReaderOptions::new()).unwrap();
+            let windows = windows(hostile.metadata(), &[0], &ProjectionMask::all(), 20_000, 1);
+            let mut stream = stream(reader.clone(), hostile, windows, 700);
+            let mut failed = false;
+            while let Some(batch) = stream.next().await {
+                if batch.is_err() {
+                    failed = true;
+                    break;
+                }
+            }
+            assert!(
+                failed,
+                "page {page} of a bent offset index read without an error"
+            );
+        }
     }
 
     #[tokio::test]
