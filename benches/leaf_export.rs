@@ -206,8 +206,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let rows_per_file = env_number("SLEEPER_BENCH_ROWS", 2_500_000);
     let runs = env_number("SLEEPER_BENCH_RUNS", 3);
-    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
-    let dir = std::path::Path::new(&target).join("bench-data/leaf_export");
+    let dir = common::bench_data("leaf_export");
     let table = runtime(2).block_on(create_table(&dir, rows_per_file));
     if let Some(position) = args.iter().position(|a| a == "--variant") {
         let runs = args

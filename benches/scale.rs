@@ -86,14 +86,13 @@ impl Layout {
         if self.s3 {
             format!("s3://{TABLE_BUCKET}/{name}")
         } else {
-            bench_data().join(&name).join("table").display().to_string()
+            common::bench_data("scale")
+                .join(&name)
+                .join("table")
+                .display()
+                .to_string()
         }
     }
-}
-
-fn bench_data() -> PathBuf {
-    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
-    Path::new(&target).join("bench-data/scale")
 }
 
 /// The layout's table, written the first time (from the same seed locally and on S3, so both
@@ -271,7 +270,7 @@ impl S3Server {
             .chain(std::env::var_os("HOME").map(|home| Path::new(&home).join(".cargo/bin")))
             .map(|dir| dir.join("s3s-fs"))
             .find(|binary| binary.is_file())?;
-        let root = bench_data().join("s3s-fs");
+        let root = common::bench_data("scale").join("s3s-fs");
         for bucket in [TABLE_BUCKET, OUTPUT_BUCKET] {
             std::fs::create_dir_all(root.join(bucket)).unwrap();
         }
@@ -280,7 +279,7 @@ impl S3Server {
             .local_addr()
             .unwrap()
             .port();
-        let log = bench_data().join("s3s-fs.log");
+        let log = common::bench_data("scale").join("s3s-fs.log");
         let log_file = std::fs::File::create(&log).unwrap();
         // It logs to stdout.
         let process = Command::new(binary)

@@ -88,6 +88,19 @@ pub fn print_result(seconds: f64, rows: u64) {
     println!("RESULT {seconds} {} {rows}", peak_rss_mib());
 }
 
+/// A bench's kept data (its tables), in the target directory it was built in: its binary is
+/// `<target>/release/deps/<bench>-…`, wherever it is run from (with `CARGO_TARGET_DIR` or
+/// `./target`, a binary run directly from another folder wrote its tables again there).
+pub fn bench_data(bench: &str) -> std::path::PathBuf {
+    let binary = std::env::current_exe().expect("the bench binary's path");
+    binary
+        .ancestors()
+        .nth(3)
+        .expect("the bench binary lies in a target directory")
+        .join("bench-data")
+        .join(bench)
+}
+
 /// A fresh output directory in memory where the machine has a tmpfs: the benchmarks measure
 /// the engine, not how the local disk's page cache happens to behave (it varies tenfold
 /// between runs here).
