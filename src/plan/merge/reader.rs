@@ -97,8 +97,6 @@ impl OrderCheck {
 /// fetched while this one is decoded.
 pub(super) struct WindowedStream {
     fetcher: WindowFetcher,
-    metadata: ArrowReaderMetadata,
-    projection: ProjectionMask,
     batch_size: usize,
     current: Option<RowGroupDecoder>,
 }
@@ -106,7 +104,7 @@ pub(super) struct WindowedStream {
 /// Fetches a file's windows in order, one ahead of the one last received.
 struct WindowFetcher {
     reader: ObjectFileReader,
-    metadata: Arc<ParquetMetaData>,
+    metadata: ArrowReaderMetadata,
     projection: ProjectionMask,
     windows: VecDeque<Window>,
     in_flight: Option<(Window, Prefetch)>,
@@ -116,7 +114,7 @@ impl WindowFetcher {
     fn start(&self, window: Window) -> Prefetch {
         fetch::fetch(
             &self.reader,
-            pages_fetched(&self.metadata, &self.projection, window),
+            pages_fetched(self.metadata.metadata(), &self.projection, window),
         )
     }
 
@@ -199,17 +197,16 @@ impl WindowedStream {
 
     /// The decoder of the row group whose first window is `first`.
     fn decoder(&self, (first, pieces): (Window, Pieces)) -> ParquetResult<RowGroupDecoder> {
-        let metadata = self.metadata.metadata();
+        let file = &self.fetcher.metadata;
+        let metadata = file.metadata();
         let pages = HeldPages::new(metadata, first.row_group);
         pages.insert(pieces);
-        let decoder = ParquetRecordBatchReaderBuilder::new_with_metadata(
-            pages.clone(),
-            self.metadata.clone(),
-        )
-        .with_projection(self.projection.clone())
-        .with_row_groups(vec![first.row_group])
-        .with_batch_size(self.batch_size)
-        .build()?;
+        let decoder =
+            ParquetRecordBatchReaderBuilder::new_with_metadata(pages.clone(), file.clone())
+                .with_projection(self.fetcher.projection.clone())
+                .with_row_groups(vec![first.row_group])
+                .with_batch_size(self.batch_size)
+                .build()?;
         Ok(RowGroupDecoder {
             row_group: first.row_group,
             rows: usize::try_from(metadata.row_group(first.row_group).num_rows()).unwrap_or(0),
@@ -386,12 +383,10 @@ impl FileReader {
                     self.batch_size,
                 ),
                 reader,
-                metadata: Arc::clone(metadata),
-                projection: mask.clone(),
+                metadata: reader_metadata.clone(),
+                projection: mask,
                 in_flight: None,
             },
-            metadata: reader_metadata.clone(),
-            projection: mask,
             batch_size: self.batch_size,
             current: None,
         };
@@ -839,13 +834,11 @@ mod tests {
         WindowedStream {
             fetcher: WindowFetcher {
                 reader,
-                metadata: Arc::clone(metadata.metadata()),
+                metadata,
                 projection: ProjectionMask::all(),
                 windows,
                 in_flight: None,
             },
-            metadata,
-            projection: ProjectionMask::all(),
             batch_size,
             current: None,
         }
