@@ -23,7 +23,6 @@ mod common;
 use common::{env_number, measure, output_dir, peak_rss_reset, print_result, runtime};
 use std::time::Instant;
 
-use datafusion::prelude::{SessionConfig, SessionContext};
 use sleeper_export::leaf::{run_leaf_query, ExportOptions};
 use sleeper_export::model::PartitionTree;
 use sleeper_export::model::{KeyValue, TableProperties};
@@ -88,32 +87,6 @@ fn ours(table: &SleeperTable, out: &std::path::Path, threads: usize, verify_orde
             .await
             .unwrap()
             .rows_written
-    })
-}
-
-fn datafusion_merge(table: &SleeperTable, out: &std::path::Path) -> u64 {
-    runtime(2).block_on(async {
-        let config = SessionConfig::new().with_target_partitions(FILES).with_batch_size(8192);
-        let ctx = SessionContext::new_with_config(config);
-        let data = table.location.url.to_file_path().unwrap().join("data/partition_root");
-        ctx.sql(&format!(
-            "CREATE EXTERNAL TABLE t STORED AS PARQUET WITH ORDER (key ASC, timestamp ASC) LOCATION '{}/'",
-            data.display()
-        ))
-        .await
-        .unwrap();
-        let statement = format!(
-            "COPY (SELECT * FROM t WHERE key < '{SPLIT}' ORDER BY key, timestamp) TO '{}' STORED AS PARQUET \
-             OPTIONS ('format.compression' 'zstd(3)', 'format.max_row_group_size' '100000', 'format.writer_version' '2.0', \
-             'format.dictionary_enabled' 'false')",
-            out.join("datafusion.parquet").display()
-        );
-        if std::env::var_os("SLEEPER_BENCH_EXPLAIN").is_some() {
-            let plan = ctx.sql(&format!("EXPLAIN {statement}")).await.unwrap().collect().await.unwrap();
-            eprintln!("{}", datafusion::arrow::util::pretty::pretty_format_batches(&plan).unwrap());
-        }
-        let result = ctx.sql(&statement).await.unwrap().collect().await.unwrap();
-        result[0].column(0).as_any().downcast_ref::<datafusion::arrow::array::UInt64Array>().unwrap().value(0)
     })
 }
 
@@ -187,7 +160,13 @@ fn run_variant(name: &str, table: &SleeperTable, runs: usize) {
             "ours-unchecked-2" => ours(table, out.path(), 2, false),
             "ours-agg-1" => ours(&aggregating(table), out.path(), 1, true),
             "ours-agg-2" => ours(&aggregating(table), out.path(), 2, true),
-            "datafusion-2" => datafusion_merge(table, out.path()),
+            "datafusion-2" => common::datafusion_ordered_copy(
+                table,
+                out.path(),
+                2,
+                &format!("WHERE key < '{SPLIT}'"),
+                100_000,
+            ),
             other => panic!("unknown variant {other}"),
         };
         print_result(started.elapsed().as_secs_f64(), rows);

@@ -26,7 +26,6 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::{env_number, measure, output_dir, peak_rss_reset, print_result, runtime};
-use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::{StreamExt, TryStreamExt};
 use object_store::{ObjectStoreExt, PutPayload};
 use sleeper_export::leaf::{run_leaf_query, ExportOptions};
@@ -151,43 +150,6 @@ fn ours(table: &SleeperTable, output: &Location, threads: usize) -> u64 {
     })
 }
 
-fn datafusion(table: &SleeperTable, out: &Path, threads: usize) -> u64 {
-    let files = table.files.len();
-    let row_group_rows = table.properties.parquet.row_group_rows;
-    runtime(threads).block_on(async {
-        let config = SessionConfig::new()
-            .with_target_partitions(files)
-            .with_batch_size(8192);
-        let ctx = SessionContext::new_with_config(config);
-        let data = table
-            .location
-            .url
-            .to_file_path()
-            .unwrap()
-            .join("data/partition_root");
-        ctx.sql(&format!(
-            "CREATE EXTERNAL TABLE t STORED AS PARQUET WITH ORDER (key ASC, timestamp ASC) \
-             LOCATION '{}/'",
-            data.display()
-        ))
-        .await
-        .unwrap();
-        let statement = format!(
-            "COPY (SELECT * FROM t ORDER BY key, timestamp) TO '{}' STORED AS PARQUET OPTIONS \
-             ('format.compression' 'zstd(3)', 'format.max_row_group_size' '{row_group_rows}', \
-             'format.writer_version' '2.0', 'format.dictionary_enabled' 'false')",
-            out.join("datafusion.parquet").display()
-        );
-        let result = ctx.sql(&statement).await.unwrap().collect().await.unwrap();
-        result[0]
-            .column(0)
-            .as_any()
-            .downcast_ref::<datafusion::arrow::array::UInt64Array>()
-            .unwrap()
-            .value(0)
-    })
-}
-
 /// The same bytes as an export moves, with plain requests: each input file whole in one GET
 /// (16 at once), then one PUT of all of them. Returns the rows those files hold.
 fn transfer(table: &SleeperTable, output: &Location, threads: usize) -> u64 {
@@ -234,7 +196,13 @@ fn run_variant(name: &str, total_rows: usize, runs: usize) {
         let started = Instant::now();
         let rows = match engine {
             "ours" => ours(&table, &output, threads),
-            "datafusion" => datafusion(&table, local_out.path(), threads),
+            "datafusion" => common::datafusion_ordered_copy(
+                &table,
+                local_out.path(),
+                threads,
+                "",
+                table.properties.parquet.row_group_rows,
+            ),
             "transfer" => transfer(&table, &output, threads),
             other => panic!("unknown engine {other}"),
         };

@@ -128,3 +128,58 @@ pub fn bench_schema() -> Schema {
     )
     .unwrap()
 }
+
+/// DataFusion's own ordered merge and Parquet sink over the table's files (of one partition,
+/// `root`), with the order declared and the same Parquet settings as the export: `CREATE
+/// EXTERNAL TABLE … WITH ORDER`, then `COPY (SELECT * FROM t <filter> ORDER BY key, timestamp)`.
+/// Returns the rows written. `SLEEPER_BENCH_EXPLAIN` prints the plan.
+pub fn datafusion_ordered_copy(
+    table: &sleeper_export::table::SleeperTable,
+    out: &std::path::Path,
+    threads: usize,
+    filter: &str,
+    row_group_rows: usize,
+) -> u64 {
+    use datafusion::prelude::{SessionConfig, SessionContext};
+    runtime(threads).block_on(async {
+        let config = SessionConfig::new()
+            .with_target_partitions(table.files.len())
+            .with_batch_size(8192);
+        let ctx = SessionContext::new_with_config(config);
+        let data = table
+            .location
+            .url
+            .to_file_path()
+            .unwrap()
+            .join("data/partition_root");
+        ctx.sql(&format!(
+            "CREATE EXTERNAL TABLE t STORED AS PARQUET WITH ORDER (key ASC, timestamp ASC) \
+             LOCATION '{}/'",
+            data.display()
+        ))
+        .await
+        .unwrap();
+        let statement = format!(
+            "COPY (SELECT * FROM t {filter} ORDER BY key, timestamp) TO '{}' STORED AS PARQUET \
+             OPTIONS ('format.compression' 'zstd(3)', 'format.max_row_group_size' \
+             '{row_group_rows}', 'format.writer_version' '2.0', 'format.dictionary_enabled' \
+             'false')",
+            out.join("datafusion.parquet").display()
+        );
+        if std::env::var_os("SLEEPER_BENCH_EXPLAIN").is_some() {
+            let plan = ctx.sql(&format!("EXPLAIN {statement}")).await.unwrap();
+            let plan = plan.collect().await.unwrap();
+            eprintln!(
+                "{}",
+                datafusion::arrow::util::pretty::pretty_format_batches(&plan).unwrap()
+            );
+        }
+        let result = ctx.sql(&statement).await.unwrap().collect().await.unwrap();
+        result[0]
+            .column(0)
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::UInt64Array>()
+            .unwrap()
+            .value(0)
+    })
+}
