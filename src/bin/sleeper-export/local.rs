@@ -13,6 +13,7 @@ use sleeper_export::table::SleeperTable;
 use sleeper_export::tablegen::write_demo_table;
 use sleeper_export::{Error, Result};
 
+use crate::allocator;
 use crate::options::{open_table, shutdown_signal, ExportSettingsArgs, InstanceArgs};
 
 #[derive(Debug, Args)]
@@ -153,6 +154,7 @@ async fn export_with_progress(
     );
     let (mut rows, mut bytes) = (0u64, 0u64);
     let export = export_table(table, &output, options, |leaf| {
+        allocator::release_freed_memory();
         rows += leaf.rows_written;
         bytes += leaf.bytes;
         progress.inc(1);

@@ -14,6 +14,7 @@ use sleeper_export::queue::MessageQueue;
 use sleeper_export::storage::Stores;
 use sleeper_export::Result;
 
+use crate::allocator;
 use crate::options::{open_tables, shutdown_signal, ExportSettingsArgs, QueueArgs};
 
 #[derive(Debug, Args)]
@@ -191,14 +192,17 @@ pub async fn run(
         .with_idle_exit(args.idle_exit_seconds.map(Duration::from_secs))
         .with_stop_grace(Duration::from_secs(stop_grace_seconds)),
     );
+    let stopped = async {
+        let signal = shutdown_signal().await;
+        tracing::info!(
+            signal,
+            "stopping: no new work is taken; running leaves get {stop_grace_seconds} \
+             seconds to finish"
+        );
+    };
     let report = runner
-        .run(leaf_queue, dead_letters, async {
-            let signal = shutdown_signal().await;
-            tracing::info!(
-                signal,
-                "stopping: no new work is taken; running leaves get {stop_grace_seconds} \
-                 seconds to finish"
-            );
+        .run_reporting(leaf_queue, dead_letters, stopped, |_| {
+            allocator::release_freed_memory();
         })
         .await?;
     println!(
