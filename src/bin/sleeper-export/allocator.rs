@@ -20,7 +20,7 @@ pub fn limit_arenas() {
     }
 }
 
-/// Returns the heap's free memory to the system; called as each leaf finishes. With it, each leaf
+/// Returns the heap's free memory to the system; called as each leaf is written. With it, each leaf
 /// of a process peaks as the first did (128 input files, S3 → S3, three in one process:
 /// 401, 398, 413 MiB, against 402, 507, 528 without; `cargo bench --bench scale`). It took
 /// 14–32 ms after each of those 10 M-row leaves, about 1 % of their time.
