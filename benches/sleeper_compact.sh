@@ -32,7 +32,11 @@ for layout in ${layouts[*]}; do
     *k) rows=$((${rows%k} * 1000)) ;;
   esac
   # Writes the layout's table if it is not there yet.
-  "$bench" --variant "ours-2-$layout" --runs 1 >/dev/null 2>&1
+  "$bench" --variant "ours-2-$layout" --runs 1 >"$out/setup.log" 2>&1 || {
+    echo "the scale bench could not write or export layout $layout:" >&2
+    tail -20 "$out/setup.log" >&2
+    exit 1
+  }
   inputs=("$target"/bench-data/scale/"$layout"-*/table/data/partition_root/*.parquet)
   for round in 1 2 3; do
     for cores in 2 1; do

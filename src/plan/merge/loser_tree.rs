@@ -116,6 +116,7 @@ impl LeafMerge {
 
     /// Whether input `a`'s current row comes after input `b`'s (an exhausted input comes after
     /// everything).
+    ///
     /// Inlined, so that the prefixes settle most matches without a call (the compiler stopped
     /// inlining it on its own, and 128 inputs play seven matches a row).
     #[inline]
