@@ -15,7 +15,8 @@
 //! `cargo install s3s-fs@0.14.1 --locked --features binary`; without it they are left out),
 //! which the bench starts on 127.0.0.1; there `transfer` is the same bytes moved with plain
 //! requests, a whole-file GET per input file and one PUT of as many bytes, and each variant's
-//! requests and the server's CPU time are counted.
+//! requests, the server's CPU time and the time it takes to complete a multipart upload (s3s-fs
+//! copies the parts into one file before it answers) are counted.
 
 mod common;
 
@@ -227,6 +228,24 @@ struct ServerLoad {
     cpu: Duration,
     requests: BTreeMap<&'static str, usize>,
     get_bytes: u64,
+    /// Answering CompleteMultipartUpload, which s3s-fs does by copying the parts into one file
+    /// (and hashing them again) before it answers. S3 itself does not copy.
+    completion: Duration,
+}
+
+/// `Duration`'s `Debug` form: `35.2ms`, `592.03µs`, `1.5s`.
+fn parse_debug_duration(text: &str) -> Duration {
+    let split = text.find(|c: char| c.is_alphabetic()).unwrap();
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().unwrap();
+    let seconds = match unit {
+        "s" => number,
+        "ms" => number / 1e3,
+        "µs" => number / 1e6,
+        "ns" => number / 1e9,
+        other => panic!("unknown duration unit {other:?}"),
+    };
+    Duration::from_secs_f64(seconds)
 }
 
 impl S3Server {
@@ -274,6 +293,9 @@ impl S3Server {
             ("AWS_REGION", "us-east-1".into()),
             ("AWS_ACCESS_KEY_ID", "bench".into()),
             ("AWS_SECRET_ACCESS_KEY", "bench-secret".into()),
+            // As over HTTPS to S3, where the export leaves payloads out of the signature: the
+            // bench's server stands in for S3 but speaks plain HTTP.
+            ("AWS_UNSIGNED_PAYLOAD", "true".into()),
         ] {
             std::env::set_var(name, value);
         }
@@ -317,8 +339,24 @@ impl S3Server {
             cpu: cpu_now - cpu_before,
             ..ServerLoad::default()
         };
-        for line in std::io::BufReader::new(log).lines() {
-            let line = line.unwrap();
+        // s3s logs a request's arrival and its answer's duration, each followed (a few lines
+        // on) by its span's `start_time`, which pairs them up.
+        let mut completions = Vec::new();
+        let mut lines = std::io::BufReader::new(log).lines().map(Result::unwrap);
+        while let Some(line) = lines.next() {
+            let mut span_start = || {
+                lines
+                    .by_ref()
+                    .find(|line| line.contains("with start_time: "))
+                    .unwrap_or_default()
+            };
+            if let Some((_, answered)) = line.split_once("DEBUG s3s::service: duration: ") {
+                let started = span_start();
+                if completions.contains(&started) {
+                    load.completion += parse_debug_duration(answered.split(',').next().unwrap());
+                }
+                continue;
+            }
             let Some(request) = line.split_once("req: Request { method: ").map(|(_, r)| r) else {
                 continue;
             };
@@ -354,6 +392,9 @@ impl S3Server {
                 _ => "other",
             };
             *load.requests.entry(kind).or_default() += 1;
+            if kind == "complete upload" {
+                completions.push(span_start());
+            }
         }
         load
     }
@@ -450,10 +491,12 @@ fn main() {
                 .collect();
             let ranged = load.requests.get("GET range").copied().unwrap_or(0);
             println!(
-                "      a run: server CPU {:.2} s; requests: {}; mean ranged GET {:.0} KiB",
+                "      a run: server CPU {:.2} s; requests: {}; mean ranged GET {:.0} KiB; \
+                 completing the upload {:.2} s",
                 load.cpu.as_secs_f64() / runs as f64,
                 requests.join(", "),
-                load.get_bytes as f64 / ranged.max(1) as f64 / 1024.0
+                load.get_bytes as f64 / ranged.max(1) as f64 / 1024.0,
+                load.completion.as_secs_f64() / runs as f64
             );
         }
     }
@@ -482,9 +525,13 @@ fn main() {
                 .name()
             ));
             let plain = seconds(&format!("transfer-2-{name}"));
+            let ours = format!("ours-2-{name}");
+            let completion = loads[&ours].completion.as_secs_f64() / runs as f64;
             println!(
-                "  S3 / max(local, plain transfer), {name} = {:.3} (target ≤ 1.2)",
-                seconds(&format!("ours-2-{name}")) / local.max(plain)
+                "  S3 / max(local, plain transfer), {name} = {:.3} (target ≤ 1.2); \
+                 less the server's completion {:.3}",
+                seconds(&ours) / local.max(plain),
+                (seconds(&ours) - completion) / local.max(plain)
             );
         }
     }
