@@ -138,7 +138,9 @@ pub async fn read_all(store: &dyn ObjectStore, path: &Path) -> object_store::Res
     store.get(path).await?.bytes().await
 }
 
-/// Changes to how S3 buckets are reached, over what the environment says.
+/// Changes to how S3 buckets are reached, over what the environment says. They see the
+/// builder with payload signing already chosen for the environment's endpoint (see
+/// `unsigned_payload_over_tls`): one that sets another endpoint sets that too if it matters.
 pub type S3Settings = Arc<dyn Fn(AmazonS3Builder) -> AmazonS3Builder + Send + Sync>;
 
 /// Where an object or prefix is, decoded from its URL or local path without opening a store.
