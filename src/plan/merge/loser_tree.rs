@@ -4,8 +4,7 @@ use std::cmp::Ordering;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, RecordBatch};
-use datafusion::arrow::compute::interleave;
+use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{Schema as ArrowSchema, SchemaRef};
 use datafusion::arrow::error::ArrowError;
 use datafusion::common::runtime::SpawnedTask;
@@ -139,13 +138,17 @@ impl LeafMerge {
     #[inline]
     fn loses_to(&self, a: usize, b: usize) -> bool {
         let (head_a, head_b) = (self.heads[a], self.heads[b]);
-        if head_a != head_b {
-            return head_a > head_b;
+        // Equal prefixes are rare, so only that branch is predictable: the usual answer is
+        // computed without one.
+        let mut loses = head_a > head_b;
+        if head_a == head_b {
+            loses = self.tie_loses_to(a, b);
         }
-        self.tie_loses_to(a, b)
+        loses
     }
 
     /// `loses_to` where the two prefixes are equal.
+    #[cold]
     fn tie_loses_to(&self, a: usize, b: usize) -> bool {
         match (&self.cursors[a], &self.cursors[b]) {
             (None, None) => a > b,
@@ -165,10 +168,11 @@ impl LeafMerge {
         let mut node = (winner + self.inputs.len()) / 2;
         while node != 0 {
             let challenger = self.losers[node];
-            if self.loses_to(winner, challenger) {
-                self.losers[node] = winner;
-                winner = challenger;
-            }
+            // Which input wins is a coin toss for random keys, so a branch on it is mispredicted
+            // half the time: both outcomes are written as selects instead.
+            let loses = self.loses_to(winner, challenger);
+            self.losers[node] = std::hint::select_unpredictable(loses, winner, challenger);
+            winner = std::hint::select_unpredictable(loses, challenger, winner);
             node /= 2;
         }
         self.losers[0] = winner;
@@ -288,18 +292,10 @@ fn gather(
     slots: &[RecordBatch],
     indices: &[(usize, usize)],
 ) -> Result<RecordBatch> {
-    let arrow_error = |source| Error::Arrow {
+    super::gather::gather(read_schema, slots, indices).map_err(|source| Error::Arrow {
         context: GATHERING.into(),
         source,
-    };
-    let columns = (0..read_schema.fields().len())
-        .map(|c| {
-            let sources: Vec<&dyn Array> = slots.iter().map(|b| b.column(c).as_ref()).collect();
-            interleave(&sources, indices)
-        })
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(arrow_error)?;
-    RecordBatch::try_new(Arc::clone(read_schema), columns).map_err(arrow_error)
+    })
 }
 
 #[cfg(test)]

@@ -5,9 +5,10 @@
 //! Split as DataFusion splits its sorts: this file is the plan node; `reader` opens and reads
 //! one input file (schema adaptation, row-group pruning, region and age-off filters, key
 //! encoding, the order check); `keys` holds a batch's sort keys; `loser_tree` merges sorted
-//! input streams.
+//! input streams; `gather` copies each merged batch's rows out of the inputs' batches.
 
 mod fetch;
+mod gather;
 mod keys;
 mod loser_tree;
 mod reader;
