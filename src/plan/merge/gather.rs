@@ -26,7 +26,6 @@ struct SourceOrder {
     rows: Vec<(usize, usize)>,
     /// Where each slot's rows start in `rows`; one more entry than there are slots.
     starts: Vec<usize>,
-    len: usize,
 }
 
 impl SourceOrder {
@@ -44,11 +43,12 @@ impl SourceOrder {
             rows[next[slot]] = (position, row);
             next[slot] += 1;
         }
-        SourceOrder {
-            rows,
-            starts,
-            len: indices.len(),
-        }
+        SourceOrder { rows, starts }
+    }
+
+    /// Rows in the merged batch.
+    fn len(&self) -> usize {
+        self.rows.len()
     }
 
     /// Each slot with the rows taken from it.
@@ -63,8 +63,8 @@ impl SourceOrder {
         if sources.iter().all(|source| source.null_count() == 0) {
             return None;
         }
-        let mut valid = BooleanBufferBuilder::new(self.len);
-        valid.append_n(self.len, true);
+        let mut valid = BooleanBufferBuilder::new(self.len());
+        valid.append_n(self.len(), true);
         for (slot, rows) in self.slots() {
             let source = sources[slot];
             if source.null_count() == 0 {
@@ -80,7 +80,7 @@ impl SourceOrder {
     }
 
     fn primitive<T: ArrowPrimitiveType>(&self, sources: &[&dyn Array]) -> ArrayRef {
-        let mut values = vec![T::Native::default(); self.len];
+        let mut values = vec![T::Native::default(); self.len()];
         for (slot, rows) in self.slots() {
             let source = sources[slot].as_primitive::<T>().values();
             for &(position, row) in rows {
@@ -91,14 +91,14 @@ impl SourceOrder {
     }
 
     fn bytes<T: ByteArrayType>(&self, sources: &[&dyn Array]) -> Result<ArrayRef, ArrowError> {
-        let mut lengths = vec![0; self.len];
+        let mut lengths = vec![0; self.len()];
         for (slot, rows) in self.slots() {
             let offsets = sources[slot].as_bytes::<T>().value_offsets();
             for &(position, row) in rows {
                 lengths[position] = (offsets[row + 1] - offsets[row]).as_usize();
             }
         }
-        let mut offsets = Vec::with_capacity(self.len + 1);
+        let mut offsets = Vec::with_capacity(self.len() + 1);
         let mut end = 0;
         offsets.push(T::Offset::usize_as(0));
         for length in lengths {
