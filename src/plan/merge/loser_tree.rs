@@ -138,8 +138,8 @@ impl LeafMerge {
     #[inline]
     fn loses_to(&self, a: usize, b: usize) -> bool {
         let (head_a, head_b) = (self.heads[a], self.heads[b]);
-        // Equal prefixes are rare, so only that branch is predictable: the usual answer is
-        // computed without one.
+        // Prefixes rarely tie, so the branch to the full comparison is predictable; the usual
+        // answer is a plain comparison, which `replay` turns into selects.
         let mut loses = head_a > head_b;
         if head_a == head_b {
             loses = self.tie_loses_to(a, b);
