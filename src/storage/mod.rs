@@ -155,6 +155,11 @@ pub struct ObjectAddress {
 }
 
 impl ObjectAddress {
+    /// Whether it is a file on local disk (`file://`, or a plain path).
+    pub fn is_local(&self) -> bool {
+        self.url.scheme() == "file"
+    }
+
     /// Decodes `s3://bucket/key`, `s3a://bucket/key`, `file:///path` or a plain local path
     /// (relative paths are taken from the current directory).
     pub fn parse(location: &str) -> Result<Self> {
@@ -392,6 +397,8 @@ mod tests {
         let local = ObjectAddress::parse("/data/t/../f.parquet").unwrap();
         assert_eq!(local.store_url, ObjectStoreUrl::local_filesystem());
         assert_eq!(local.url.as_str(), "file:///data/f.parquet");
+        assert!(local.is_local() && ObjectAddress::parse("file:///data/f").unwrap().is_local());
+        assert!(!s3.is_local() && !s3a.is_local());
     }
 
     #[test]

@@ -105,3 +105,42 @@ async fn key_predicates_skip_row_groups_and_stop_early() {
     // What was read is a few row groups around the range, not the leaf's half of the file.
     assert!(metric("rows_read") < 500, "{metrics}");
 }
+
+/// A file's reader decodes a batch only once the merge has room for it: while the merge works on
+/// one batch of a file, the file holds one more decoded, never a third (at 128 files each is
+/// another batch per file held).
+#[tokio::test]
+async fn a_file_is_decoded_at_most_one_batch_ahead_of_the_merge() {
+    use datafusion::execution::TaskContext;
+    use datafusion::physical_plan::ExecutionPlan;
+    use datafusion::prelude::SessionConfig;
+    use futures::StreamExt;
+
+    const BATCH: usize = 1000;
+    let dir = tempfile::tempdir().unwrap();
+    // One row group, so batches are cut by the batch size alone; leaf 0 holds about 10,000 rows,
+    // the first of the file.
+    let table = long_key_table(local(dir.path()), 100_000, 40_000).await;
+    let merge = SleeperTableProvider::new(table)
+        .merge_plan(None, None)
+        .unwrap();
+    let context =
+        TaskContext::default().with_session_config(SessionConfig::new().with_batch_size(BATCH));
+    let mut leaf = merge.execute(0, Arc::new(context)).unwrap();
+    assert_eq!(leaf.next().await.unwrap().unwrap().num_rows(), BATCH);
+    let rows_read = || {
+        merge
+            .metrics()
+            .unwrap()
+            .sum_by_name("rows_read")
+            .unwrap()
+            .as_usize()
+    };
+    // The first batch is merged and the second taken, so the reader may decode the third.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while rows_read() < 3 * BATCH && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(rows_read(), 3 * BATCH);
+}

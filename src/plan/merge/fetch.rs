@@ -150,18 +150,18 @@ pub(super) type Pieces = Vec<(u64, Bytes)>;
 
 pub(super) type Prefetch = SpawnedTask<ParquetResult<Pieces>>;
 
-/// Fetches `pieces` of `file`, a request per run of adjacent pieces, all at once, on a task of
-/// its own so that the fetch goes on while the caller decodes; each piece is a slice of its
-/// request's bytes. Not object_store's `get_ranges`: that merges ranges less than 1 MiB apart,
-/// so with many files, whose windows are a page or two of each column, each request read most
-/// of a row group to keep a few pages of it (1.1 GiB peak at 128 files on S3).
+/// Fetches `pieces` of `file`, a span per run of adjacent pieces, all at once, on a task of its
+/// own so that the fetch goes on while the caller decodes; each piece is a slice of its span's
+/// bytes. On a remote store each span is a request of its own: object_store's `get_ranges`
+/// there merges ranges less than 1 MiB apart, so with many files, whose windows are a page or
+/// two of each column, each request read most of a row group to keep a few pages of it (1.1 GiB
+/// peak at 128 files on S3).
 pub(super) fn fetch(file: &ObjectFileReader, mut pieces: Vec<Range<u64>>) -> Prefetch {
     let file = file.clone();
     SpawnedTask::spawn(async move {
         pieces.sort_unstable_by_key(|piece| piece.start);
         let spans = coalesce(pieces.clone());
-        let fetched =
-            futures::future::try_join_all(spans.iter().map(|span| file.get_span(span))).await?;
+        let fetched = file.get_spans(&spans).await?;
         // A store answers a range past an object's end with the bytes there are.
         for (span, bytes) in spans.iter().zip(&fetched) {
             if (bytes.len() as u64) < span.end - span.start {

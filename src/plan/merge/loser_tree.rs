@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::datatypes::{Schema as ArrowSchema, SchemaRef};
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::error::ArrowError;
 use datafusion::common::runtime::SpawnedTask;
 use futures::stream::BoxStream;
@@ -24,6 +24,16 @@ struct Cursor {
     position: usize,
 }
 
+/// An input in the tree, with the key prefix of its current row (`u64::MAX` once exhausted).
+/// Each node keeps its loser's prefix beside it, so a replay compares prefixes held in the tree
+/// and the winner's in a register, rather than looking up each challenger's: a row's matches
+/// then wait on one another's comparisons only, not on loads too.
+#[derive(Debug, Clone, Copy)]
+struct Player {
+    head: u64,
+    input: usize,
+}
+
 /// The k-way merge of one leaf. A loser tree of input indices orders the inputs by their current
 /// row (one comparison per level for each row, half a binary heap's); ties go to the earlier
 /// input, so equal keys keep the order of the leaf's files.
@@ -32,12 +42,9 @@ pub(super) struct LeafMerge {
     /// Collapses equal keys after the merge, when the table aggregates.
     aggregator: Option<RowAggregator>,
     cursors: Vec<Option<Cursor>>,
-    /// The key prefix of each input's current row (`u64::MAX` once exhausted), in one flat array
-    /// so that most matches are settled without following the cursors' pointers.
-    heads: Vec<u64>,
     /// `losers[0]` is the input with the smallest current row; every other node holds the loser
     /// of the match played there. Exhausted inputs lose every match.
-    losers: Vec<usize>,
+    losers: Vec<Player>,
     /// Batches that rows of the output under construction, or live cursors, point into.
     slots: Vec<RecordBatch>,
     indices: Vec<(usize, usize)>,
@@ -67,7 +74,6 @@ impl LeafMerge {
             inputs,
             aggregator,
             cursors: Vec::new(),
-            heads: Vec::new(),
             losers: Vec::new(),
             slots: Vec::new(),
             indices: Vec::with_capacity(batch_size),
@@ -86,16 +92,21 @@ impl LeafMerge {
     pub(super) async fn start(&mut self) -> Result<()> {
         let inputs = self.inputs.len();
         self.cursors = (0..inputs).map(|_| None).collect();
-        self.heads = vec![u64::MAX; inputs];
         for input in 0..inputs {
             self.advance(input).await?;
         }
-        const EMPTY: usize = usize::MAX;
+        const EMPTY: Player = Player {
+            head: u64::MAX,
+            input: usize::MAX,
+        };
         self.losers = vec![EMPTY; inputs.max(1)];
         for input in 0..inputs {
-            let mut winner = input;
+            let mut winner = Player {
+                head: self.head(input),
+                input,
+            };
             let mut node = (input + inputs) / 2;
-            while node != 0 && self.losers[node] != EMPTY {
+            while node != 0 && self.losers[node].input != EMPTY.input {
                 let challenger = self.losers[node];
                 if self.loses_to(winner, challenger) {
                     self.losers[node] = winner;
@@ -108,8 +119,8 @@ impl LeafMerge {
         Ok(())
     }
 
-    /// Loads the next batch of `input` into its cursor; false when the input is exhausted.
-    async fn advance(&mut self, input: usize) -> Result<bool> {
+    /// Loads the next batch of `input` into its cursor, or clears it once the input is exhausted.
+    async fn advance(&mut self, input: usize) -> Result<()> {
         while let Some(batch) = self.inputs[input].next().await {
             let KeyedBatch { batch, keys } = batch?;
             // A cursor always points at a row.
@@ -117,17 +128,22 @@ impl LeafMerge {
                 continue;
             }
             self.slots.push(batch);
-            self.heads[input] = keys.prefixes[0];
             self.cursors[input] = Some(Cursor {
                 keys,
                 slot: self.slots.len() - 1,
                 position: 0,
             });
-            return Ok(true);
+            return Ok(());
         }
         self.cursors[input] = None;
-        self.heads[input] = u64::MAX;
-        Ok(false)
+        Ok(())
+    }
+
+    /// The key prefix of `input`'s current row.
+    fn head(&self, input: usize) -> u64 {
+        self.cursors[input]
+            .as_ref()
+            .map_or(u64::MAX, |cursor| cursor.keys.prefixes[cursor.position])
     }
 
     /// Whether input `a`'s current row comes after input `b`'s (an exhausted input comes after
@@ -136,13 +152,12 @@ impl LeafMerge {
     /// Inlined, so that the prefixes settle most matches without a call (the compiler stopped
     /// inlining it on its own, and 128 inputs play seven matches a row).
     #[inline]
-    fn loses_to(&self, a: usize, b: usize) -> bool {
-        let (head_a, head_b) = (self.heads[a], self.heads[b]);
+    fn loses_to(&self, a: Player, b: Player) -> bool {
         // Prefixes rarely tie, so the branch to the full comparison is predictable; the usual
         // answer is a plain comparison, which `replay` turns into selects.
-        let mut loses = head_a > head_b;
-        if head_a == head_b {
-            loses = self.tie_loses_to(a, b);
+        let mut loses = a.head > b.head;
+        if a.head == b.head {
+            loses = self.tie_loses_to(a.input, b.input);
         }
         loses
     }
@@ -162,10 +177,14 @@ impl LeafMerge {
         }
     }
 
-    /// Replays the matches on the path of the last winner, whose current row has changed.
-    fn replay(&mut self) {
-        let mut winner = self.losers[0];
-        let mut node = (winner + self.inputs.len()) / 2;
+    /// Replays the matches on the path of the last winner, whose current row has changed to
+    /// one whose prefix is `head`.
+    fn replay(&mut self, head: u64) {
+        let mut winner = Player {
+            head,
+            input: self.losers[0].input,
+        };
+        let mut node = (winner.input + self.inputs.len()) / 2;
         while node != 0 {
             let challenger = self.losers[node];
             // Which input wins is a coin toss for random keys, so a branch on it is mispredicted
@@ -230,13 +249,11 @@ impl LeafMerge {
                 continue;
             }
             let indices = std::mem::replace(&mut self.indices, Vec::with_capacity(self.batch_size));
+            let slots = self.hand_over_slots();
             if self.gathers_ahead == 0 {
-                let gathered = gather(&self.read_schema, &self.slots, &indices);
-                self.release_consumed_batches();
-                return gathered.map(Some);
+                return gather(&self.read_schema, &slots, &indices).map(Some);
             }
-            let (read_schema, slots) = (Arc::clone(&self.read_schema), self.slots.clone());
-            self.release_consumed_batches();
+            let read_schema = Arc::clone(&self.read_schema);
             self.gathering.push_back(SpawnedTask::spawn(async move {
                 gather(&read_schema, &slots, &indices)
             }));
@@ -248,7 +265,7 @@ impl LeafMerge {
         while let Some(winner) = self
             .losers
             .first()
-            .copied()
+            .map(|winner| winner.input)
             .filter(|&w| w < self.cursors.len())
         {
             let Some(cursor) = self.cursors[winner].as_mut() else {
@@ -256,12 +273,13 @@ impl LeafMerge {
             };
             self.indices.push((cursor.slot, cursor.position));
             cursor.position += 1;
-            if cursor.position == cursor.keys.len() {
+            let head = if cursor.position == cursor.keys.len() {
                 self.advance(winner).await?;
+                self.head(winner)
             } else {
-                self.heads[winner] = cursor.keys.prefixes[cursor.position];
-            }
-            self.replay();
+                cursor.keys.prefixes[cursor.position]
+            };
+            self.replay(head);
             if self.indices.len() == self.batch_size {
                 return Ok(true);
             }
@@ -269,18 +287,16 @@ impl LeafMerge {
         Ok(false)
     }
 
-    /// Keeps only the batches live cursors still read from, so memory is bounded by one batch per
-    /// input (and a gather in flight holds the batches it copies from).
-    fn release_consumed_batches(&mut self) {
+    /// The batches the merged rows point into, for their gather; the merge keeps only those live
+    /// cursors still read from, so memory is bounded by one batch per input (and a gather in
+    /// flight holds the batches it copies from).
+    fn hand_over_slots(&mut self) -> Vec<RecordBatch> {
         let mut kept = Vec::with_capacity(self.inputs.len());
         for cursor in self.cursors.iter_mut().flatten() {
-            kept.push(std::mem::replace(
-                &mut self.slots[cursor.slot],
-                RecordBatch::new_empty(Arc::new(ArrowSchema::empty())),
-            ));
+            kept.push(self.slots[cursor.slot].clone());
             cursor.slot = kept.len() - 1;
         }
-        self.slots = kept;
+        std::mem::replace(&mut self.slots, kept)
     }
 }
 
@@ -301,7 +317,7 @@ fn gather(
 #[cfg(test)]
 mod tests {
     use datafusion::arrow::array::{AsArray, Int64Array};
-    use datafusion::arrow::datatypes::{DataType, Field, Int64Type};
+    use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema as ArrowSchema};
     use datafusion::arrow::row::{RowConverter, SortField};
 
     use super::super::keys::prefix;
