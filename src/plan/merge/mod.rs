@@ -71,8 +71,8 @@ const LEAF_FETCH_BUDGET_BYTES: usize = 64 * 1024 * 1024;
 const LEAF_DECODED_ROWS: usize = 128 * 1024;
 /// Each batch a file decodes costs the same whatever its rows (the decoder's set-up, string
 /// buffers grown from empty, keys encoded, a wake-up): at 128 files, 2,048 rows rather than
-/// 1,024 took 0.14 s off 2.8 s per 10 M rows for 20 MiB more, and 4,096 only 0.03 s more for
-/// 65 MiB more (`benches/scale.rs`).
+/// 1,024 took 0.13 s off 2.78 s per 10 M rows for 20 MiB more, and 4,096 only 0.05 s more for
+/// 60 MiB more (`benches/scale.rs`).
 const MIN_FILE_BATCH_ROWS: usize = 2048;
 
 /// Files of a leaf whose footers are read at once.
