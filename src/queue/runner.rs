@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use super::config::BulkExportConfig;
 use super::manifest::{ExportRecords, Manifest};
@@ -108,7 +109,7 @@ impl Runner {
         mut on_done: impl FnMut(&WrittenLeaf),
     ) -> Result<RunnerReport> {
         tokio::pin!(shutdown);
-        let mut running: JoinSet<Result<Outcome<WrittenLeaf>>> = JoinSet::new();
+        let mut running = Running::new();
         let mut report = RunnerReport::default();
         let mut idle_since = Instant::now();
         loop {
@@ -151,24 +152,14 @@ impl Runner {
                 });
             }
         }
-        // Shutting down: the running leaves get the grace period, then are cancelled.
-        let grace = tokio::time::sleep(self.stop_grace);
-        tokio::pin!(grace);
-        loop {
-            tokio::select! {
-                finished = running.join_next() => match finished {
-                    Some(finished) => record(&mut report, finished, &mut on_done),
-                    None => break,
-                },
-                () = &mut grace, if !self.export.cancel.is_cancelled() => {
-                    tracing::warn!(
-                        running = running.len(),
-                        "stop grace period over: cancelling the leaves still running"
-                    );
-                    self.export.cancel.cancel();
-                }
-            }
-        }
+        finish_running(
+            &mut running,
+            tokio::time::sleep(self.stop_grace),
+            &self.export.cancel,
+            &mut report,
+            &mut on_done,
+        )
+        .await;
         Ok(report)
     }
 
@@ -355,6 +346,38 @@ async fn explain_missing_input(error: Error, records: &ExportRecords) -> Error {
     }
 }
 
+type Running = JoinSet<Result<Outcome<WrittenLeaf>>>;
+
+/// Shutting down: the leaves still running get until `grace` is over, then are cancelled. A
+/// leaf that has finished is recorded before the grace period is looked at, so a runner with
+/// none left cancels nothing: a local export (zero grace) that had finished every leaf was
+/// otherwise reported cancelled whenever its timer already counted the grace period over.
+async fn finish_running(
+    running: &mut Running,
+    grace: impl std::future::Future<Output = ()>,
+    cancel: &CancellationToken,
+    report: &mut RunnerReport,
+    on_done: &mut impl FnMut(&WrittenLeaf),
+) {
+    tokio::pin!(grace);
+    loop {
+        tokio::select! {
+            biased;
+            finished = running.join_next() => match finished {
+                Some(finished) => record(report, finished, on_done),
+                None => break,
+            },
+            () = &mut grace, if !cancel.is_cancelled() => {
+                tracing::warn!(
+                    running = running.len(),
+                    "stop grace period over: cancelling the leaves still running"
+                );
+                cancel.cancel();
+            }
+        }
+    }
+}
+
 fn record(
     report: &mut RunnerReport,
     finished: std::result::Result<Result<Outcome<WrittenLeaf>>, tokio::task::JoinError>,
@@ -378,5 +401,45 @@ fn record(
                 datafusion::error::DataFusionError::ExecutionJoin(Box::new(error)),
             ));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_runner_with_no_leaf_left_cancels_nothing_when_its_grace_is_over() {
+        // A grace period already over: the race a zero grace period on a busy timer can lose.
+        for _ in 0..64 {
+            let cancel = CancellationToken::new();
+            let mut report = RunnerReport::default();
+            let grace = std::future::ready(());
+            finish_running(
+                &mut Running::new(),
+                grace,
+                &cancel,
+                &mut report,
+                &mut |_| {},
+            )
+            .await;
+            assert!(!cancel.is_cancelled());
+        }
+    }
+
+    #[tokio::test]
+    async fn leaves_still_running_when_the_grace_is_over_are_cancelled_and_reported() {
+        let cancel = CancellationToken::new();
+        let mut running = Running::new();
+        let stopping = cancel.clone();
+        running.spawn(async move {
+            stopping.cancelled().await;
+            Ok(Outcome::Interrupted("leaf".into()))
+        });
+        let mut report = RunnerReport::default();
+        let grace = std::future::ready(());
+        finish_running(&mut running, grace, &cancel, &mut report, &mut |_| {}).await;
+        assert!(cancel.is_cancelled());
+        assert_eq!(report.interrupted, vec!["leaf".to_owned()]);
     }
 }
