@@ -154,6 +154,22 @@ pub enum Error {
     #[error("the export was cancelled; no partial file was left")]
     Cancelled,
 
+    /// A leaf's SQL filter (`sqlQuery`) that cannot run, in Sleeper's wording (`add_sql_stage`).
+    #[error("User SQL query failed: {0}")]
+    Sql(String),
+
+    /// A leaf's plan (its SQL's joins, sorts and aggregations) needed more of DataFusion's
+    /// memory pool than the leaf may have.
+    #[error(
+        "leaf {partition} needs more memory than its limit of {limit_bytes} bytes \
+         (--memory-limit, ExportOptions::memory_limit): {message}"
+    )]
+    MemoryLimit {
+        partition: String,
+        limit_bytes: usize,
+        message: String,
+    },
+
     /// A message asked for something it may not: a path outside the table, an unsafe id.
     #[error("rejected: {0}")]
     Untrusted(String),
@@ -204,6 +220,7 @@ impl Error {
                 | Error::TableNotFound { .. }
                 | Error::Region(_)
                 | Error::Untrusted(_)
+                | Error::Sql(_)
                 | Error::ExportPlannedFromOtherState { .. }
         )
     }

@@ -70,7 +70,8 @@ pub async fn export_table(
         output: output.clone(),
         export: options.clone(),
     };
-    let query = BulkExportQuery::of_table(table.id(), export_id.clone());
+    let query =
+        BulkExportQuery::of_table(table.id(), export_id.clone()).with_sql(options.sql.clone());
     let planned = planner.plan(&query.to_json(), leaf_queue.as_ref()).await?;
     planned
         .empty_leaves

@@ -2,8 +2,12 @@
 //! library user can run alone. Below the queues: nothing here schedules.
 
 use std::collections::HashMap;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 
+use datafusion::error::DataFusionError;
+use datafusion::execution::memory_pool::{GreedyMemoryPool, TrackConsumersPool};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::{collect, ExecutionPlan};
 use datafusion::prelude::SessionConfig;
@@ -12,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::model::{CompactionRules, KeyOrder, TableProperties};
+use crate::plan::leaf_sql::{plan_leaf_sql, sorted_key_prefix};
 use crate::plan::sink::WrittenLeaf;
 use crate::plan::{ExportTarget, LeafExportExec, LeafInput, LeafMergeExec};
 use crate::query::BulkExportLeafPartitionQuery;
@@ -38,6 +43,13 @@ pub struct ExportOptions {
     pub compression: Option<String>,
     /// Check, as files are read, that their rows are in the table's order (on by default).
     pub verify_order: bool,
+    /// SQL over each leaf's rows (Sleeper's `sqlQuery`, the leaf's rows being the view
+    /// `query_results`) for whole-table exports (`export::export_table`); a
+    /// leaf query carries its own.
+    pub sql: Option<String>,
+    /// The memory a leaf's plan may hold in DataFusion's pool: what its SQL's joins, sorts and
+    /// aggregations keep (1 GiB by default). A leaf that needs more fails, naming this limit.
+    pub memory_limit: usize,
     /// Cancelling it stops the export: leaves being written abort their uploads and end with
     /// [`Error::Cancelled`]. Clones of the options share it.
     pub cancel: CancellationToken,
@@ -54,10 +66,15 @@ impl Default for ExportOptions {
             key_order: None,
             compression: None,
             verify_order: true,
+            sql: None,
+            memory_limit: DEFAULT_MEMORY_LIMIT,
             cancel: CancellationToken::new(),
         }
     }
 }
+
+/// A leaf's share of DataFusion's memory pool unless told otherwise.
+pub const DEFAULT_MEMORY_LIMIT: usize = 1 << 30;
 
 impl ExportOptions {
     /// The table's properties with these options' overrides.
@@ -94,10 +111,10 @@ impl From<&BulkExportLeafPartitionQuery> for LeafInput {
     }
 }
 
-/// The physical plan of one leaf query: the leaf merge feeding the Parquet sink. Unless
-/// `options.raw`, the table's filters and aggregations are applied, as Sleeper's DataFusion
-/// compaction does.
-pub fn leaf_export_plan(
+/// The physical plan of one leaf query: the leaf merge, under the query's SQL if it has any,
+/// feeding the Parquet sink. Unless `options.raw`, the table's filters and aggregations are
+/// applied, as Sleeper's DataFusion compaction does.
+pub async fn leaf_export_plan(
     table: &SleeperTable,
     query: &BulkExportLeafPartitionQuery,
     output: &Location,
@@ -110,21 +127,27 @@ pub fn leaf_export_plan(
         });
     }
     let properties = options.table_properties(table);
-    let merge = LeafMergeExec::try_new(
-        table.id(),
-        Arc::new(properties.schema.clone()),
-        properties.key_order,
-        vec![LeafInput::from(query)],
-        None,
-        if options.raw {
-            CompactionRules::default()
-        } else {
-            properties.compaction_rules()?
-        },
-    )?
-    .with_age_off_clock(options.age_off_clock_millis)
-    .with_order_check(options.verify_order);
-    let writer_properties = properties.writer_properties(&merge.schema())?;
+    let merge = leaf_merge(table, &properties, vec![LeafInput::from(query)], options)?;
+    let input: Arc<dyn ExecutionPlan> = match &query.sql_query {
+        None => Arc::new(merge),
+        Some(sql) => {
+            plan_leaf_sql(sql, merge, table.stores.runtime_env()?, options.batch_size).await?
+        }
+    };
+    let mut writer_properties = properties.writer_properties(&input.schema())?;
+    // A file declares only the order its rows are known to have: an SQL's ORDER BY or GROUP BY
+    // gives its own.
+    let sorted = sorted_key_prefix(
+        &input,
+        properties.schema.key_fields().map(|f| f.name.as_str()),
+    );
+    if let Some(declared) = writer_properties.sorting_columns() {
+        let kept = declared[..declared.len().min(sorted)].to_vec();
+        writer_properties = writer_properties
+            .into_builder()
+            .set_sorting_columns(Some(kept))
+            .build();
+    }
     let path = output_path(
         output,
         &query.table_id,
@@ -139,7 +162,7 @@ pub fn leaf_export_plan(
     };
     Ok(Arc::new(
         LeafExportExec::try_new(
-            Arc::new(merge),
+            input,
             Arc::clone(&output.store),
             vec![target],
             writer_properties,
@@ -148,10 +171,53 @@ pub fn leaf_export_plan(
     ))
 }
 
+/// Checks that `sql` plans over the table's leaves: the planner and the runner refuse a query
+/// whose SQL cannot run before anything is read or written.
+pub async fn check_leaf_sql(
+    table: &SleeperTable,
+    sql: &str,
+    options: &ExportOptions,
+) -> Result<()> {
+    let properties = options.table_properties(table);
+    let merge = leaf_merge(table, &properties, Vec::new(), options)?;
+    plan_leaf_sql(sql, merge, table.stores.runtime_env()?, options.batch_size).await?;
+    Ok(())
+}
+
+fn leaf_merge(
+    table: &SleeperTable,
+    properties: &TableProperties,
+    leaves: Vec<LeafInput>,
+    options: &ExportOptions,
+) -> Result<LeafMergeExec> {
+    Ok(LeafMergeExec::try_new(
+        table.id(),
+        Arc::new(properties.schema.clone()),
+        properties.key_order,
+        leaves,
+        None,
+        if options.raw {
+            CompactionRules::default()
+        } else {
+            properties.compaction_rules()?
+        },
+    )?
+    .with_age_off_clock(options.age_off_clock_millis)
+    .with_order_check(options.verify_order))
+}
+
 /// The context a leaf plan runs in: the runtime env of the table's stores, so that the merge
 /// reaches the leaf's files through the same object stores as everything else (one per bucket,
-/// created once), and no session of its own: a leaf plan calls no SQL functions.
+/// created once), with a memory pool of the leaf's own; and no session: the SQL of a leaf was
+/// planned in its own.
 fn task_context(table: &SleeperTable, options: &ExportOptions) -> Result<Arc<TaskContext>> {
+    let pool = TrackConsumersPool::new(
+        GreedyMemoryPool::new(options.memory_limit),
+        NonZeroUsize::new(3).expect("not zero"),
+    );
+    let runtime = RuntimeEnvBuilder::from_runtime_env(table.stores.runtime_env()?.as_ref())
+        .with_memory_pool(Arc::new(pool))
+        .build_arc()?;
     Ok(Arc::new(TaskContext::new(
         None,
         String::new(),
@@ -160,7 +226,7 @@ fn task_context(table: &SleeperTable, options: &ExportOptions) -> Result<Arc<Tas
         HashMap::new(),
         HashMap::new(),
         HashMap::new(),
-        table.stores.runtime_env()?,
+        runtime,
     )))
 }
 
@@ -171,12 +237,20 @@ pub async fn run_leaf_query(
     output: &Location,
     options: &ExportOptions,
 ) -> Result<WrittenLeaf> {
-    let plan = leaf_export_plan(table, query, output, options)?;
+    let plan = leaf_export_plan(table, query, output, options).await?;
     let batches = collect(
         Arc::clone(&plan) as Arc<dyn ExecutionPlan>,
         task_context(table, options)?,
     )
-    .await?;
+    .await
+    .map_err(|error| match error.find_root() {
+        DataFusionError::ResourcesExhausted(message) => Error::MemoryLimit {
+            partition: query.leaf_partition_id.clone(),
+            limit_bytes: options.memory_limit,
+            message: message.clone(),
+        },
+        _ => Error::from(error),
+    })?;
     WrittenLeaf::from_batches(&batches)?
         .pop()
         .ok_or_else(|| Error::Output {

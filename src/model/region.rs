@@ -334,6 +334,22 @@ impl Region {
                 KeyValue::from_json(key_type, value, strings_base64)
                     .map_err(|e| Error::Region(format!("key {name:?}: {e}")))
             };
+            let range = entry.as_object().ok_or_else(|| {
+                Error::Region(format!(
+                    "key {name:?}: expected a range object, found {entry}"
+                ))
+            })?;
+            if let Some(unknown) = range
+                .keys()
+                .find(|field| !RANGE_FIELDS.contains(&field.as_str()))
+            {
+                // A range field this crate does not know could narrow the range: exporting
+                // without it would export more than was asked.
+                return Err(Error::Region(format!(
+                    "key {name:?}: unknown range field {unknown:?} (known: {})",
+                    RANGE_FIELDS.join(", ")
+                )));
+            }
             let flag = |field: &str, default: bool| match entry.get(field) {
                 None | Some(Value::Null) => Ok(default),
                 Some(Value::Bool(b)) => Ok(*b),
@@ -359,6 +375,9 @@ impl Region {
         Ok(region)
     }
 }
+
+/// The fields of a range in Sleeper's Region JSON (`RegionSerDe`).
+const RANGE_FIELDS: [&str; 4] = ["min", "minInclusive", "max", "maxInclusive"];
 
 impl fmt::Display for Region {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -408,6 +427,22 @@ mod tests {
             Range::everything(PrimitiveType::Long).intersect(&partition, order),
             Some(partition)
         );
+    }
+
+    #[test]
+    fn a_range_with_a_field_not_known_or_not_an_object_is_refused() {
+        let schema = string_key_schema();
+        for (json, expected) in [
+            (
+                r#"{"key": {"min": "Zw==", "maxExclusive": "aA=="}}"#,
+                r#"unknown range field "maxExclusive""#,
+            ),
+            (r#"{"key": "Zw=="}"#, "expected a range object"),
+        ] {
+            let value: Value = serde_json::from_str(json).unwrap();
+            let error = Region::from_json(&value, &schema).unwrap_err().to_string();
+            assert!(error.contains(expected), "{json}: {error}");
+        }
     }
 
     #[test]

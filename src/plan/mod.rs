@@ -1,7 +1,9 @@
-//! DataFusion plans: the table provider, the leaf merge, and the Parquet export sink.
+//! DataFusion plans: the table provider, the leaf merge, a leaf's SQL, and the Parquet export
+//! sink.
 
 pub mod aggregate;
 pub mod filter;
+pub mod leaf_sql;
 pub mod merge;
 pub mod parquet_writer;
 pub mod pushdown;

@@ -15,7 +15,7 @@ use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 
 use super::merge::{LeafInput, LeafMergeExec};
-use super::pushdown::{intersect_unions, key_regions};
+use super::pushdown::{filters_pushed_down, filters_regions};
 use crate::error::Result;
 use crate::model::{KeyOrder, Region};
 use crate::query::splitter::leaf_files;
@@ -102,16 +102,6 @@ impl SleeperTableProvider {
     fn order(&self) -> KeyOrder {
         self.table.properties.key_order
     }
-
-    /// The regions rows must lie in to pass every filter; `None` when the filters say nothing
-    /// about row keys.
-    fn query_regions(&self, filters: &[Expr]) -> Option<Vec<Region>> {
-        let schema = &self.table.properties.schema;
-        filters
-            .iter()
-            .filter_map(|filter| key_regions(filter, schema, self.order()))
-            .reduce(|left, right| intersect_unions(&left, &right, self.order()))
-    }
 }
 
 #[async_trait]
@@ -130,14 +120,11 @@ impl TableProvider for SleeperTableProvider {
         &self,
         filters: &[&Expr],
     ) -> DFResult<Vec<TableProviderFilterPushDown>> {
-        let schema = &self.table.properties.schema;
-        Ok(filters
-            .iter()
-            .map(|filter| match key_regions(filter, schema, self.order()) {
-                Some(_) => TableProviderFilterPushDown::Exact,
-                None => TableProviderFilterPushDown::Unsupported,
-            })
-            .collect())
+        Ok(filters_pushed_down(
+            filters,
+            &self.table.properties.schema,
+            self.order(),
+        ))
     }
 
     async fn scan(
@@ -148,7 +135,7 @@ impl TableProvider for SleeperTableProvider {
         _limit: Option<usize>,
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
         self.register_stores(state.runtime_env())?;
-        let query = self.query_regions(filters);
+        let query = filters_regions(filters, &self.table.properties.schema, self.order());
         Ok(Arc::new(self.merge_plan(
             projection.map(Vec::as_slice),
             query.as_deref(),

@@ -13,13 +13,38 @@
 //!   ranges are left to DataFusion's filter.
 
 use datafusion::common::ScalarValue;
-use datafusion::logical_expr::{Between, BinaryExpr, Expr, Operator};
+use datafusion::logical_expr::{Between, BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
 
 use crate::model::{KeyOrder, KeyValue, PrimitiveType, Range, Region, Schema};
 
 /// More regions than this from one predicate are not worth checking row by row: the predicate is
 /// left to DataFusion's filter, which evaluates it far more cheaply.
 pub const MAX_REGIONS: usize = 64;
+
+/// What a scan with a region filter does with each of `filters`: applies exactly those that
+/// translate into regions, leaves the others to DataFusion's filter.
+pub fn filters_pushed_down(
+    filters: &[&Expr],
+    schema: &Schema,
+    order: KeyOrder,
+) -> Vec<TableProviderFilterPushDown> {
+    filters
+        .iter()
+        .map(|filter| match key_regions(filter, schema, order) {
+            Some(_) => TableProviderFilterPushDown::Exact,
+            None => TableProviderFilterPushDown::Unsupported,
+        })
+        .collect()
+}
+
+/// The regions that rows must lie in to pass every filter; `None` when the filters say nothing
+/// about row keys.
+pub fn filters_regions(filters: &[Expr], schema: &Schema, order: KeyOrder) -> Option<Vec<Region>> {
+    filters
+        .iter()
+        .filter_map(|filter| key_regions(filter, schema, order))
+        .reduce(|left, right| intersect_unions(&left, &right, order))
+}
 
 /// The regions whose union holds exactly the rows `filter` keeps, or `None` when it is not (only)
 /// a predicate on row keys that can be translated exactly.

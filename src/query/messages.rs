@@ -7,8 +7,12 @@ use crate::error::{Error, Result};
 use crate::model::{Region, Schema};
 
 /// A request to export a whole table (Sleeper's first queue).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+///
+/// A field this crate does not know is an error, not ignored: Sleeper adds fields that narrow
+/// an export (`sqlQuery` in July 2026), and exporting without one would export more than was
+/// asked.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BulkExportQuery {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub table_id: Option<String>,
@@ -16,6 +20,11 @@ pub struct BulkExportQuery {
     pub table_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub export_id: Option<String>,
+    /// SQL over each leaf's rows, which Sleeper's planner copies into every leaf query. The
+    /// name is the one Sleeper's Python client sends (`python/src/sleeper/bulk_export.py`,
+    /// `BulkExportQuery.to_json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sql_query: Option<String>,
 }
 
 /// Which table a [`BulkExportQuery`] names.
@@ -30,8 +39,16 @@ impl BulkExportQuery {
     pub fn of_table(table_id: impl Into<String>, export_id: impl Into<String>) -> Self {
         BulkExportQuery {
             table_id: Some(table_id.into()),
-            table_name: None,
             export_id: Some(export_id.into()),
+            ..BulkExportQuery::default()
+        }
+    }
+
+    /// The same query with `sql` run over each leaf's rows.
+    pub fn with_sql(self, sql: Option<String>) -> Self {
+        BulkExportQuery {
+            sql_query: sql,
+            ..self
         }
     }
 
@@ -83,7 +100,22 @@ pub struct BulkExportLeafPartitionQuery {
     pub leaf_partition_id: String,
     pub partition_region: Region,
     pub files: Vec<String>,
+    /// Sleeper's SQL filter (July 2026): a query over the leaf's rows, registered as the view
+    /// `query_results`, whose result is what the leaf exports.
+    pub sql_query: Option<String>,
 }
+
+/// The leaf query's fields, in Sleeper's order (`BulkExportLeafPartitionQuerySerDe`).
+const LEAF_QUERY_FIELDS: [&str; 8] = [
+    "tableId",
+    "exportId",
+    "subExportId",
+    "regions",
+    "leafPartitionId",
+    "partitionRegion",
+    "files",
+    "sqlQuery",
+];
 
 impl BulkExportLeafPartitionQuery {
     /// The table id, read before anything else so the caller can find the schema the regions need.
@@ -109,6 +141,31 @@ impl BulkExportLeafPartitionQuery {
         let leaf_partition_id = required_str(&value, "leafPartitionId", Some(&export_id))?;
         let partition_region = required(&value, "partitionRegion", Some(&export_id))?;
         let files = required(&value, "files", Some(&export_id))?;
+        let sql_query = match value.get("sqlQuery") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(sql)) => Some(sql.clone()),
+            Some(_) => {
+                return Err(Error::validation(
+                    Some(&export_id),
+                    "sqlQuery field must be a string",
+                ))
+            }
+        };
+        if let Some(unknown) = value
+            .as_object()
+            .expect("parse checks for an object")
+            .keys()
+            .find(|field| !LEAF_QUERY_FIELDS.contains(&field.as_str()))
+        {
+            return Err(Error::validation(
+                Some(&export_id),
+                format!(
+                    "unknown field {unknown:?}: what it asks for is not known here, so nothing \
+                     is exported rather than more than was asked (known fields: {})",
+                    LEAF_QUERY_FIELDS.join(", ")
+                ),
+            ));
+        }
         let schema = schema_of(&table_id)?;
         let regions = regions
             .as_array()
@@ -135,6 +192,7 @@ impl BulkExportLeafPartitionQuery {
             partition_region: Region::from_json(partition_region, &schema)?,
             files,
             export_id,
+            sql_query,
         })
     }
 
@@ -154,6 +212,9 @@ impl BulkExportLeafPartitionQuery {
             self.partition_region.to_json(schema),
         );
         object.insert("files".into(), json!(self.files));
+        if let Some(sql) = &self.sql_query {
+            object.insert("sqlQuery".into(), json!(sql));
+        }
         let value = Value::Object(object);
         if pretty {
             serde_json::to_string_pretty(&value)
@@ -225,5 +286,22 @@ mod tests {
             .with_export_id();
         assert_eq!(kept.export_id.as_deref(), Some("e1"));
         assert_eq!(kept.to_json(), r#"{"tableName":"t","exportId":"e1"}"#);
+    }
+
+    #[test]
+    fn a_query_carries_sleepers_sql_field_and_refuses_fields_it_does_not_know() {
+        // The body Sleeper's Python client sends (bulk_export.py: exportId, tableName, sqlQuery).
+        let body =
+            r#"{"exportId": "e1", "tableName": "t", "sqlQuery": "SELECT * FROM query_results"}"#;
+        let query = BulkExportQuery::from_json(body).unwrap();
+        assert_eq!(
+            query.sql_query.as_deref(),
+            Some("SELECT * FROM query_results")
+        );
+        assert_eq!(BulkExportQuery::from_json(&query.to_json()).unwrap(), query);
+        let error = BulkExportQuery::from_json(r#"{"tableName": "t", "rowFilter": "x > 1"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("unknown field `rowFilter`"), "{error}");
     }
 }

@@ -23,6 +23,7 @@ pub fn split_into_leaf_queries(
             leaf_partition_id: leaf.id.clone(),
             partition_region: leaf.region.clone(),
             files: leaf_files(table, &leaf.id),
+            sql_query: None,
         })
         .collect()
 }

@@ -45,6 +45,9 @@ pub struct Manifest {
     /// The state-store transactions the split was made from, for a table with a transaction log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_version: Option<StateVersion>,
+    /// The SQL each leaf's rows went through, if any (`sqlQuery`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sql_query: Option<String>,
     pub sub_exports: Vec<SubExport>,
 }
 
@@ -156,6 +159,8 @@ impl ExportRecords {
             export_id: self.export_id.clone(),
             split_digest: split_digest(queries),
             state_version,
+            // One query's SQL is every leaf's.
+            sql_query: queries.first().and_then(|q| q.sql_query.clone()),
             sub_exports: queries
                 .iter()
                 .map(|q| SubExport {

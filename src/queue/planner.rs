@@ -9,7 +9,7 @@ use super::manifest::{ExportRecords, MANIFEST};
 use super::trust::check_id;
 use super::{Message, MessageQueue};
 use crate::error::{Error, Result};
-use crate::leaf::{run_leaf_query, ExportOptions};
+use crate::leaf::{check_leaf_sql, run_leaf_query, ExportOptions};
 use crate::plan::sink::WrittenLeaf;
 use crate::query::{split_into_leaf_queries, BulkExportQuery, TableSelector};
 use crate::queue::TableIndex;
@@ -75,11 +75,30 @@ impl Planner {
             TableSelector::Name(name) => self.tables.by_name(name)?,
         };
         let table = &self.tables.current(table).await?;
+        if let Some(sql) = &query.sql_query {
+            // Checked once here, so that a query whose SQL cannot run sends no leaf query.
+            check_leaf_sql(table, sql, &self.export).await?;
+        }
         let records = ExportRecords::new(&self.output, table.id(), &export_id);
         let mut leaf_queries = split_into_leaf_queries(table, &export_id);
+        for leaf_query in &mut leaf_queries {
+            leaf_query.sql_query.clone_from(&query.sql_query);
+        }
         let ours = records.manifest_of(&leaf_queries, table.state_version);
         let mut already_done = Vec::new();
         if let Some(earlier) = records.create_manifest(&ours).await? {
+            if earlier.sql_query != ours.sql_query {
+                return Err(Error::validation(
+                    Some(&export_id),
+                    format!(
+                        "export {export_id} of table {} was planned with {}, not {}: an \
+                         export's files come from one query; use a new export id",
+                        table.id(),
+                        describe_sql(earlier.sql_query.as_deref()),
+                        describe_sql(ours.sql_query.as_deref())
+                    ),
+                ));
+            }
             if earlier.split_digest != ours.split_digest {
                 let status = records.mark_if_complete().await?;
                 if !status.is_complete() {
@@ -216,6 +235,10 @@ impl Planner {
             idle_since = std::time::Instant::now();
         }
     }
+}
+
+fn describe_sql(sql: Option<&str>) -> String {
+    sql.map_or_else(|| "no SQL".to_owned(), |sql| format!("the SQL {sql:?}"))
 }
 
 /// Moves a bad message to the dead-letter queue with the reason logged. With no dead-letter

@@ -15,7 +15,7 @@ use super::planner::{reject, Outcome};
 use super::trust::check_leaf_query;
 use super::{Message, MessageQueue};
 use crate::error::{Error, Result};
-use crate::leaf::{output_path, run_leaf_query, ExportOptions};
+use crate::leaf::{check_leaf_sql, output_path, run_leaf_query, ExportOptions};
 use crate::plan::sink::WrittenLeaf;
 use crate::query::BulkExportLeafPartitionQuery;
 use crate::queue::TableIndex;
@@ -163,13 +163,17 @@ impl Runner {
         Ok(report)
     }
 
-    /// The leaf query of a message, checked, and the table it names.
-    fn decode(&self, body: &str) -> Result<(BulkExportLeafPartitionQuery, &SleeperTable)> {
+    /// The leaf query of a message, checked (its SQL too: the planner checked it, but the
+    /// message may not come from a planner), and the table it names.
+    async fn decode(&self, body: &str) -> Result<(BulkExportLeafPartitionQuery, &SleeperTable)> {
         let table_id = BulkExportLeafPartitionQuery::table_id_of(body)?;
         let table = self.tables.by_id(&table_id)?;
         let query =
             BulkExportLeafPartitionQuery::from_json(body, |_| Ok(table.properties.schema.clone()))?;
         check_leaf_query(&query, table)?;
+        if let Some(sql) = &query.sql_query {
+            check_leaf_sql(table, sql, &self.export).await?;
+        }
         Ok((query, table))
     }
 
@@ -180,7 +184,7 @@ impl Runner {
         queue: &dyn MessageQueue,
         dead_letters: Option<&dyn MessageQueue>,
     ) -> Result<Outcome<WrittenLeaf>> {
-        let (query, table) = match self.decode(&message.body) {
+        let (query, table) = match self.decode(&message.body).await {
             Ok(decoded) => decoded,
             Err(error) => {
                 reject(message, &error, queue, dead_letters).await?;

@@ -88,7 +88,7 @@ fn a_bad_table_location_fails_with_a_clear_message() {
 }
 
 #[test]
-fn raw_exports_skip_the_tables_aggregation() {
+fn raw_and_sql_exports_choose_the_rows_that_leave() {
     use sleeper_export::model::{Field, PrimitiveType, Schema, TableProperties};
     use sleeper_export::storage::Stores;
     use sleeper_export::tablegen::{RowStyle, TableWriter};
@@ -140,6 +140,38 @@ fn raw_exports_skip_the_tables_aggregation() {
     assert!(aggregated.contains("1 leaf files, 20 rows"), "{aggregated}");
     let raw = export(&["--raw"]);
     assert!(raw.contains("1 leaf files, 1000 rows"), "{raw}");
+    // The SQL sees the aggregated rows: the 10 keys from 0.
+    let filtered = export(&[
+        "--sql",
+        "SELECT k, count FROM query_results WHERE k >= 0",
+        "--memory-limit",
+        "64MiB",
+    ]);
+    assert!(filtered.contains("1 leaf files, 10 rows"), "{filtered}");
+
+    let failed = |extra: &[&str]| {
+        let output = sleeper_export()
+            .args(["export", "--table"])
+            .arg(&table_dir)
+            .arg("--output")
+            .arg(dir.path().join("refused"))
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let bad_sql = failed(&["--sql", "SELECT a.k FROM query_results a, query_results b"]);
+    assert!(
+        bad_sql.contains("User SQL query failed: a join of query_results with no equality"),
+        "{bad_sql}"
+    );
+    assert!(
+        !dir.path().join("refused").exists(),
+        "a refused export writes nothing, not even its manifest"
+    );
+    let bad_size = failed(&["--memory-limit", "12 furlongs"]);
+    assert!(bad_size.contains("unknown unit \"furlongs\""), "{bad_size}");
 }
 
 #[test]

@@ -401,8 +401,9 @@ async fn export_plans_never_sort() {
     let random = random_table(11).await;
     let output = local(&random.dir.path().join("out"));
     for query in split_into_leaf_queries(&random.table, "e") {
-        let plan =
-            leaf_export_plan(&random.table, &query, &output, &ExportOptions::default()).unwrap();
+        let plan = leaf_export_plan(&random.table, &query, &output, &ExportOptions::default())
+            .await
+            .unwrap();
         let shown = displayable(plan.as_ref() as &dyn ExecutionPlan)
             .indent(true)
             .to_string();
@@ -601,8 +602,9 @@ async fn a_leaf_query_for_another_table_is_rejected() {
     let mut query = split_into_leaf_queries(&random.table, "e").remove(0);
     query.table_id = "nope".into();
     let output = local(&random.dir.path().join("out"));
-    let error =
-        leaf_export_plan(&random.table, &query, &output, &ExportOptions::default()).unwrap_err();
+    let error = leaf_export_plan(&random.table, &query, &output, &ExportOptions::default())
+        .await
+        .unwrap_err();
     assert_eq!(
         error.to_string(),
         r#"Table could not be found with ID: "nope""#

@@ -8,6 +8,7 @@ mod cli;
 mod compaction;
 mod export;
 mod instance;
+mod leaf_sql;
 mod provider;
 mod queues;
 mod s3;

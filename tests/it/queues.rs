@@ -7,7 +7,6 @@ use std::time::Duration;
 use crate::common::*;
 use aws_sdk_sqs::types::QueueAttributeName;
 use sleeper_export::leaf::ExportOptions;
-use sleeper_export::model::PartitionTree;
 use sleeper_export::query::BulkExportQuery;
 use sleeper_export::queue::config::BulkExportConfig;
 use sleeper_export::queue::manifest::ExportRecords;
@@ -195,6 +194,16 @@ impl Setup {
     }
 }
 
+fn rejections<T>(outcomes: &[Outcome<T>]) -> Vec<String> {
+    outcomes
+        .iter()
+        .filter_map(|o| match o {
+            Outcome::Rejected(e) => Some(e.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
 fn total_rows(table: &SleeperTable) -> u64 {
     // Demo tables: every row of every file falls in exactly one leaf.
     table.files.iter().map(|f| f.number_of_rows).sum::<u64>()
@@ -208,6 +217,7 @@ async fn submitted_queries_are_planned_and_exported_by_two_runners() {
         table_id: None,
         table_name: Some("demo".into()),
         export_id: Some("e1".into()),
+        sql_query: None,
     };
     queue.send_all(vec![query.to_json()]).await.unwrap();
 
@@ -274,13 +284,7 @@ async fn bad_messages_go_to_the_dead_letter_queues_and_good_ones_still_run() {
     let outcomes = setup
         .plan_until_idle(&queue, &dead_letters, &leaf_queue)
         .await;
-    let rejected: Vec<String> = outcomes
-        .iter()
-        .filter_map(|o| match o {
-            Outcome::Rejected(e) => Some(e.to_string()),
-            _ => None,
-        })
-        .collect();
+    let rejected = rejections(&outcomes);
     assert_eq!(rejected.len(), 2, "{outcomes:?}");
     assert!(
         rejected
@@ -588,6 +592,8 @@ async fn the_commands_submit_plan_run_and_report_an_export() {
         properties,
         "--table-name",
         "demo",
+        "--sql",
+        "SELECT * FROM query_results WHERE key IS NOT NULL",
     ]);
     let export_id = String::from_utf8(submitted.stdout)
         .unwrap()
@@ -617,7 +623,10 @@ async fn the_commands_submit_plan_run_and_report_an_export() {
     let status_line = || String::from_utf8(sleeper_export(&status_args).stdout).unwrap();
     let status = status_line();
     assert!(
-        status.contains("3 leaves, 0 done, 3 pending, 0 failed: not complete"),
+        status.contains("3 leaves, 0 done, 3 pending, 0 failed: not complete")
+            && status.contains(
+                "each leaf's rows through the SQL: SELECT * FROM query_results WHERE key IS NOT NULL"
+            ),
         "{status}"
     );
 
@@ -687,35 +696,6 @@ async fn a_runner_stopped_with_sigterm_finishes_its_leaf_and_exits() {
         drain(&leaf_queue).await.is_empty(),
         "its message was deleted"
     );
-}
-
-/// A table of `leaves` leaves (split on a long key) with a file only in the first leaf.
-async fn table_with_empty_leaves(
-    location: sleeper_export::storage::Location,
-    leaves: i64,
-) -> SleeperTable {
-    use sleeper_export::model::{KeyValue, TableProperties};
-    use sleeper_export::tablegen::{RowStyle, TableWriter};
-    let schema = id_name_schema();
-    let splits: Vec<KeyValue> = (1..leaves).map(|i| KeyValue::Long(i * 100)).collect();
-    let tree = PartitionTree::from_split_points("sparse", &schema, &splits).unwrap();
-    let first = tree.leaves()[0].id.clone();
-    let style = RowStyle {
-        key_span: 100,
-        ..RowStyle::default()
-    };
-    let mut writer = TableWriter::new(
-        location,
-        TableProperties::new("sparse", "sparse", schema),
-        tree,
-        style,
-        5,
-    );
-    writer
-        .write_random_file(&first, 50, &[&first])
-        .await
-        .unwrap();
-    writer.finish().await.unwrap()
 }
 
 /// Sleeper's runner rejects a leaf query without files ("No input paths supplied"), and its
@@ -1158,4 +1138,129 @@ async fn a_runner_logs_json_with_bounded_messages_and_no_credentials() {
     assert!(rejected.to_string().len() < 2_000, "{rejected}");
     assert!(stderr.len() < hostile.len(), "the body was logged whole");
     assert_eq!(drain(&leaf_dead_letters).await, vec![hostile]);
+}
+
+/// Sleeper's SQL filter over the real queues: a query's SQL reaches every leaf query, each
+/// leaf exports what it returns, and the export completes; SQL that cannot run (checked by the
+/// planner, again by the runner for leaf queries sent by anyone else, and when it runs) is
+/// dead-lettered with nothing written, while good messages beside it still run.
+#[tokio::test]
+async fn sql_exports_run_over_the_queues_and_bad_sql_is_dead_lettered_with_nothing_written() {
+    let setup = setup(3).await;
+    let (queue, dead_letters, leaf_queue, leaf_dead_letters) = setup.queues().await;
+    let sql = "SELECT key, value FROM query_results WHERE value LIKE 'a%'";
+    let good = BulkExportQuery::of_table(setup.table.id(), "filtered").with_sql(Some(sql.into()));
+    let hostile = [
+        "SELECT * FROM query_results a, query_results b, query_results c",
+        "SELECT * FROM range(1000000000000)",
+        "SELECT * FROM 's3://elsewhere/secret.parquet'",
+        "SELECT 1; SELECT 2",
+        "DROP TABLE query_results",
+    ];
+    let mut bodies: Vec<String> = hostile
+        .iter()
+        .enumerate()
+        .map(|(i, sql)| {
+            BulkExportQuery::of_table(setup.table.id(), format!("bad-{i}"))
+                .with_sql(Some((*sql).into()))
+                .to_json()
+        })
+        .collect();
+    bodies.push(good.to_json());
+    queue.send_all(bodies).await.unwrap();
+    let outcomes = setup
+        .plan_until_idle(&queue, &dead_letters, &leaf_queue)
+        .await;
+    let rejected = rejections(&outcomes);
+    assert_eq!(rejected.len(), hostile.len(), "{outcomes:?}");
+    assert!(
+        rejected
+            .iter()
+            .all(|e| e.starts_with("User SQL query failed: ")),
+        "{rejected:?}"
+    );
+    assert_eq!(drain(&dead_letters).await.len(), hostile.len());
+    for i in 0..hostile.len() {
+        let folder = setup
+            .output()
+            .child(&format!("{}/bad-{i}", setup.table.id()));
+        assert!(setup.output().list(&folder).await.unwrap().is_empty());
+    }
+
+    // Leaf queries carry the SQL; ones carrying bad SQL, or an unknown field, are dead-lettered
+    // by the runner, and the good ones are exported.
+    let planned = drain(&leaf_queue).await;
+    assert_eq!(planned.len(), 3);
+    assert!(planned
+        .iter()
+        .all(|body| body.contains(r#""sqlQuery":"SELECT key, value"#)));
+    let with_sql = |sql: &str| {
+        let mut leaf: serde_json::Value = serde_json::from_str(&planned[0]).unwrap();
+        leaf["exportId"] = "bad-leaf".into();
+        leaf["sqlQuery"] = sql.into();
+        leaf.to_string()
+    };
+    let mut unknown: serde_json::Value = serde_json::from_str(&planned[1]).unwrap();
+    unknown["exportId"] = "bad-leaf".into();
+    unknown["rowFilter"] = "value > 'b'".into();
+    let mut leaves = vec![
+        with_sql("SELECT * FROM query_results a CROSS JOIN query_results b"),
+        with_sql("SELECT repeat(value, 1000000000) FROM query_results"),
+        unknown.to_string(),
+    ];
+    leaves.extend(planned.iter().cloned());
+    leaf_queue.send_all(leaves).await.unwrap();
+    let report = setup.run_leaves(2, leaf_queue, &leaf_dead_letters).await;
+    assert_eq!(
+        (
+            report.done.len(),
+            report.rejected.len(),
+            report.failed.len()
+        ),
+        (3, 3, 0),
+        "{report:?}"
+    );
+    assert_eq!(drain(&leaf_dead_letters).await.len(), 3);
+    let bad_folder = setup
+        .output()
+        .child(&format!("{}/bad-leaf", setup.table.id()));
+    assert!(setup.output().list(&bad_folder).await.unwrap().is_empty());
+
+    let records = ExportRecords::new(&setup.output(), setup.table.id(), "filtered");
+    let status = records.status().await.unwrap();
+    assert!(status.is_complete() && status.success_marker, "{status:?}");
+    assert_eq!(status.manifest.sql_query.as_deref(), Some(sql));
+    let mut rows = 0;
+    for leaf in &report.done {
+        let location = setup.stores.resolve(&leaf.file).unwrap();
+        let bytes = sleeper_export::storage::read_all(location.store.as_ref(), &location.prefix)
+            .await
+            .unwrap();
+        let batch = parquet_bytes_to_batch(bytes);
+        assert_eq!(batch.schema().fields().len(), 2);
+        let values = datafusion::arrow::compute::cast(
+            batch.column(1),
+            &datafusion::arrow::datatypes::DataType::Utf8,
+        )
+        .unwrap();
+        let values = datafusion::arrow::array::AsArray::as_string::<i32>(&values);
+        let values: Vec<&str> = values.iter().map(|v| v.unwrap_or_default()).collect();
+        assert!(values.iter().all(|v| v.starts_with('a')), "{values:?}");
+        rows += batch.num_rows() as u64;
+        assert!(leaf.rows_read >= leaf.rows_written);
+    }
+    assert!(rows > 0 && rows < total_rows(&setup.table), "{rows}");
+    let success: serde_json::Value = serde_json::from_str(
+        &read_object(&records_folder(&setup, "filtered"), "_SUCCESS")
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(success["rows"], rows);
+}
+
+fn records_folder(setup: &Setup, export_id: &str) -> sleeper_export::storage::Location {
+    setup
+        .output()
+        .sub_location(&format!("{}/{export_id}", setup.table.id()))
 }

@@ -36,6 +36,11 @@ pub struct ExportArgs {
     /// Export the stored rows as they are, without the table's filters and aggregations.
     #[arg(long)]
     pub raw: bool,
+    /// SQL over each leaf's rows, which are the view query_results (Sleeper's sqlQuery): each
+    /// leaf's file holds what it returns, e.g. "SELECT key, value FROM query_results WHERE
+    /// value > 10".
+    #[arg(long, value_name = "QUERY")]
+    pub sql: Option<String>,
     #[command(flatten)]
     pub settings: ExportSettingsArgs,
 }
@@ -74,6 +79,7 @@ pub async fn export(args: ExportArgs, stores: &Stores) -> Result<ExitCode> {
         export_id: args.export_id,
         parallelism: args.parallelism.unwrap_or(defaults.parallelism),
         raw: args.raw,
+        sql: args.sql,
         ..defaults
     };
     export_with_progress(&table, &args.output, &options, stores).await

@@ -45,7 +45,7 @@ impl InstanceArgs {
 }
 
 /// How leaves are exported, where the table's own settings are not what is wanted.
-#[derive(Debug, Args, Clone, Default)]
+#[derive(Debug, Args, Clone)]
 pub struct ExportSettingsArgs {
     /// The order of the table's files: `datafusion` (unsigned bytes) or `java` (UTF-16 strings,
     /// signed bytes), instead of its data engine's (sleeper.table.data.engine).
@@ -55,6 +55,10 @@ pub struct ExportSettingsArgs {
     /// table's (sleeper.table.parquet.compression.codec).
     #[arg(long, value_name = "CODEC")]
     pub compression: Option<String>,
+    /// The memory each leaf's plan may hold in DataFusion's pool (its SQL's joins, sorts and
+    /// aggregations), in bytes or with a unit: 512MiB, 2GiB. A leaf that needs more fails.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "1GiB")]
+    pub memory_limit: usize,
 }
 
 impl ExportSettingsArgs {
@@ -62,9 +66,32 @@ impl ExportSettingsArgs {
         ExportOptions {
             key_order: self.key_order,
             compression: self.compression.clone(),
+            memory_limit: self.memory_limit,
             ..ExportOptions::default()
         }
     }
+}
+
+/// `1073741824`, `1024MiB`, `1GiB`, `64KiB` (or KB, MB, GB, the same powers of two).
+fn parse_size(text: &str) -> std::result::Result<usize, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        other => return Err(format!("unknown unit {other:?}: use KiB, MiB or GiB")),
+    };
+    number
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .filter(|&bytes| bytes > 0)
+        .ok_or_else(|| format!("{text:?} is not a size in bytes greater than zero"))
 }
 
 /// Where the queues and the export bucket are: Sleeper's instance properties, overridden by options.

@@ -32,6 +32,9 @@ pub struct SubmitArgs {
     /// The export id (a random UUID when left out).
     #[arg(long)]
     pub export_id: Option<String>,
+    /// SQL over each leaf's rows, which are the view query_results (Sleeper's sqlQuery).
+    #[arg(long, value_name = "QUERY")]
+    pub sql: Option<String>,
 }
 
 /// What the planner and the runner both take: queues, the tables they serve, when to stop.
@@ -99,6 +102,7 @@ pub async fn submit(args: SubmitArgs, stores: &Stores) -> Result<()> {
         table_id: args.table_id,
         table_name: args.table_name,
         export_id: args.export_id,
+        sql_query: args.sql,
     }
     .with_export_id();
     query.validate()?;
@@ -261,6 +265,9 @@ fn print_status(args: &StatusArgs, status: &ExportStatus) {
             (false, _) => "not complete",
         }
     );
+    if let Some(sql) = &status.manifest.sql_query {
+        println!("  each leaf's rows through the SQL: {sql}");
+    }
     for failure in &status.failed {
         println!(
             "  failed: leaf {} ({}): {}",

@@ -209,6 +209,61 @@ impl LeafMergeExec {
         &self.leaves
     }
 
+    /// The Sleeper schema and key order of the table merged.
+    pub fn table(&self) -> (&Schema, KeyOrder) {
+        (&self.schema, self.order)
+    }
+
+    /// The same merge reading only the columns of `projection` (indexes of this merge's output)
+    /// and the rows in `query` (every row when `None`): what a scan of a leaf's rows with
+    /// pushed-down key predicates reads. A leaf the query does not meet is left out.
+    pub fn narrowed(&self, projection: Option<&[usize]>, query: Option<&[Region]>) -> Result<Self> {
+        let table_columns = self.schema.arrow_schema();
+        let projection: Vec<usize> = match projection {
+            Some(projection) => projection.to_vec(),
+            None => (0..self.output_schema.fields().len()).collect(),
+        }
+        .into_iter()
+        .map(|c| {
+            table_columns
+                .index_of(self.output_schema.field(c).name())
+                .expect("the merge's columns are the table's")
+        })
+        .collect();
+        let leaves = self
+            .leaves
+            .iter()
+            .filter_map(|leaf| {
+                let query_regions: Vec<Region> = match query {
+                    None => leaf.query_regions.clone(),
+                    Some(query) => leaf
+                        .query_regions
+                        .iter()
+                        .flat_map(|own| query.iter().filter_map(|q| own.intersect(q, self.order)))
+                        .collect(),
+                };
+                (!query_regions.is_empty()).then(|| LeafInput {
+                    query_regions,
+                    ..leaf.clone()
+                })
+            })
+            .collect();
+        let narrowed = LeafMergeExec::try_new(
+            self.table_id.clone(),
+            Arc::clone(&self.schema),
+            self.order,
+            leaves,
+            Some(&projection),
+            self.rules.as_ref().clone(),
+        )?;
+        Ok(LeafMergeExec {
+            verify_order: self.verify_order,
+            age_off_clock: self.age_off_clock,
+            pruned_leaves: self.pruned_leaves,
+            ..narrowed
+        })
+    }
+
     /// `3`, or `3 of 10` when a query's predicates left leaves out.
     fn leaf_count_text(&self) -> String {
         match self.pruned_leaves {

@@ -323,6 +323,34 @@ pub async fn long_key_table(
     writer.finish().await.unwrap()
 }
 
+/// A table of `leaves` leaves, keyed by a long `id` split at 100, 200, …, with one file, in
+/// its first leaf.
+pub async fn table_with_empty_leaves(
+    location: sleeper_export::storage::Location,
+    leaves: i64,
+) -> SleeperTable {
+    let schema = id_name_schema();
+    let splits: Vec<KeyValue> = (1..leaves).map(|i| KeyValue::Long(i * 100)).collect();
+    let tree = PartitionTree::from_split_points("sparse", &schema, &splits).unwrap();
+    let first = tree.leaves()[0].id.clone();
+    let style = RowStyle {
+        key_span: 100,
+        ..RowStyle::default()
+    };
+    let mut writer = TableWriter::new(
+        location,
+        TableProperties::new("sparse", "sparse", schema),
+        tree,
+        style,
+        5,
+    );
+    writer
+        .write_random_file(&first, 50, &[&first])
+        .await
+        .unwrap();
+    writer.finish().await.unwrap()
+}
+
 /// A fresh bucket on the local S3 server that `scripts/test.sh` starts.
 pub fn everything(schema: &Schema) -> Region {
     Region::everything(schema)
