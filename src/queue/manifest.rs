@@ -7,6 +7,7 @@
 //! <output>/<tableId>/<exportId>/_manifest.json
 //! <output>/<tableId>/<exportId>/_status/<subExportId>.json           done
 //! <output>/<tableId>/<exportId>/_status/<subExportId>.failed.json    last failure, until done
+//! <output>/<tableId>/<exportId>/_status/_count/<n>                   the n+1th leaf done
 //! <output>/<tableId>/<exportId>/_SUCCESS                             complete: its summary
 //! ```
 //!
@@ -33,6 +34,8 @@ use crate::storage::{read_all, Location};
 pub const MANIFEST: &str = "_manifest.json";
 pub const STATUS: &str = "_status";
 pub const SUCCESS: &str = "_SUCCESS";
+/// The completions counted, one empty object each (see [`ExportRecords::record_completion`]).
+const COUNT: &str = "_status/_count";
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -195,7 +198,17 @@ impl ExportRecords {
         }
     }
 
-    pub async fn record_completion(&self, result: &WrittenLeaf) -> Result<()> {
+    /// Records a leaf done, then counts it: returns how many completions are counted now, so
+    /// that whoever counts the manifest's last leaf looks whether the export is complete, and
+    /// nobody else lists anything. `hint` is a count seen before (0 when none was).
+    ///
+    /// The count comes after the record, so that the caller whose count reaches the number of
+    /// leaves finds every leaf's record. A caller that dies between the two leaves its message
+    /// undeleted: the leaf is delivered again and counted then. One that dies after counting,
+    /// before deleting its message, counts its leaf twice when it is delivered again: the count
+    /// then reaches the number of leaves early, and each leaf recorded after that looks at the
+    /// whole export until it is complete, which costs listings but never a wrong `_SUCCESS`.
+    pub async fn record_completion(&self, result: &WrittenLeaf, hint: usize) -> Result<usize> {
         self.put_json(
             &format!("{STATUS}/{}.json", result.sub_export_id),
             result,
@@ -204,9 +217,68 @@ impl ExportRecords {
         .await?;
         let failed = self.path(&format!("{STATUS}/{}.failed.json", result.sub_export_id));
         match self.root.store.delete(&failed).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(Error::object_store(self.root.url_of(&failed), e)),
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(Error::object_store(self.root.url_of(&failed), e)),
         }
+        self.count_completion(hint).await
+    }
+
+    /// One more completion, counted as the first missing token of `_status/_count/0, 1, 2, …`,
+    /// created with a conditional put (the only kind every store offers: S3, local disks): the
+    /// tokens are always `0..count`, so the first missing one is found by galloping from `hint`
+    /// and bisecting, about 2·log₂ of the completions since `hint` requests, and a runner that
+    /// keeps its hint pays a constant few per leaf however many leaves the export has.
+    async fn count_completion(&self, hint: usize) -> Result<usize> {
+        let mut known = hint;
+        loop {
+            let missing = self.first_missing_token(known).await?;
+            let token = self.count_token(missing);
+            match self
+                .root
+                .store
+                .put_opts(&token, PutPayload::new(), PutOptions::from(PutMode::Create))
+                .await
+            {
+                Ok(_) => return Ok(missing + 1),
+                // Another leaf took it: ours is a later one.
+                Err(object_store::Error::AlreadyExists { .. }) => known = missing + 1,
+                Err(e) => return Err(Error::object_store(self.root.url_of(&token), e)),
+            }
+        }
+    }
+
+    /// The first count token missing, given that those below `from` exist.
+    async fn first_missing_token(&self, from: usize) -> Result<usize> {
+        let (mut present, mut step) = (from, 1);
+        let mut missing = from;
+        while self.token_exists(missing).await? {
+            present = missing + 1;
+            missing = present + step;
+            step *= 2;
+        }
+        // Tokens below `present` exist, `missing` does not: bisect between them.
+        while present < missing {
+            let middle = present + (missing - present) / 2;
+            if self.token_exists(middle).await? {
+                present = middle + 1;
+            } else {
+                missing = middle;
+            }
+        }
+        Ok(missing)
+    }
+
+    async fn token_exists(&self, index: usize) -> Result<bool> {
+        let token = self.count_token(index);
+        match self.root.store.head(&token).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(Error::object_store(self.root.url_of(&token), e)),
+        }
+    }
+
+    fn count_token(&self, index: usize) -> Path {
+        self.path(&format!("{COUNT}/{index}"))
     }
 
     pub async fn record_failure(
@@ -230,17 +302,6 @@ impl ExportRecords {
     /// The export's manifest, if it has been planned.
     pub async fn manifest(&self) -> Result<Option<Manifest>> {
         self.get_json(&self.path(MANIFEST)).await
-    }
-
-    /// How many leaves have a completion record: one listing of `_status/`, to tell cheaply
-    /// whether a full [`ExportRecords::status`] can find the export complete.
-    pub async fn completions(&self) -> Result<usize> {
-        let listed = self.root.list(&self.path(STATUS)).await?;
-        Ok(listed
-            .iter()
-            .filter_map(|meta| meta.location.filename())
-            .filter(|name| name.ends_with(".json") && !name.ends_with(".failed.json"))
-            .count())
     }
 
     /// Writes `_SUCCESS` if the export is complete and it is not there yet; whichever caller
@@ -284,14 +345,21 @@ impl ExportRecords {
             .iter()
             .map(|s| self.data_file(&s.sub_export_id))
             .collect();
-        let (status_dir, manifest_path, success_path) =
-            (self.path(STATUS), self.path(MANIFEST), self.path(SUCCESS));
+        let (status_dir, count_dir, manifest_path, success_path) = (
+            self.path(STATUS),
+            self.path(COUNT),
+            self.path(MANIFEST),
+            self.path(SUCCESS),
+        );
         let mut sizes = HashMap::new();
         let mut completions = HashMap::new();
         let mut failures = HashMap::new();
         let mut status = ExportStatus::default();
         for meta in self.root.list(&self.folder()).await? {
             let name = meta.location.filename().unwrap_or_default().to_owned();
+            if meta.location.prefix_matches(&count_dir) {
+                continue;
+            }
             if meta.location.prefix_matches(&status_dir) {
                 if let Some(id) = name.strip_suffix(".failed.json") {
                     if let Some(failure) = self.get_json::<Failure>(&meta.location).await? {
@@ -369,5 +437,58 @@ impl ExportStatus {
             && self.problems.is_empty()
             && self.unexpected.is_empty()
             && self.unfinished_uploads.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leaf(sub_export_id: String) -> WrittenLeaf {
+        WrittenLeaf {
+            leaf_partition_id: format!("leaf-{sub_export_id}"),
+            file: format!("{sub_export_id}.parquet"),
+            sub_export_id,
+            rows_read: 0,
+            rows_written: 0,
+            bytes: 0,
+            crc32c: String::new(),
+            age_off_clock_millis: None,
+        }
+    }
+
+    /// Runners counting at once, each keeping its last count as its hint: every completion gets
+    /// its own count, the counts are exactly 1..=n, and so exactly one runner sees n.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn completions_counted_at_once_are_each_counted_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let output = crate::storage::Stores::default()
+            .resolve(dir.path().to_str().unwrap())
+            .unwrap();
+        let records = ExportRecords::new(&output, "t", "e");
+        let (runners, leaves_each) = (6, 20);
+        let mut running = tokio::task::JoinSet::new();
+        for runner in 0..runners {
+            let records = records.clone();
+            running.spawn(async move {
+                let mut hint = 0;
+                let mut counts = Vec::new();
+                for leaf_index in 0..leaves_each {
+                    let done = leaf(format!("{runner}-{leaf_index}"));
+                    hint = records.record_completion(&done, hint).await.unwrap();
+                    counts.push(hint);
+                }
+                counts
+            });
+        }
+        let mut counts: Vec<usize> = running.join_all().await.into_iter().flatten().collect();
+        counts.sort_unstable();
+        assert_eq!(counts, (1..=runners * leaves_each).collect::<Vec<_>>());
+        // A runner that starts with no hint finds the count from the tokens alone.
+        let fresh = records
+            .record_completion(&leaf("late".into()), 0)
+            .await
+            .unwrap();
+        assert_eq!(fresh, runners * leaves_each + 1);
     }
 }

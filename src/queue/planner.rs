@@ -144,7 +144,7 @@ impl Planner {
             stream::iter(leaf_queries.iter().filter(|q| q.files.is_empty()))
                 .map(|query| async {
                     let written = run_leaf_query(table, query, &self.output, &self.export).await?;
-                    records.record_completion(&written).await?;
+                    records.record_completion(&written, 0).await?;
                     Ok::<_, Error>(written)
                 })
                 .buffer_unordered(EMPTY_LEAVES_AT_ONCE)

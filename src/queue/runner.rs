@@ -33,8 +33,15 @@ pub struct Runner {
     concurrency: usize,
     idle_exit: Option<Duration>,
     stop_grace: Duration,
-    /// Leaves per export, from its manifest, read once per export rather than once per leaf.
-    leaves_per_export: Mutex<HashMap<(String, String), usize>>,
+    /// Per export: its leaves, from its manifest (read once per export rather than once per
+    /// leaf), and the completions last counted, where the next count starts looking.
+    exports: Mutex<HashMap<(String, String), ExportProgress>>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct ExportProgress {
+    leaves: Option<usize>,
+    counted: usize,
 }
 
 /// What a runner did before it stopped.
@@ -66,7 +73,7 @@ impl Runner {
             concurrency: 1,
             idle_exit: None,
             stop_grace: Duration::from_secs(25),
-            leaves_per_export: Mutex::default(),
+            exports: Mutex::default(),
         }
     }
 
@@ -213,8 +220,12 @@ impl Runner {
         };
         match exported {
             Ok(result) => {
-                records.record_completion(&result).await?;
-                self.mark_export_if_complete(&records, &query).await?;
+                let key = (query.table_id.clone(), query.export_id.clone());
+                let counted = records
+                    .record_completion(&result, self.progress(&key).counted)
+                    .await?;
+                self.mark_export_if_complete(&records, &query, counted)
+                    .await?;
                 queue.delete(&message.receipt).await?;
                 tracing::info!(
                     "exported leaf {} of export {}: {} rows to {}",
@@ -281,35 +292,40 @@ impl Runner {
         }
     }
 
-    /// After a leaf is recorded: if every leaf now is, write `_SUCCESS`. A listing of the status
-    /// records tells cheaply whether to look closer.
+    fn progress(&self, key: &(String, String)) -> ExportProgress {
+        self.exports
+            .lock()
+            .expect("export progress lock")
+            .get(key)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// After a leaf is recorded and counted (`counted` completions): if that count is the
+    /// export's number of leaves, look whether every leaf is done and if so write `_SUCCESS`.
+    /// Only the last leaf's runner lists the export, so a leaf costs the same however many the
+    /// export has.
     async fn mark_export_if_complete(
         &self,
         records: &ExportRecords,
         query: &BulkExportLeafPartitionQuery,
+        counted: usize,
     ) -> Result<()> {
         let key = (query.table_id.clone(), query.export_id.clone());
-        let known = self
-            .leaves_per_export
-            .lock()
-            .expect("leaf count lock")
-            .get(&key)
-            .copied();
-        let leaves = match known {
+        let leaves = match self.progress(&key).leaves {
             Some(leaves) => leaves,
-            None => {
-                let Some(manifest) = records.manifest().await? else {
-                    return Ok(());
-                };
-                let leaves = manifest.sub_exports.len();
-                self.leaves_per_export
-                    .lock()
-                    .expect("leaf count lock")
-                    .insert(key, leaves);
-                leaves
-            }
+            None => match records.manifest().await? {
+                Some(manifest) => manifest.sub_exports.len(),
+                None => return Ok(()),
+            },
         };
-        if records.completions().await? < leaves {
+        {
+            let mut exports = self.exports.lock().expect("export progress lock");
+            let progress = exports.entry(key).or_default();
+            progress.leaves = Some(leaves);
+            progress.counted = progress.counted.max(counted);
+        }
+        if counted < leaves {
             return Ok(());
         }
         let status = records.mark_if_complete().await?;
