@@ -16,12 +16,50 @@ use object_store::path::Path;
 use object_store::{MultipartUpload, ObjectStore, ObjectStoreExt, PutPayload};
 use tokio::task::JoinSet;
 
-/// S3 takes parts of 5 MiB to 5 GiB (the last may be smaller) and 10,000 of them, so 10 MiB
-/// parts (object_store's `BufWriter` uses the same) allow files of up to 97 GiB.
-const PART_SIZE: usize = 10 * 1024 * 1024;
-/// Parts going up at once, per file: with the server's latency overlapped, more only hold more
-/// bytes (measured in `benches/scale.rs`, S3 variants).
-const PARTS_IN_FLIGHT: usize = 4;
+/// How big each part of a file is, and how many go up at once.
+///
+/// S3 takes parts of 5 MiB to 5 GiB (the last may be smaller), 10,000 of them, and objects of
+/// up to 5 TiB. Parts of a fixed 10 MiB (object_store's `BufWriter`'s) stop at 97.7 GiB, which
+/// a leaf of 10⁹ Sleeper rows reaches; parts of 5 GiB from the start would hold gigabytes for
+/// every file. So parts are 10 MiB up to part 1,000 (files up to 9.8 GiB, most of them), then
+/// double every 1,000 parts up to 5 GiB: 10,000 parts then hold 9.98 TiB, past S3's object
+/// limit. A file holds four 10 MiB parts' worth, or two parts when they are bigger (the one
+/// going up and the one filling): 40 MiB for files up to 29 GiB, 1.25 GiB up to 1.2 TiB,
+/// 10 GiB near 5 TiB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartSchedule {
+    pub first_part: usize,
+    /// Parts of each size before the size doubles.
+    pub parts_per_size: usize,
+    pub largest_part: usize,
+    /// Bytes of parts held at once (two parts at least): with the server's latency
+    /// overlapped, more only hold more memory (measured in `benches/scale.rs`, S3 variants).
+    pub bytes_in_flight: usize,
+}
+
+impl PartSchedule {
+    /// S3's limits, as above.
+    pub const S3: PartSchedule = PartSchedule {
+        first_part: 10 * 1024 * 1024,
+        parts_per_size: 1000,
+        largest_part: 5 * 1024 * 1024 * 1024,
+        bytes_in_flight: 40 * 1024 * 1024,
+    };
+
+    /// The size of part `index` (from 0).
+    pub fn part_size(&self, index: usize) -> usize {
+        let doublings = (index / self.parts_per_size).min(usize::BITS as usize - 1) as u32;
+        self.first_part
+            .checked_mul(1 << doublings)
+            .map_or(self.largest_part, |size| size.min(self.largest_part))
+    }
+
+    /// Parts of `size` held at once: going up, and the one filling after the others wait.
+    /// Two at least, so that a file of big parts still fills one while the last goes up.
+    fn in_flight(&self, size: usize) -> usize {
+        (self.bytes_in_flight / size.max(1)).max(2)
+    }
+}
 
 pub struct Upload {
     store: Arc<dyn ObjectStore>,
@@ -31,10 +69,16 @@ pub struct Upload {
     held_bytes: usize,
     multipart: Option<Box<dyn MultipartUpload>>,
     parts: JoinSet<object_store::Result<()>>,
+    schedule: PartSchedule,
+    parts_sent: usize,
 }
 
 impl Upload {
     pub fn new(store: Arc<dyn ObjectStore>, path: Path) -> Self {
+        Self::with_schedule(store, path, PartSchedule::S3)
+    }
+
+    pub fn with_schedule(store: Arc<dyn ObjectStore>, path: Path, schedule: PartSchedule) -> Self {
         Upload {
             store,
             path,
@@ -42,17 +86,22 @@ impl Upload {
             held_bytes: 0,
             multipart: None,
             parts: JoinSet::new(),
+            schedule,
+            parts_sent: 0,
         }
     }
 
     pub async fn put(&mut self, bytes: Bytes) -> object_store::Result<()> {
         self.held_bytes += bytes.len();
         self.held.push_back(bytes);
-        while self.held_bytes >= PART_SIZE {
-            let part = self.take_held(PART_SIZE);
+        loop {
+            let size = self.schedule.part_size(self.parts_sent);
+            if self.held_bytes < size {
+                return Ok(());
+            }
+            let part = self.take_held(size);
             self.send_part(part).await?;
         }
-        Ok(())
     }
 
     /// The first `size` bytes held (all of them if fewer), without copying them.
@@ -77,8 +126,10 @@ impl Upload {
             self.multipart = Some(self.store.put_multipart(&self.path).await?);
         }
         let upload = self.multipart.as_mut().expect("started above");
+        let in_flight = self.schedule.in_flight(part.content_length());
         self.parts.spawn(upload.put_part(part));
-        while self.parts.len() >= PARTS_IN_FLIGHT {
+        self.parts_sent += 1;
+        while self.parts.len() >= in_flight {
             self.next_part_done().await?;
         }
         Ok(())
@@ -184,6 +235,183 @@ mod tests {
         assert!(upload.held.is_empty());
     }
 
+    #[test]
+    fn the_s3_schedule_reaches_its_object_limit_within_its_part_limit() {
+        let s3 = PartSchedule::S3;
+        let sizes: Vec<usize> = (0..10_000).map(|i| s3.part_size(i)).collect();
+        assert!(sizes
+            .iter()
+            .all(|&size| (5 << 20..=5 << 30).contains(&size)));
+        assert_eq!(
+            (sizes[999], sizes[1000], sizes[9999]),
+            (10 << 20, 20 << 20, 5 << 30)
+        );
+        let total: u64 = sizes.iter().map(|&size| size as u64).sum();
+        assert!(total >= 5 << 40, "10,000 parts hold {total} bytes");
+        assert_eq!((s3.in_flight(10 << 20), s3.in_flight(20 << 20)), (4, 2));
+        assert_eq!(s3.in_flight(5 << 30), 2);
+    }
+
+    /// Counts the parts an upload sends, their sizes, and the most in flight at once.
+    #[derive(Debug, Default)]
+    struct Parts {
+        sizes: std::sync::Mutex<Vec<usize>>,
+        in_flight: std::sync::atomic::AtomicUsize,
+        most_in_flight: std::sync::atomic::AtomicUsize,
+    }
+
+    #[derive(Debug)]
+    struct CountingStore {
+        inner: object_store::memory::InMemory,
+        parts: Arc<Parts>,
+    }
+
+    impl std::fmt::Display for CountingStore {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "CountingStore")
+        }
+    }
+
+    #[derive(Debug)]
+    struct CountingUpload {
+        inner: Box<dyn MultipartUpload>,
+        parts: Arc<Parts>,
+    }
+
+    #[async_trait::async_trait]
+    impl MultipartUpload for CountingUpload {
+        fn put_part(&mut self, data: PutPayload) -> object_store::UploadPart {
+            use std::sync::atomic::Ordering::SeqCst;
+            let parts = Arc::clone(&self.parts);
+            parts.sizes.lock().unwrap().push(data.content_length());
+            let now = parts.in_flight.fetch_add(1, SeqCst) + 1;
+            parts.most_in_flight.fetch_max(now, SeqCst);
+            let put = self.inner.put_part(data);
+            Box::pin(async move {
+                // Held a moment, as a server would, so that parts overlap.
+                tokio::task::yield_now().await;
+                let done = put.await;
+                parts.in_flight.fetch_sub(1, SeqCst);
+                done
+            })
+        }
+
+        async fn complete(&mut self) -> object_store::Result<object_store::PutResult> {
+            self.inner.complete().await
+        }
+
+        async fn abort(&mut self) -> object_store::Result<()> {
+            self.inner.abort().await
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for CountingStore {
+        async fn put_opts(
+            &self,
+            location: &Path,
+            payload: PutPayload,
+            opts: object_store::PutOptions,
+        ) -> object_store::Result<object_store::PutResult> {
+            self.inner.put_opts(location, payload, opts).await
+        }
+
+        async fn put_multipart_opts(
+            &self,
+            location: &Path,
+            opts: object_store::PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn MultipartUpload>> {
+            Ok(Box::new(CountingUpload {
+                inner: self.inner.put_multipart_opts(location, opts).await?,
+                parts: Arc::clone(&self.parts),
+            }))
+        }
+
+        async fn get_opts(
+            &self,
+            location: &Path,
+            options: object_store::GetOptions,
+        ) -> object_store::Result<object_store::GetResult> {
+            self.inner.get_opts(location, options).await
+        }
+
+        fn delete_stream(
+            &self,
+            locations: futures::stream::BoxStream<'static, object_store::Result<Path>>,
+        ) -> futures::stream::BoxStream<'static, object_store::Result<Path>> {
+            self.inner.delete_stream(locations)
+        }
+
+        fn list(
+            &self,
+            prefix: Option<&Path>,
+        ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>>
+        {
+            self.inner.list(prefix)
+        }
+
+        async fn list_with_delimiter(
+            &self,
+            prefix: Option<&Path>,
+        ) -> object_store::Result<object_store::ListResult> {
+            self.inner.list_with_delimiter(prefix).await
+        }
+
+        async fn copy_opts(
+            &self,
+            from: &Path,
+            to: &Path,
+            options: object_store::CopyOptions,
+        ) -> object_store::Result<()> {
+            self.inner.copy_opts(from, to, options).await
+        }
+    }
+
+    /// S3's schedule scaled down a million times (a 10-byte first part): a file of 10,000 parts
+    /// goes up in parts of the schedule's sizes, in order, with the bytes in flight bounded, and
+    /// is stored whole.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_upload_follows_its_schedule_to_ten_thousand_parts() {
+        let schedule = PartSchedule {
+            first_part: 10,
+            parts_per_size: 1000,
+            largest_part: 5 * 1024,
+            bytes_in_flight: 40,
+        };
+        let parts = Arc::new(Parts::default());
+        let store = Arc::new(CountingStore {
+            inner: object_store::memory::InMemory::new(),
+            parts: Arc::clone(&parts),
+        });
+        let path = Path::from("export/big.parquet");
+        let mut upload = Upload::with_schedule(Arc::clone(&store) as _, path.clone(), schedule);
+        let file_bytes: usize = (0..10_000).map(|i| schedule.part_size(i)).sum();
+        let mut written = Vec::with_capacity(file_bytes);
+        // Written in pieces of a column chunk's irregular sizes, not the parts'.
+        let mut piece = 0;
+        while written.len() < file_bytes {
+            let size = (7 + piece * 13 % 997).min(file_bytes - written.len());
+            let bytes: Vec<u8> = (0..size).map(|n| (n * 31 + piece) as u8).collect();
+            written.extend_from_slice(&bytes);
+            upload.put(bytes.into()).await.unwrap();
+            piece += 1;
+        }
+        upload.complete().await.unwrap();
+        let sizes = parts.sizes.lock().unwrap().clone();
+        let expected: Vec<usize> = (0..10_000).map(|i| schedule.part_size(i)).collect();
+        assert_eq!(sizes.len(), 10_000);
+        assert!(sizes == expected, "parts follow the schedule");
+        let most = parts
+            .most_in_flight
+            .load(std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            (1..=4).contains(&most),
+            "{most} parts were in flight at once"
+        );
+        let stored = store.get(&path).await.unwrap().bytes().await.unwrap();
+        assert!(stored == written, "the stored bytes are the written ones");
+    }
+
     #[tokio::test]
     async fn a_file_of_many_parts_is_stored_whole_and_in_order() {
         let store = Arc::new(object_store::memory::InMemory::new());
@@ -191,10 +419,8 @@ mod tests {
         let mut upload = Upload::new(Arc::clone(&store) as _, path.clone());
         // A written piece larger than several parts, then small ones.
         let mut written = Vec::new();
-        for (i, size) in [3 * PART_SIZE + 17, 5, PART_SIZE - 3, 1]
-            .into_iter()
-            .enumerate()
-        {
+        let part = PartSchedule::S3.first_part;
+        for (i, size) in [3 * part + 17, 5, part - 3, 1].into_iter().enumerate() {
             let piece: Vec<u8> = (0..size).map(|n| (n + i) as u8).collect();
             written.extend_from_slice(&piece);
             upload.put(piece.into()).await.unwrap();
