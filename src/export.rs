@@ -108,17 +108,23 @@ pub async fn export_table(
     if let Some(error) = report.failed.into_iter().chain(report.rejected).next() {
         return Err(error);
     }
-    let order: HashMap<&str, usize> = table
-        .partitions
-        .leaves()
-        .into_iter()
+    // The manifest's order: leaves in key order, and a cut leaf's pieces in theirs.
+    let manifest = records.manifest().await?.ok_or_else(|| {
+        Error::location(
+            output.url_of(&records.folder()),
+            "the export's manifest is gone",
+        )
+    })?;
+    let order: HashMap<&str, usize> = manifest
+        .sub_exports
+        .iter()
         .enumerate()
-        .map(|(position, leaf)| (leaf.id.as_str(), position))
+        .map(|(position, sub_export)| (sub_export.sub_export_id.as_str(), position))
         .collect();
     let mut leaves = report.done;
     leaves.extend(planned.empty_leaves);
     leaves.extend(planned.already_done);
-    leaves.sort_by_key(|leaf| order.get(leaf.leaf_partition_id.as_str()).copied());
+    leaves.sort_by_key(|leaf| order.get(leaf.sub_export_id.as_str()).copied());
     Ok(ExportSummary {
         table_id: table.id().to_owned(),
         export_id,

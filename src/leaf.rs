@@ -50,6 +50,9 @@ pub struct ExportOptions {
     /// The memory a leaf's plan may hold in DataFusion's pool: what its SQL's joins, sorts and
     /// aggregations keep (1 GiB by default). A leaf that needs more fails, naming this limit.
     pub memory_limit: usize,
+    /// Planning only: a leaf whose file references hold more rows than this is cut into
+    /// pieces of about this many rows, a file each (`query::cut`); `None` keeps a file a leaf.
+    pub max_rows_per_file: Option<u64>,
     /// Cancelling it stops the export: leaves being written abort their uploads and end with
     /// [`Error::Cancelled`]. Clones of the options share it.
     pub cancel: CancellationToken,
@@ -68,6 +71,7 @@ impl Default for ExportOptions {
             verify_order: true,
             sql: None,
             memory_limit: DEFAULT_MEMORY_LIMIT,
+            max_rows_per_file: None,
             cancel: CancellationToken::new(),
         }
     }

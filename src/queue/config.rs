@@ -12,6 +12,9 @@ pub const QUEUE_DLQ_URL: &str = "sleeper.bulk.export.queue.dlq.url";
 pub const LEAF_QUEUE_URL: &str = "sleeper.bulk.export.leaf.partition.queue.url";
 pub const LEAF_QUEUE_DLQ_URL: &str = "sleeper.bulk.export.leaf.partition.queue.dlq.url";
 pub const BUCKET: &str = "sleeper.bulk.export.s3.bucket";
+/// Ours, not Sleeper's (whose properties all start `sleeper.`): the rows above which the
+/// planner cuts a leaf into pieces (`--max-rows-per-file`).
+pub const MAX_ROWS_PER_FILE: &str = "sleeper-export.max.rows.per.file";
 const WAIT_SECONDS: &str = "sleeper.bulk.export.task.wait.time.seconds";
 const KEEPALIVE_SECONDS: &str = "sleeper.bulk.export.keepalive.period.seconds";
 const VISIBILITY_SECONDS: &str = "sleeper.bulk.export.queue.visibility.timeout.seconds";
@@ -33,6 +36,8 @@ pub struct BulkExportConfig {
     pub visibility: Duration,
     /// The invisibility left on a message whose export failed, before it is offered again.
     pub failed_visibility: Duration,
+    /// [`MAX_ROWS_PER_FILE`].
+    pub max_rows_per_file: Option<u64>,
 }
 
 impl Default for BulkExportConfig {
@@ -47,6 +52,7 @@ impl Default for BulkExportConfig {
             keepalive: Duration::from_secs(300),
             visibility: Duration::from_secs(900),
             failed_visibility: Duration::from_secs(60),
+            max_rows_per_file: None,
         }
     }
 }
@@ -89,6 +95,17 @@ impl BulkExportConfig {
             keepalive: seconds(KEEPALIVE_SECONDS, defaults.keepalive)?,
             visibility: seconds(VISIBILITY_SECONDS, defaults.visibility)?,
             failed_visibility: seconds(FAILED_VISIBILITY_SECONDS, defaults.failed_visibility)?,
+            max_rows_per_file: text(MAX_ROWS_PER_FILE)
+                .map(|v| {
+                    v.parse()
+                        .ok()
+                        .filter(|&rows: &u64| rows > 0)
+                        .ok_or_else(|| Error::Property {
+                            property: MAX_ROWS_PER_FILE.into(),
+                            message: format!("{v:?} is not a number of rows greater than zero"),
+                        })
+                })
+                .transpose()?,
         })
     }
 

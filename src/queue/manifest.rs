@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::leaf::output_path;
-use crate::model::StateVersion;
+use crate::model::{Schema, StateVersion};
 use crate::plan::sink::WrittenLeaf;
 use crate::query::BulkExportLeafPartitionQuery;
 use crate::storage::{read_all, Location};
@@ -60,6 +60,10 @@ pub struct SubExport {
     pub sub_export_id: String,
     pub leaf_partition_id: String,
     pub file: String,
+    /// For a piece of a leaf cut into key ranges (`--max-rows-per-file`), its range, as
+    /// Sleeper's Region JSON: a leaf's files, read in the manifest's order, are its export.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,6 +87,11 @@ pub struct ExportSuccess {
     pub state_version: Option<StateVersion>,
 }
 
+/// Whether a leaf query exports part of its leaf, not the whole.
+fn is_piece(query: &BulkExportLeafPartitionQuery) -> bool {
+    query.regions != [query.partition_region.clone()]
+}
+
 /// Each leaf and its input files, in order, hashed: equal for two splits of the same state.
 pub fn split_digest(queries: &[BulkExportLeafPartitionQuery]) -> String {
     let mut hash = Sha256::new();
@@ -94,6 +103,15 @@ pub fn split_digest(queries: &[BulkExportLeafPartitionQuery]) -> String {
         for file in &query.files {
             hash.update((file.len() as u64).to_le_bytes());
             hash.update(file);
+        }
+        if is_piece(query) {
+            // Marked apart from a next leaf's length; a whole leaf hashes as it always has.
+            hash.update(u64::MAX.to_le_bytes());
+            for region in &query.regions {
+                let text = region.to_string();
+                hash.update((text.len() as u64).to_le_bytes());
+                hash.update(text);
+            }
         }
     }
     hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
@@ -155,6 +173,7 @@ impl ExportRecords {
     pub fn manifest_of(
         &self,
         queries: &[BulkExportLeafPartitionQuery],
+        schema: &Schema,
         state_version: Option<StateVersion>,
     ) -> Manifest {
         Manifest {
@@ -170,6 +189,10 @@ impl ExportRecords {
                     sub_export_id: q.sub_export_id.clone(),
                     leaf_partition_id: q.leaf_partition_id.clone(),
                     file: self.root.url_of(&self.data_file(&q.sub_export_id)),
+                    region: is_piece(q).then(|| match q.regions.as_slice() {
+                        [region] => region.to_json(schema),
+                        regions => regions.iter().map(|r| r.to_json(schema)).collect(),
+                    }),
                 })
                 .collect(),
         }

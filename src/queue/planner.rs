@@ -5,19 +5,21 @@ use std::time::Duration;
 
 use futures::{stream, StreamExt, TryStreamExt};
 
-use super::manifest::{ExportRecords, MANIFEST};
+use super::manifest::{ExportRecords, SubExport, MANIFEST};
 use super::trust::check_id;
 use super::{Message, MessageQueue};
 use crate::error::{Error, Result};
 use crate::leaf::{check_leaf_sql, run_leaf_query, ExportOptions};
 use crate::plan::sink::WrittenLeaf;
-use crate::query::{split_into_leaf_queries, BulkExportQuery, TableSelector};
+use crate::query::{cut_leaf_query, split_into_leaf_queries, BulkExportQuery, TableSelector};
 use crate::queue::TableIndex;
 use crate::storage::Location;
 
 /// Empty files written at once: a freshly split table can have thousands of empty leaves, and
 /// each file and its status record is a round trip to the store.
 const EMPTY_LEAVES_AT_ONCE: usize = 16;
+/// Leaves whose files' footers are read at once to cut them (each reads its files' at once too).
+const LEAVES_CUT_AT_ONCE: usize = 4;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlannedExport {
@@ -84,7 +86,18 @@ impl Planner {
         for leaf_query in &mut leaf_queries {
             leaf_query.sql_query.clone_from(&query.sql_query);
         }
-        let ours = records.manifest_of(&leaf_queries, table.state_version);
+        if let Some(max_rows) = self.export.max_rows_per_file {
+            leaf_queries = stream::iter(leaf_queries)
+                .map(|leaf_query| cut_leaf_query(table, leaf_query, max_rows))
+                .buffered(LEAVES_CUT_AT_ONCE)
+                .try_collect::<Vec<_>>()
+                .await?
+                .into_iter()
+                .flatten()
+                .collect();
+        }
+        let ours =
+            records.manifest_of(&leaf_queries, &table.properties.schema, table.state_version);
         let mut already_done = Vec::new();
         if let Some(earlier) = records.create_manifest(&ours).await? {
             if earlier.sql_query != ours.sql_query {
@@ -112,24 +125,23 @@ impl Planner {
                 leaf_queries.clear();
                 already_done = status.done;
             } else {
-                let planned: HashMap<&str, &str> = earlier
-                    .sub_exports
-                    .iter()
-                    .map(|s| (s.leaf_partition_id.as_str(), s.sub_export_id.as_str()))
+                // A leaf's pieces, cut the same way from the same files, come in the same order.
+                let planned: HashMap<(&str, usize), &str> = pieces(&earlier.sub_exports)
+                    .map(|(piece, s)| (piece, s.sub_export_id.as_str()))
                     .collect();
-                for query in &mut leaf_queries {
+                let ours_pieces: Vec<(&str, usize)> =
+                    pieces(&ours.sub_exports).map(|(piece, _)| piece).collect();
+                for (query, piece) in leaf_queries.iter_mut().zip(ours_pieces) {
                     // The same digest means the same leaves, unless the manifest was edited.
-                    let id = planned
-                        .get(query.leaf_partition_id.as_str())
-                        .ok_or_else(|| {
-                            Error::location(
-                                format!("{}/{}/{export_id}/{MANIFEST}", self.output, table.id()),
-                                format!(
-                                    "export {export_id} has no sub-export for leaf {}",
-                                    query.leaf_partition_id
-                                ),
-                            )
-                        })?;
+                    let id = planned.get(&piece).ok_or_else(|| {
+                        Error::location(
+                            format!("{}/{}/{export_id}/{MANIFEST}", self.output, table.id()),
+                            format!(
+                                "export {export_id} has no sub-export for leaf {}",
+                                query.leaf_partition_id
+                            ),
+                        )
+                    })?;
                     query.sub_export_id = (*id).to_owned();
                 }
                 already_done = records.status().await?.done;
@@ -235,6 +247,17 @@ impl Planner {
             idle_since = std::time::Instant::now();
         }
     }
+}
+
+/// Each sub-export with its leaf and its position among the leaf's pieces.
+fn pieces(sub_exports: &[SubExport]) -> impl Iterator<Item = ((&str, usize), &SubExport)> {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    sub_exports.iter().map(move |sub_export| {
+        let leaf = sub_export.leaf_partition_id.as_str();
+        let count = seen.entry(leaf).or_default();
+        *count += 1;
+        ((leaf, *count - 1), sub_export)
+    })
 }
 
 fn describe_sql(sql: Option<&str>) -> String {

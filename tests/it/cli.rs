@@ -148,6 +148,9 @@ fn raw_and_sql_exports_choose_the_rows_that_leave() {
         "64MiB",
     ]);
     assert!(filtered.contains("1 leaf files, 10 rows"), "{filtered}");
+    // One file of one row group, keys -10 to 9: cut at its largest key, the only one known.
+    let cut = export(&["--max-rows-per-file", "500"]);
+    assert!(cut.contains("2 leaf files, 20 rows"), "{cut}");
 
     let failed = |extra: &[&str]| {
         let output = sleeper_export()

@@ -6,6 +6,7 @@ mod common;
 
 mod cli;
 mod compaction;
+mod cut;
 mod export;
 mod instance;
 mod leaf_sql;

@@ -41,6 +41,10 @@ pub struct ExportArgs {
     /// value > 10".
     #[arg(long, value_name = "QUERY")]
     pub sql: Option<String>,
+    /// Cut a leaf whose files hold more rows than this into key ranges of about this many rows,
+    /// a file each (exported in parallel); by default a leaf is one file.
+    #[arg(long, value_name = "ROWS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_rows_per_file: Option<u64>,
     #[command(flatten)]
     pub settings: ExportSettingsArgs,
 }
@@ -80,6 +84,7 @@ pub async fn export(args: ExportArgs, stores: &Stores) -> Result<ExitCode> {
         parallelism: args.parallelism.unwrap_or(defaults.parallelism),
         raw: args.raw,
         sql: args.sql,
+        max_rows_per_file: args.max_rows_per_file,
         ..defaults
     };
     export_with_progress(&table, &args.output, &options, stores).await

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
+use sleeper_export::leaf::ExportOptions;
 use sleeper_export::query::BulkExportQuery;
 use sleeper_export::queue::config::{self as queue_config, BulkExportConfig};
 use sleeper_export::queue::manifest::{ExportRecords, ExportStatus};
@@ -64,6 +65,11 @@ pub struct PlanArgs {
     /// For the leaves without files, whose (empty) files the planner writes.
     #[command(flatten)]
     pub settings: ExportSettingsArgs,
+    /// Cut a leaf whose files hold more rows than this into key ranges of about this many rows,
+    /// a leaf query each (default: sleeper-export.max.rows.per.file in instance.properties; a
+    /// leaf is one file without either).
+    #[arg(long, value_name = "ROWS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_rows_per_file: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -117,6 +123,7 @@ pub async fn plan(
     PlanArgs {
         worker: args,
         settings,
+        max_rows_per_file,
     }: PlanArgs,
     stores: &Stores,
 ) -> Result<()> {
@@ -140,7 +147,10 @@ pub async fn plan(
             &config.output,
             queue_config::BUCKET,
         )?)?,
-        export: settings.options(),
+        export: ExportOptions {
+            max_rows_per_file: max_rows_per_file.or(config.max_rows_per_file),
+            ..settings.options()
+        },
     };
     let outcomes = planner
         .run(
