@@ -273,10 +273,18 @@ pub async fn reject(
     dead_letters: Option<&dyn MessageQueue>,
 ) -> Result<()> {
     // A hostile body can be megabytes: its size and a start are enough to find it in the DLQ.
+    // So can the reason, which may quote it (an SQL error quotes the SQL).
+    let reason = error.to_string();
     tracing::error!(
         body_bytes = message.body.len(),
-        body_start = body_start(&message.body),
-        "rejected message: {error}"
+        body_start = start_of(&message.body, LOGGED_BODY_CHARS),
+        "rejected message: {}{}",
+        start_of(&reason, LOGGED_REASON_CHARS),
+        if reason.len() > LOGGED_REASON_CHARS {
+            " …"
+        } else {
+            ""
+        }
     );
     if let Some(dead_letters) = dead_letters {
         dead_letters.send_all(vec![message.body.clone()]).await?;
@@ -285,11 +293,12 @@ pub async fn reject(
     Ok(())
 }
 
-/// Characters of a rejected message logged.
+/// Characters of a rejected message logged, and of the reason it was rejected.
 const LOGGED_BODY_CHARS: usize = 200;
+const LOGGED_REASON_CHARS: usize = 1000;
 
-fn body_start(body: &str) -> &str {
-    body.char_indices()
-        .nth(LOGGED_BODY_CHARS)
-        .map_or(body, |(end, _)| &body[..end])
+fn start_of(text: &str, chars: usize) -> &str {
+    text.char_indices()
+        .nth(chars)
+        .map_or(text, |(end, _)| &text[..end])
 }

@@ -1094,7 +1094,20 @@ async fn a_runner_logs_json_with_bounded_messages_and_no_credentials() {
         setup.table.id(),
         "x".repeat(200_000)
     );
-    leaf_queue.send_all(vec![hostile.clone()]).await.unwrap();
+    // A well-formed leaf query whose SQL names a table of 100,000 characters, which the
+    // reason it is rejected for quotes.
+    let mut long_sql: serde_json::Value = serde_json::from_str(
+        &sleeper_export::query::split_into_leaf_queries(&setup.table, "e")
+            .remove(0)
+            .to_json(&setup.table.properties.schema, false),
+    )
+    .unwrap();
+    long_sql["sqlQuery"] = format!("SELECT * FROM t{}", "y".repeat(100_000)).into();
+    let long_sql = long_sql.to_string();
+    leaf_queue
+        .send_all(vec![hostile.clone(), long_sql.clone()])
+        .await
+        .unwrap();
     let secret = format!("secret-{}", uuid::Uuid::new_v4().simple());
     let ran = std::process::Command::new(env!("CARGO_BIN_EXE_sleeper-export"))
         .args([
@@ -1125,19 +1138,33 @@ async fn a_runner_logs_json_with_bounded_messages_and_no_credentials() {
         .lines()
         .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
         .collect();
-    let rejected = events
+    let rejected: Vec<&serde_json::Value> = events
         .iter()
-        .find(|e| {
+        .filter(|e| {
             e["message"]
                 .as_str()
                 .is_some_and(|m| m.starts_with("rejected message"))
         })
-        .unwrap_or_else(|| panic!("no rejection logged: {stderr:.2000}"));
-    assert_eq!(rejected["level"], "ERROR");
-    assert_eq!(rejected["body_bytes"], hostile.len());
-    assert!(rejected.to_string().len() < 2_000, "{rejected}");
-    assert!(stderr.len() < hostile.len(), "the body was logged whole");
-    assert_eq!(drain(&leaf_dead_letters).await, vec![hostile]);
+        .collect();
+    assert_eq!(rejected.len(), 2, "{stderr:.2000}");
+    for event in &rejected {
+        assert_eq!(event["level"], "ERROR");
+        assert!(event.to_string().len() < 2_000, "{event}");
+    }
+    let mut sizes: Vec<&serde_json::Value> = rejected.iter().map(|e| &e["body_bytes"]).collect();
+    sizes.sort_by_key(|size| size.as_u64());
+    assert_eq!(sizes, [long_sql.len(), hostile.len()]);
+    assert!(
+        rejected.iter().any(|e| e["message"]
+            .as_str()
+            .unwrap()
+            .contains("User SQL query failed")),
+        "{rejected:?}"
+    );
+    assert!(stderr.len() < hostile.len(), "a body was logged whole");
+    let mut dead = drain(&leaf_dead_letters).await;
+    dead.sort_by_key(String::len);
+    assert_eq!(dead, vec![long_sql, hostile]);
 }
 
 /// Sleeper's SQL filter over the real queues: a query's SQL reaches every leaf query, each
