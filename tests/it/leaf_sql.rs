@@ -367,3 +367,40 @@ async fn a_join_that_needs_more_memory_than_the_leafs_limit_fails_naming_it() {
     .await
     .unwrap();
 }
+
+/// The sorting columns a file declares in its Parquet metadata: the key while the SQL keeps
+/// the merge's order, none once it orders the rows by something else.
+#[tokio::test]
+async fn a_file_declares_the_key_order_only_while_the_sql_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = long_key_table(local(&dir.path().join("table")), 100, 1_000).await;
+    let query = split_into_leaf_queries(&table, "e").remove(0);
+    let declared = |sql: &'static str| {
+        let query = with_sql(query.clone(), sql);
+        let table = table.clone();
+        let output = local(&dir.path().join("out"));
+        async move {
+            let written = run_leaf_query(&table, &query, &output, &ExportOptions::default())
+                .await
+                .unwrap();
+            let path = written.file.strip_prefix("file://").unwrap().to_owned();
+            let file = std::fs::File::open(path).unwrap();
+            let reader =
+                datafusion::parquet::file::reader::SerializedFileReader::new(file).unwrap();
+            use datafusion::parquet::file::reader::FileReader;
+            let metadata = reader.metadata();
+            (0..metadata.num_row_groups())
+                .map(|g| {
+                    metadata
+                        .row_group(g)
+                        .sorting_columns()
+                        .map_or(0, |columns| columns.len())
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let kept = declared("SELECT id, name FROM query_results WHERE id % 2 = 0").await;
+    assert!(!kept.is_empty() && kept.iter().all(|&n| n == 1), "{kept:?}");
+    let reordered = declared("SELECT id, name FROM query_results ORDER BY name").await;
+    assert!(reordered.iter().all(|&n| n == 0), "{reordered:?}");
+}
