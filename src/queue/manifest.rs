@@ -19,6 +19,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use futures::{stream, StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
@@ -36,6 +37,8 @@ pub const STATUS: &str = "_status";
 pub const SUCCESS: &str = "_SUCCESS";
 /// The completions counted, one empty object each (see [`ExportRecords::record_completion`]).
 const COUNT: &str = "_status/_count";
+/// Status records read at once: each is a round trip to the store.
+const RECORDS_READ_AT_ONCE: usize = 32;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -352,6 +355,21 @@ impl ExportRecords {
         Ok(status)
     }
 
+    /// The records at `paths` (by sub-export id), those still there when read.
+    async fn read_records<T: serde::de::DeserializeOwned>(
+        &self,
+        paths: Vec<(String, Path)>,
+    ) -> Result<HashMap<String, T>> {
+        stream::iter(paths)
+            .map(|(id, path)| async move {
+                Ok::<_, Error>(self.get_json(&path).await?.map(|r| (id, r)))
+            })
+            .buffer_unordered(RECORDS_READ_AT_ONCE)
+            .try_filter_map(|record| std::future::ready(Ok(record)))
+            .try_collect()
+            .await
+    }
+
     /// The export's state from one listing of its folder (plus its unfinished uploads).
     pub async fn status(&self) -> Result<ExportStatus> {
         let manifest: Manifest = self.manifest().await?.ok_or_else(|| {
@@ -375,8 +393,8 @@ impl ExportRecords {
             self.path(SUCCESS),
         );
         let mut sizes = HashMap::new();
-        let mut completions = HashMap::new();
-        let mut failures = HashMap::new();
+        let mut completion_records = Vec::new();
+        let mut failure_records = Vec::new();
         let mut status = ExportStatus::default();
         for meta in self.root.list(&self.folder()).await? {
             let name = meta.location.filename().unwrap_or_default().to_owned();
@@ -385,13 +403,9 @@ impl ExportRecords {
             }
             if meta.location.prefix_matches(&status_dir) {
                 if let Some(id) = name.strip_suffix(".failed.json") {
-                    if let Some(failure) = self.get_json::<Failure>(&meta.location).await? {
-                        failures.insert(id.to_owned(), failure);
-                    }
+                    failure_records.push((id.to_owned(), meta.location));
                 } else if let Some(id) = name.strip_suffix(".json") {
-                    if let Some(done) = self.get_json::<WrittenLeaf>(&meta.location).await? {
-                        completions.insert(id.to_owned(), done);
-                    }
+                    completion_records.push((id.to_owned(), meta.location));
                 } else {
                     status.unexpected.push(self.root.url_of(&meta.location));
                 }
@@ -403,6 +417,10 @@ impl ExportRecords {
                 status.unexpected.push(self.root.url_of(&meta.location));
             }
         }
+        // A record each, read many at once: an export of 50,000 leaves has 50,000.
+        let mut completions: HashMap<String, WrittenLeaf> =
+            self.read_records(completion_records).await?;
+        let mut failures: HashMap<String, Failure> = self.read_records(failure_records).await?;
         status.unfinished_uploads = self
             .root
             .unfinished_uploads(&self.folder())
