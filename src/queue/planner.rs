@@ -1,6 +1,7 @@
 //! The planner: turns each `BulkExportQuery` into one leaf query per leaf partition.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::time::Duration;
 
 use futures::{stream, StreamExt, TryStreamExt};
@@ -152,11 +153,15 @@ impl Planner {
                 leaf_queries.retain(|q| !done.contains(q.sub_export_id.as_str()));
             }
         }
+        // The completions counted so far, where each next count starts looking.
+        let counted = AtomicUsize::new(0);
         let empty_leaves: Vec<WrittenLeaf> =
             stream::iter(leaf_queries.iter().filter(|q| q.files.is_empty()))
                 .map(|query| async {
                     let written = run_leaf_query(table, query, &self.output, &self.export).await?;
-                    records.record_completion(&written, 0).await?;
+                    let hint = counted.load(AtomicOrdering::Relaxed);
+                    let count = records.record_completion(&written, hint).await?;
+                    counted.fetch_max(count, AtomicOrdering::Relaxed);
                     Ok::<_, Error>(written)
                 })
                 .buffer_unordered(EMPTY_LEAVES_AT_ONCE)
