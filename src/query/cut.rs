@@ -85,7 +85,9 @@ pub async fn cut_leaf_query(
     let mut next_piece = 1;
     for group in &groups {
         counted += group.rows;
-        while next_piece < pieces && counted * pieces >= next_piece * rows {
+        while next_piece < pieces
+            && u128::from(counted) * u128::from(pieces) >= u128::from(next_piece) * u128::from(rows)
+        {
             let inside = order.compare(&group.max, &leaf_range.min) == Ordering::Greater
                 && order.compare(&group.max, &lowest) == Ordering::Greater
                 && leaf_range
