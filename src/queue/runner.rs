@@ -237,6 +237,9 @@ impl Runner {
                 Ok(Outcome::Done(result))
             }
             Err(error) if error.is_bad_message() => {
+                // A message refused as it ran (its SQL, by what it made) was decoded and checked
+                // first, so its export's records may say why, for `status`.
+                records.record_failure(&query, &error).await?;
                 reject(message, &error, queue, dead_letters).await?;
                 Ok(Outcome::Rejected(error))
             }

@@ -1248,10 +1248,21 @@ async fn sql_exports_run_over_the_queues_and_bad_sql_is_dead_lettered_with_nothi
         "{report:?}"
     );
     assert_eq!(drain(&leaf_dead_letters).await.len(), 3);
+    // Of the leaf refused as it ran, only the reason is left, for `status`; no data.
     let bad_folder = setup
         .output()
         .child(&format!("{}/bad-leaf", setup.table.id()));
-    assert!(setup.output().list(&bad_folder).await.unwrap().is_empty());
+    let left = setup.output().list(&bad_folder).await.unwrap();
+    assert!(
+        left.len() == 1 && left[0].location.as_ref().ends_with(".failed.json"),
+        "{left:?}"
+    );
+    let output = setup.output();
+    let reason = sleeper_export::storage::read_all(output.store.as_ref(), &left[0].location)
+        .await
+        .unwrap();
+    let reason = String::from_utf8_lossy(&reason);
+    assert!(reason.contains("repeat would make"), "{reason}");
 
     let records = ExportRecords::new(&setup.output(), setup.table.id(), "filtered");
     let status = records.status().await.unwrap();
