@@ -11,6 +11,7 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::datatypes::{DataType, Int32Type, Int64Type};
 use datafusion::arrow::error::ArrowError;
+use datafusion::parquet::file::statistics::Statistics as ParquetStatistics;
 use serde_json::{json, Map, Value};
 
 use super::order::KeyOrder;
@@ -27,6 +28,36 @@ pub enum KeyValue {
 }
 
 impl KeyValue {
+    /// The bounds that a Parquet column chunk's statistics give a key column of `key_type`,
+    /// where they are exact (byte-array statistics may be truncated). They are bounds in
+    /// Parquet's order: the table's only where `KeyOrder::agrees_with_arrow` says so.
+    pub fn bounds_from_statistics(
+        statistics: &ParquetStatistics,
+        key_type: PrimitiveType,
+    ) -> Option<(KeyValue, KeyValue)> {
+        match (statistics, key_type) {
+            (ParquetStatistics::Int32(s), PrimitiveType::Int) => {
+                Some((KeyValue::Int(*s.min_opt()?), KeyValue::Int(*s.max_opt()?)))
+            }
+            (ParquetStatistics::Int64(s), PrimitiveType::Long) => {
+                Some((KeyValue::Long(*s.min_opt()?), KeyValue::Long(*s.max_opt()?)))
+            }
+            (ParquetStatistics::ByteArray(s), PrimitiveType::String | PrimitiveType::ByteArray)
+                if s.min_is_exact() && s.max_is_exact() =>
+            {
+                let (min, max) = (s.min_opt()?.data(), s.max_opt()?.data());
+                Some(match key_type {
+                    PrimitiveType::String => (
+                        KeyValue::String(std::str::from_utf8(min).ok()?.to_owned()),
+                        KeyValue::String(std::str::from_utf8(max).ok()?.to_owned()),
+                    ),
+                    _ => (KeyValue::Bytes(min.to_vec()), KeyValue::Bytes(max.to_vec())),
+                })
+            }
+            _ => None,
+        }
+    }
+
     /// The smallest value of a type: the minimum of an unbounded range.
     pub fn minimum(key_type: PrimitiveType) -> Self {
         match key_type {

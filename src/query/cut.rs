@@ -14,7 +14,6 @@ use std::cmp::Ordering;
 
 use datafusion::parquet::errors::ParquetError;
 use datafusion::parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
-use datafusion::parquet::file::statistics::Statistics;
 use futures::{stream, StreamExt, TryStreamExt};
 use object_store::{GetOptions, GetRange, ObjectStoreExt};
 
@@ -65,7 +64,10 @@ pub async fn cut_leaf_query(
     let mut groups: Vec<RowGroupRows> = groups
         .into_iter()
         .flatten()
-        .filter(|g| meets(leaf_range, g, order))
+        // As the merge prunes: by statistics only where they are in the table's order.
+        .filter(|g| {
+            !order.agrees_with_arrow(key_type) || leaf_range.overlaps(&g.min, &g.max, order)
+        })
         .collect();
     let rows: u64 = groups.iter().map(|g| g.rows).sum();
     let pieces = rows.div_ceil(max_rows.max(1));
@@ -173,7 +175,7 @@ async fn read_footer(table: &SleeperTable, file: &str) -> Result<ParquetMetaData
 }
 
 /// Each row group's rows and the range of the column `key`, where its statistics give them
-/// exactly (a truncated string statistic is no key of the file's).
+/// exactly.
 fn row_groups(metadata: &ParquetMetaData, key: &str, key_type: PrimitiveType) -> Vec<RowGroupRows> {
     let columns = metadata.file_metadata().schema_descr();
     let Some(column) =
@@ -186,26 +188,7 @@ fn row_groups(metadata: &ParquetMetaData, key: &str, key_type: PrimitiveType) ->
         .iter()
         .filter_map(|group| {
             let statistics = group.column(column).statistics()?;
-            if !statistics.min_is_exact() || !statistics.max_is_exact() {
-                return None;
-            }
-            let (min, max) = match (key_type, statistics) {
-                (PrimitiveType::Int, Statistics::Int32(s)) => {
-                    (KeyValue::Int(*s.min_opt()?), KeyValue::Int(*s.max_opt()?))
-                }
-                (PrimitiveType::Long, Statistics::Int64(s)) => {
-                    (KeyValue::Long(*s.min_opt()?), KeyValue::Long(*s.max_opt()?))
-                }
-                (PrimitiveType::String, Statistics::ByteArray(s)) => (
-                    KeyValue::String(s.min_opt()?.as_utf8().ok()?.to_owned()),
-                    KeyValue::String(s.max_opt()?.as_utf8().ok()?.to_owned()),
-                ),
-                (PrimitiveType::ByteArray, Statistics::ByteArray(s)) => (
-                    KeyValue::Bytes(s.min_opt()?.data().to_vec()),
-                    KeyValue::Bytes(s.max_opt()?.data().to_vec()),
-                ),
-                _ => return None,
-            };
+            let (min, max) = KeyValue::bounds_from_statistics(statistics, key_type)?;
             Some(RowGroupRows {
                 min,
                 max,
@@ -213,21 +196,6 @@ fn row_groups(metadata: &ParquetMetaData, key: &str, key_type: PrimitiveType) ->
             })
         })
         .collect()
-}
-
-/// Whether a row group may hold keys of the range. Parquet's statistics order strings and
-/// byte arrays by unsigned bytes, which a Java-engine table's order is not, so there a row
-/// group is kept unless its bounds lie wholly outside in both orders.
-fn meets(range: &Range, group: &RowGroupRows, order: KeyOrder) -> bool {
-    let below = |order: KeyOrder| {
-        range
-            .max
-            .as_ref()
-            .is_some_and(|max| order.compare(&group.min, max) != Ordering::Less)
-    };
-    let above = |order: KeyOrder| order.compare(&group.max, &range.min) == Ordering::Less;
-    let outside = |order: KeyOrder| below(order) || above(order);
-    !(outside(order) && outside(KeyOrder::DataFusion))
 }
 
 /// The query cut at `cuts` (increasing, inside the leaf's first key range): piece `i` takes the

@@ -25,7 +25,6 @@ use datafusion::parquet::errors::{ParquetError, Result as ParquetResult};
 use datafusion::parquet::file::metadata::{
     PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader,
 };
-use datafusion::parquet::file::statistics::Statistics as ParquetStatistics;
 use datafusion::physical_plan::metrics::Count;
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -235,35 +234,6 @@ fn same_values(a: &DataType, b: &DataType) -> bool {
     }
 }
 
-/// The bounds a row group's statistics give its first row key, where the table's order is
-/// Parquet's own and the bounds are exact (byte-array statistics may be truncated).
-fn statistics_bounds(
-    statistics: &ParquetStatistics,
-    key_type: PrimitiveType,
-) -> Option<(KeyValue, KeyValue)> {
-    match (statistics, key_type) {
-        (ParquetStatistics::Int32(s), PrimitiveType::Int) => {
-            Some((KeyValue::Int(*s.min_opt()?), KeyValue::Int(*s.max_opt()?)))
-        }
-        (ParquetStatistics::Int64(s), PrimitiveType::Long) => {
-            Some((KeyValue::Long(*s.min_opt()?), KeyValue::Long(*s.max_opt()?)))
-        }
-        (ParquetStatistics::ByteArray(s), PrimitiveType::String | PrimitiveType::ByteArray)
-            if s.min_is_exact() && s.max_is_exact() =>
-        {
-            let (min, max) = (s.min_opt()?.data(), s.max_opt()?.data());
-            Some(match key_type {
-                PrimitiveType::String => (
-                    KeyValue::String(std::str::from_utf8(min).ok()?.to_owned()),
-                    KeyValue::String(std::str::from_utf8(max).ok()?.to_owned()),
-                ),
-                _ => (KeyValue::Bytes(min.to_vec()), KeyValue::Bytes(max.to_vec())),
-            })
-        }
-        _ => None,
-    }
-}
-
 impl FileReader {
     fn mismatch(&self, message: String) -> Error {
         Error::InputSchemaMismatch {
@@ -422,7 +392,7 @@ impl FileReader {
                     .row_group(i)
                     .column(column)
                     .statistics()
-                    .and_then(|s| statistics_bounds(s, key_type));
+                    .and_then(|s| KeyValue::bounds_from_statistics(s, key_type));
                 bounds.is_none_or(|(low, high)| {
                     ranges
                         .iter()
