@@ -1,7 +1,9 @@
 //! A big leaf cut into pieces against as many leaves of the same rows (issue 25): one leaf of
 //! 64 × R rows in 8 files, exported with `max_rows_per_file = R`, against 64 leaves of R rows in
-//! 8 files each; both with 2 leaves at once, row groups of R / 10 rows (Sleeper's 100,000 for
-//! R = 1,000,000). Alternating rounds, medians.
+//! 8 files each; both with 2 leaves at once, row groups of R / 10 rows and pages of
+//! 128 KiB × R / 1,000,000 (Sleeper's 100,000 rows and 128 KiB for R = 1,000,000: a smaller R
+//! keeps the pages a row group has, on which a piece's start inside it depends). Alternating
+//! rounds, medians.
 //!
 //! ```bash
 //! cargo bench --bench cut_pieces                           # R = 1,000,000 (64 M rows a table)
@@ -23,12 +25,18 @@ use sleeper_export::tablegen::{RowStyle, TableWriter};
 
 const PIECES: usize = 64;
 const FILES: usize = 8;
+/// `sleeper.table.parquet.page.size`'s default.
+const SLEEPER_PAGE_SIZE: usize = 131_072;
 /// Keys of leaf `i` of the split table lie in `[i * SPAN, (i + 1) * SPAN)`.
 const SPAN: i64 = 1 << 40;
 
 /// The table of `leaves` leaves (1, or `PIECES`), each of `rows` rows in `FILES` files.
 async fn table(leaves: usize, rows_per_leaf: usize) -> SleeperTable {
-    let dir = bench_data("cut_pieces").join(format!("leaves-{leaves}-rows-{rows_per_leaf}"));
+    let rows = rows_per_leaf * leaves / PIECES;
+    let page_size = (SLEEPER_PAGE_SIZE as u64 * rows as u64 / 1_000_000).max(1024) as usize;
+    let dir = bench_data("cut_pieces").join(format!(
+        "leaves-{leaves}-rows-{rows_per_leaf}-page-{page_size}"
+    ));
     let stores = Stores::default();
     if let Ok(table) = SleeperTable::open(dir.to_str().unwrap(), &stores).await {
         return table;
@@ -48,7 +56,8 @@ async fn table(leaves: usize, rows_per_leaf: usize) -> SleeperTable {
     let tree = PartitionTree::from_split_points("pieces", &schema, &splits).unwrap();
     let leaf_ids: Vec<String> = tree.leaves().iter().map(|l| l.id.clone()).collect();
     let mut properties = TableProperties::new("pieces", "pieces", schema);
-    properties.parquet.row_group_rows = (rows_per_leaf * leaves / PIECES / 10).max(1);
+    properties.parquet.row_group_rows = (rows / 10).max(1);
+    properties.parquet.page_size = page_size;
     let style = RowStyle {
         key_span: SPAN * PIECES as i64,
         ..RowStyle::default()

@@ -11,6 +11,7 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::datatypes::{DataType, Int32Type, Int64Type};
 use datafusion::arrow::error::ArrowError;
+use datafusion::parquet::file::page_index::column_index::ColumnIndexMetaData;
 use datafusion::parquet::file::statistics::Statistics as ParquetStatistics;
 use serde_json::{json, Map, Value};
 
@@ -54,6 +55,39 @@ impl KeyValue {
                     _ => (KeyValue::Bytes(min.to_vec()), KeyValue::Bytes(max.to_vec())),
                 })
             }
+            _ => None,
+        }
+    }
+
+    /// Bounds of a key column of `key_type` on page `page`, from a Parquet column index. A
+    /// column index may hold shorter byte arrays than the page's values, but they still bound
+    /// them (Parquet's `PageIndex.md`: a truncated minimum is a prefix, a truncated maximum is
+    /// rounded up). In Parquet's order, as [`KeyValue::bounds_from_statistics`].
+    pub fn bounds_from_column_index(
+        index: &ColumnIndexMetaData,
+        page: usize,
+        key_type: PrimitiveType,
+    ) -> Option<(KeyValue, KeyValue)> {
+        if page >= usize::try_from(index.num_pages()).ok()? {
+            return None;
+        }
+        match (index, key_type) {
+            (ColumnIndexMetaData::INT32(index), PrimitiveType::Int) => Some((
+                KeyValue::Int(*index.min_value(page)?),
+                KeyValue::Int(*index.max_value(page)?),
+            )),
+            (ColumnIndexMetaData::INT64(index), PrimitiveType::Long) => Some((
+                KeyValue::Long(*index.min_value(page)?),
+                KeyValue::Long(*index.max_value(page)?),
+            )),
+            (ColumnIndexMetaData::BYTE_ARRAY(index), PrimitiveType::String) => Some((
+                KeyValue::String(std::str::from_utf8(index.min_value(page)?).ok()?.to_owned()),
+                KeyValue::String(std::str::from_utf8(index.max_value(page)?).ok()?.to_owned()),
+            )),
+            (ColumnIndexMetaData::BYTE_ARRAY(index), PrimitiveType::ByteArray) => Some((
+                KeyValue::Bytes(index.min_value(page)?.to_vec()),
+                KeyValue::Bytes(index.max_value(page)?.to_vec()),
+            )),
             _ => None,
         }
     }

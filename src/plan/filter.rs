@@ -2,6 +2,7 @@
 //! so every row is checked against the leaf's region, in the table's key order.
 
 use std::cmp::Ordering;
+use std::sync::Arc;
 
 use datafusion::arrow::array::{
     ArrayRef, BinaryArray, BooleanArray, Datum, Int32Array, Int64Array, Scalar,
@@ -142,6 +143,8 @@ pub struct RowFilter {
     first_key_ranges: Vec<Range>,
     /// The upper end of those ranges.
     first_key_end: Option<DimensionFilter>,
+    /// Those ranges as filters of the first row key alone; `None` where one keeps every key.
+    first_key_filters: Option<Vec<DimensionFilter>>,
 }
 
 impl RowFilter {
@@ -181,12 +184,36 @@ impl RowFilter {
                     .collect()
             }),
             first_key_end: DimensionFilter::new(0, row_key_types[0], furthest, order),
+            first_key_filters: first_key_ranges
+                .iter()
+                .map(|range| DimensionFilter::new(0, row_key_types[0], range, order))
+                .collect(),
             first_key_ranges,
         }
     }
 
     pub fn first_key_ranges(&self) -> &[Range] {
         &self.first_key_ranges
+    }
+
+    /// Which values of the first row key lie in [`RowFilter::first_key_ranges`]; `None` when
+    /// every value does.
+    pub fn first_key_kept(&self, keys: &ArrayRef) -> Result<Option<BooleanArray>, ArrowError> {
+        let Some(filters) = &self.first_key_filters else {
+            return Ok(None);
+        };
+        let keys = RecordBatch::try_from_iter([("key", Arc::clone(keys))])?;
+        let mut kept: Option<BooleanArray> = None;
+        for filter in filters {
+            let mask = filter.evaluate(&keys)?;
+            kept = Some(match kept {
+                Some(previous) => or(&previous, &mask)?,
+                None => mask,
+            });
+        }
+        Ok(Some(kept.unwrap_or_else(|| {
+            BooleanArray::from(vec![false; keys.num_rows()])
+        })))
     }
 
     /// `None` when every row passes.

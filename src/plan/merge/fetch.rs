@@ -21,7 +21,8 @@ use datafusion::parquet::file::metadata::ParquetMetaData;
 use datafusion::parquet::file::page_index::offset_index::OffsetIndexMetaData;
 use datafusion::parquet::file::reader::{ChunkReader, Length};
 
-use super::reader::ObjectFileReader;
+use super::object_file::ObjectFileReader;
+use super::prune::RowGroupRead;
 
 /// Some rows of one row group, whose pages are fetched together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +30,11 @@ pub(super) struct Window {
     pub(super) row_group: usize,
     pub(super) first_row: usize,
     pub(super) rows: usize,
+    /// The first window read of its row group, which also fetches the dictionary pages and the
+    /// pages that begin before its first row.
+    pub(super) opens_row_group: bool,
+    /// Where the reading of its row group ends.
+    pub(super) read_end_row: usize,
 }
 
 impl Window {
@@ -46,17 +52,23 @@ fn page_locations(metadata: &ParquetMetaData, row_group: usize) -> Option<&[Offs
         .filter(|columns| !columns.is_empty())
 }
 
-/// The windows that read `row_groups` fetching about `budget` compressed bytes at a time (never
-/// fewer than `min_rows` rows); a row group without an offset index is one window.
+/// The windows that read the rows `row_groups` name, fetching about `budget` compressed bytes
+/// at a time (never fewer than `min_rows` rows); a row group without an offset index is read
+/// whole, as one window.
 pub(super) fn windows(
     metadata: &ParquetMetaData,
-    row_groups: &[usize],
+    row_groups: &[RowGroupRead],
     projection: &ProjectionMask,
     budget: usize,
     min_rows: usize,
 ) -> VecDeque<Window> {
     let mut windows = VecDeque::new();
-    for &row_group in row_groups {
+    for &RowGroupRead {
+        row_group,
+        first_row,
+        end_row,
+    } in row_groups
+    {
         let group = metadata.row_group(row_group);
         let row_group_rows = usize::try_from(group.num_rows()).unwrap_or(0);
         let bytes: usize = group
@@ -73,23 +85,32 @@ pub(super) fn windows(
             row_group_rows
         }
         .max(1);
-        let mut first_row = 0;
-        while first_row < row_group_rows {
-            let rows = window_rows.min(row_group_rows - first_row);
+        let (mut first_row, end_row) = if paged {
+            (first_row, end_row.min(row_group_rows))
+        } else {
+            (0, row_group_rows)
+        };
+        let mut opens_row_group = true;
+        while first_row < end_row {
+            let rows = window_rows.min(end_row - first_row);
             windows.push_back(Window {
                 row_group,
                 first_row,
                 rows,
+                opens_row_group,
+                read_end_row: end_row,
             });
             first_row += rows;
+            opens_row_group = false;
         }
     }
     windows
 }
 
 /// The byte ranges `window` fetches, each a piece Parquet's reader later asks for whole: per
-/// projected column, the pages whose first row the window holds, and the dictionary page in a
-/// row group's first window; without an offset index, the whole column chunk.
+/// projected column, the pages whose first row the window holds, and in the window that opens
+/// a row group, the dictionary page and the page its first row is on; without an offset
+/// index, the whole column chunk.
 pub(super) fn pages_fetched(
     metadata: &ParquetMetaData,
     projection: &ProjectionMask,
@@ -113,14 +134,25 @@ pub(super) fn pages_fetched(
             .first()
             .and_then(|first| u64::try_from(first.offset).ok());
         match first_data_page {
-            Some(first) if window.first_row == 0 && first > start => pages.push(start..first),
+            Some(first) if window.opens_row_group && first > start => pages.push(start..first),
             _ => {}
         }
+        let page_ends = data_pages
+            .iter()
+            .skip(1)
+            .map(|page| page.first_row_index)
+            .chain([i64::MAX]);
         pages.extend(
             data_pages
                 .iter()
-                .filter(|page| rows.contains(&page.first_row_index))
-                .map(|page| {
+                .zip(page_ends)
+                .filter(|(page, end)| {
+                    rows.contains(&page.first_row_index)
+                        || (window.opens_row_group
+                            && page.first_row_index < rows.start
+                            && *end > rows.start)
+                })
+                .map(|(page, _)| {
                     // A hostile file's negative sizes and offsets become empty or unfetchable
                     // ranges here, and Parquet's reader then rejects the page.
                     let offset = u64::try_from(page.offset).unwrap_or(u64::MAX);

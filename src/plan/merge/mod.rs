@@ -3,14 +3,18 @@
 //! k-way into Sleeper's key order. Nothing is ever fully sorted or held whole in memory.
 //!
 //! Split as DataFusion splits its sorts: this file is the plan node; `reader` opens and reads
-//! one input file (schema adaptation, row-group pruning, region and age-off filters, key
-//! encoding, the order check); `keys` holds a batch's sort keys; `loser_tree` merges sorted
-//! input streams; `gather` copies each merged batch's rows out of the inputs' batches.
+//! one input file (schema adaptation, region and age-off filters, key encoding, the order
+//! check), from the row groups and pages `prune` chooses, fetched by `fetch` through
+//! `object_file`; `keys` holds a
+//! batch's sort keys; `loser_tree` merges sorted input streams; `gather` copies each merged
+//! batch's rows out of the inputs' batches.
 
 mod fetch;
 mod gather;
 mod keys;
 mod loser_tree;
+mod object_file;
+mod prune;
 mod reader;
 
 use std::fmt;

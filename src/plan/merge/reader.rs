@@ -6,7 +6,6 @@ use std::cmp::Ordering;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch};
 use datafusion::arrow::compute::kernels::boolean::and;
 use datafusion::arrow::compute::kernels::cmp::gt_eq;
@@ -17,22 +16,18 @@ use datafusion::arrow::row::{OwnedRow, RowConverter, Rows};
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader,
-    ParquetRecordBatchReaderBuilder,
+    ParquetRecordBatchReaderBuilder, RowSelection, RowSelectionPolicy, RowSelector,
 };
-use datafusion::parquet::arrow::async_reader::AsyncFileReader;
 use datafusion::parquet::arrow::ProjectionMask;
 use datafusion::parquet::errors::{ParquetError, Result as ParquetResult};
-use datafusion::parquet::file::metadata::{
-    PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader,
-};
+use datafusion::parquet::file::metadata::PageIndexPolicy;
 use datafusion::physical_plan::metrics::Count;
-use futures::future::BoxFuture;
-use futures::FutureExt;
-use object_store::{GetOptions, GetRange, ObjectStoreExt};
 use tokio::sync::{mpsc, Semaphore};
 
 use super::fetch::{self, pages_fetched, windows, HeldPages, Pieces, Prefetch, Window};
 use super::keys::{prefix, KeyedBatch, SortKeys};
+use super::object_file::ObjectFileReader;
+use super::prune::KeyPruning;
 use crate::error::{Error, Result};
 use crate::model::{KeyOrder, KeyValue, PrimitiveType};
 use crate::plan::filter::RowFilter;
@@ -136,7 +131,8 @@ impl WindowFetcher {
 
 struct RowGroupDecoder {
     row_group: usize,
-    rows: usize,
+    /// The row its reading ends at (its row count, unless its last pages hold no kept rows).
+    end_row: usize,
     next_row: usize,
     /// Rows before this one have all their pages held (or already taken by the decoder).
     fetched_rows: usize,
@@ -158,13 +154,13 @@ impl WindowedStream {
                 }
                 continue;
             };
-            if current.next_row == current.rows {
+            if current.next_row == current.end_row {
                 self.current = None;
                 continue;
             }
             // Parquet's reader takes a page when it reaches the page's first row, so a batch
             // decodes from what is held once every row it covers has been fetched.
-            let batch_end = (current.next_row + self.batch_size).min(current.rows);
+            let batch_end = (current.next_row + self.batch_size).min(current.end_row);
             while current.fetched_rows < batch_end {
                 match self.fetcher.receive().await {
                     Some(Ok((window, pieces))) if window.row_group == current.row_group => {
@@ -174,8 +170,8 @@ impl WindowedStream {
                     Some(Err(e)) => return Some(Err(e)),
                     _ => {
                         return Some(Err(ParquetError::General(format!(
-                            "the windows of row group {} end at row {} of its {}",
-                            current.row_group, current.fetched_rows, current.rows
+                            "the windows of row group {} end at row {}, before row {}",
+                            current.row_group, current.fetched_rows, current.end_row
                         ))))
                     }
                 }
@@ -187,32 +183,45 @@ impl WindowedStream {
                 }
                 Some(Err(e)) => Some(Err(ParquetError::External(Box::new(e)))),
                 None => Some(Err(ParquetError::EOF(format!(
-                    "row group {} ended after {} of the {} rows its metadata gives",
-                    current.row_group, current.next_row, current.rows
+                    "row group {} ended at row {}, before row {} that its metadata gives",
+                    current.row_group, current.next_row, current.end_row
                 )))),
             };
         }
     }
 
-    /// The decoder of the row group whose first window is `first`.
+    /// The decoder of the row group whose first window is `first`, which reads its rows up to
+    /// the last window's end.
     fn decoder(&self, (first, pieces): (Window, Pieces)) -> ParquetResult<RowGroupDecoder> {
         let file = &self.fetcher.metadata;
         let metadata = file.metadata();
         let pages = HeldPages::new(metadata, first.row_group);
         pages.insert(pieces);
-        let decoder =
+        let end_row = first.read_end_row;
+        let mut builder =
             ParquetRecordBatchReaderBuilder::new_with_metadata(pages.clone(), file.clone())
                 .with_projection(self.fetcher.projection.clone())
                 .with_row_groups(vec![first.row_group])
-                .with_batch_size(self.batch_size)
-                .build()?;
+                .with_batch_size(self.batch_size);
+        let row_group_rows =
+            usize::try_from(metadata.row_group(first.row_group).num_rows()).unwrap_or(0);
+        if first.first_row > 0 || end_row < row_group_rows {
+            // With the offset index, Parquet's reader passes over the pages of the rows it
+            // skips without asking for them: they were never fetched.
+            builder = builder
+                .with_row_selection(RowSelection::from(vec![
+                    RowSelector::skip(first.first_row),
+                    RowSelector::select(end_row - first.first_row),
+                ]))
+                .with_row_selection_policy(RowSelectionPolicy::Selectors);
+        }
         Ok(RowGroupDecoder {
             row_group: first.row_group,
-            rows: usize::try_from(metadata.row_group(first.row_group).num_rows()).unwrap_or(0),
-            next_row: 0,
+            end_row,
+            next_row: first.first_row,
             fetched_rows: first.end_row(),
             pages,
-            decoder,
+            decoder: builder.build()?,
         })
     }
 }
@@ -286,16 +295,25 @@ impl FileReader {
             Error::location_from(&self.file, "no object store for it in the session", e)
         })?;
         let local = address.is_local();
-        let mut reader = ObjectFileReader::new(store, address.path, Arc::clone(&self.requests));
+        let mut reader = ObjectFileReader::new(store, address.path, Arc::clone(&self.requests))
+            .caching_footer(runtime.cache_manager.get_file_metadata_cache(), &self.file);
         if local {
             reader = reader.reading_spans_together();
         }
         // Column types come from the Parquet schema, not from an Arrow schema its writer embedded:
         // Sleeper's DataFusion compaction declares its strings Utf8View and its byte arrays
         // BinaryView there, and both read as the table's Utf8 and Binary this way.
+        let ranges = self.filter.first_key_ranges();
+        let key_type = self.key_types[0];
+        let column_index = if KeyPruning::wants_column_index(ranges, key_type, self.order) {
+            PageIndexPolicy::Optional
+        } else {
+            PageIndexPolicy::Skip
+        };
         let options = ArrowReaderOptions::new()
             .with_skip_arrow_metadata(true)
-            .with_offset_index_policy(PageIndexPolicy::Optional);
+            .with_offset_index_policy(PageIndexPolicy::Optional)
+            .with_column_index_policy(column_index);
         let reader_metadata = ArrowReaderMetadata::load_async(&mut reader, options)
             .await
             .map_err(|e| self.open_error(e))?;
@@ -332,7 +350,15 @@ impl FileReader {
             .collect();
         let mask = ProjectionMask::roots(reader_metadata.parquet_schema(), selected);
         let metadata = reader_metadata.metadata();
-        let row_groups = self.row_groups_in_region(metadata);
+        let first_key = self.read_schema.field(0).name();
+        let pruning = KeyPruning::new(metadata, first_key, key_type, self.order, ranges);
+        let mut row_groups = pruning.row_groups(metadata);
+        pruning
+            .narrow_to_kept_rows(&mut row_groups, &reader, &reader_metadata, &self.filter)
+            .await
+            .map_err(|e| self.corrupt(e))?;
+        self.row_groups_pruned
+            .add(metadata.num_row_groups() - row_groups.len());
         let mut starts = Vec::with_capacity(metadata.num_row_groups());
         let mut start = 0u64;
         for group in metadata.row_groups() {
@@ -342,7 +368,10 @@ impl FileReader {
         let check = OrderCheck {
             row_groups: row_groups
                 .iter()
-                .map(|&g| (starts[g], metadata.row_group(g).num_rows() as u64))
+                .map(|read| {
+                    let first = starts[read.row_group] + read.first_row as u64;
+                    (first, (read.end_row - read.first_row) as u64)
+                })
                 .collect(),
             ..OrderCheck::default()
         };
@@ -365,44 +394,6 @@ impl FileReader {
             current: None,
         };
         Ok((stream, ColumnAdapter { positions, casts }, check))
-    }
-
-    /// Row groups that may hold rows the region filter keeps, judged by the statistics of the
-    /// first row key where they bound its values in the table's order.
-    fn row_groups_in_region(&self, metadata: &ParquetMetaData) -> Vec<usize> {
-        let all = 0..metadata.num_row_groups();
-        let key_type = self.key_types[0];
-        if !self.order.agrees_with_arrow(key_type) {
-            return all.collect();
-        }
-        let ranges = self.filter.first_key_ranges();
-        let first_key = self.read_schema.field(0).name();
-        let column = metadata
-            .file_metadata()
-            .schema_descr()
-            .columns()
-            .iter()
-            .position(|c| c.path().parts() == [first_key.as_str()]);
-        let Some(column) = column else {
-            return all.collect();
-        };
-        let kept: Vec<usize> = all
-            .filter(|&i| {
-                let bounds = metadata
-                    .row_group(i)
-                    .column(column)
-                    .statistics()
-                    .and_then(|s| KeyValue::bounds_from_statistics(s, key_type));
-                bounds.is_none_or(|(low, high)| {
-                    ranges
-                        .iter()
-                        .any(|range| range.overlaps(&low, &high, self.order))
-                })
-            })
-            .collect();
-        self.row_groups_pruned
-            .add(metadata.num_row_groups() - kept.len());
-        kept
     }
 
     pub(super) async fn run(
@@ -613,177 +604,15 @@ impl FileReader {
     }
 }
 
-/// Reads a Parquet file through `object_store`. Its size is never asked for: the first request
-/// reads the file's last bytes, whose answer gives the size, so opening a file is one request
-/// (two where its metadata and page index reach further back), not a HEAD and then a read.
-#[derive(Clone)]
-pub(super) struct ObjectFileReader {
-    store: Arc<dyn object_store::ObjectStore>,
-    path: object_store::path::Path,
-    requests: Arc<Semaphore>,
-    /// Whether a window's spans are asked for in one call (see `get_spans`).
-    spans_together: bool,
-}
-
-impl ObjectFileReader {
-    pub(super) fn new(
-        store: Arc<dyn object_store::ObjectStore>,
-        path: object_store::path::Path,
-        requests: Arc<Semaphore>,
-    ) -> Self {
-        ObjectFileReader {
-            store,
-            path,
-            requests,
-            spans_together: false,
-        }
-    }
-
-    /// For a file on local disk, whose store reads the ranges of one call exactly, one after
-    /// another (object_store's local store: one blocking task per call, where each range asked
-    /// for alone is two, its open and its read; at 128 files that was 9,000 tasks handed to
-    /// the blocking pool per 10 M rows, each waking a thread).
-    pub(super) fn reading_spans_together(mut self) -> Self {
-        self.spans_together = true;
-        self
-    }
-
-    /// Exactly `spans`, each in one piece. A remote store gets a request per span, all at once
-    /// and each once one of the leaf's requests is free: its `get_ranges` would merge ranges
-    /// less than 1 MiB apart (see `fetch::fetch`).
-    pub(super) async fn get_spans(
-        &self,
-        spans: &[std::ops::Range<u64>],
-    ) -> ParquetResult<Vec<Bytes>> {
-        let external = |e: object_store::Error| ParquetError::External(Box::new(e));
-        if self.spans_together {
-            let _permit = self.request().await?;
-            return self
-                .store
-                .get_ranges(&self.path, spans)
-                .await
-                .map_err(external);
-        }
-        futures::future::try_join_all(spans.iter().map(|span| async move {
-            let _permit = self.request().await?;
-            self.store
-                .get_range(&self.path, span.clone())
-                .await
-                .map_err(external)
-        }))
-        .await
-    }
-
-    async fn request(&self) -> ParquetResult<tokio::sync::SemaphorePermit<'_>> {
-        self.requests
-            .acquire()
-            .await
-            .map_err(|e| ParquetError::External(Box::new(e)))
-    }
-}
-
-/// The file's last bytes, fetched in its first request: most footers and offset indexes fit.
-const FOOTER_PREFETCH: u64 = 64 * 1024;
-
-impl AsyncFileReader for ObjectFileReader {
-    fn get_bytes(&mut self, range: std::ops::Range<u64>) -> BoxFuture<'_, ParquetResult<Bytes>> {
-        async move {
-            self.store
-                .get_range(&self.path, range)
-                .await
-                .map_err(|e| ParquetError::External(Box::new(e)))
-        }
-        .boxed()
-    }
-
-    fn get_byte_ranges(
-        &mut self,
-        ranges: Vec<std::ops::Range<u64>>,
-    ) -> BoxFuture<'_, ParquetResult<Vec<Bytes>>> {
-        async move {
-            self.store
-                .get_ranges(&self.path, &ranges)
-                .await
-                .map_err(|e| ParquetError::External(Box::new(e)))
-        }
-        .boxed()
-    }
-
-    fn get_metadata<'a>(
-        &'a mut self,
-        options: Option<&'a ArrowReaderOptions>,
-    ) -> BoxFuture<'a, ParquetResult<Arc<ParquetMetaData>>> {
-        async move {
-            let external = |e| ParquetError::External(Box::new(e));
-            let options_of_tail = GetOptions {
-                range: Some(GetRange::Suffix(FOOTER_PREFETCH)),
-                ..GetOptions::default()
-            };
-            let tail = self
-                .store
-                .get_opts(&self.path, options_of_tail)
-                .await
-                .map_err(external)?;
-            let size = tail.meta.size;
-            let range = tail.range.clone();
-            let mut reader = TailReader {
-                file: self.clone(),
-                start: range.start,
-                tail: tail.bytes().await.map_err(external)?,
-            };
-            let offset_index = options.map_or(PageIndexPolicy::Skip, |o| o.offset_index_policy());
-            let metadata = ParquetMetaDataReader::new()
-                .with_offset_index_policy(offset_index)
-                .load_and_finish(&mut reader, size)
-                .await?;
-            Ok(Arc::new(metadata))
-        }
-        .boxed()
-    }
-}
-
-/// A file read through its last bytes, held while its footer is read; anything before them
-/// (a page index that reaches further back) comes from the file itself.
-struct TailReader {
-    file: ObjectFileReader,
-    start: u64,
-    tail: Bytes,
-}
-
-impl TailReader {
-    fn held(&self, range: &std::ops::Range<u64>) -> Option<Bytes> {
-        let end = self.start + self.tail.len() as u64;
-        (self.start <= range.start && range.end <= end).then(|| {
-            self.tail
-                .slice((range.start - self.start) as usize..(range.end - self.start) as usize)
-        })
-    }
-}
-
-impl AsyncFileReader for TailReader {
-    fn get_bytes(&mut self, range: std::ops::Range<u64>) -> BoxFuture<'_, ParquetResult<Bytes>> {
-        match self.held(&range) {
-            Some(bytes) => futures::future::ready(Ok(bytes)).boxed(),
-            None => self.file.get_bytes(range),
-        }
-    }
-
-    fn get_metadata<'a>(
-        &'a mut self,
-        options: Option<&'a ArrowReaderOptions>,
-    ) -> BoxFuture<'a, ParquetResult<Arc<ParquetMetaData>>> {
-        self.file.get_metadata(options)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datafusion::arrow::array::{AsArray, StringArray};
-    use datafusion::arrow::datatypes::{Field, Int64Type, Schema};
-    use datafusion::parquet::arrow::ArrowWriter;
+    use crate::plan::merge::prune::tests::sorted_file;
+    use crate::plan::merge::prune::RowGroupRead;
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::Int64Type;
+    use datafusion::parquet::file::metadata::ParquetMetaData;
     use datafusion::parquet::file::page_index::offset_index::PageLocation;
-    use datafusion::parquet::file::properties::WriterProperties;
     use object_store::memory::InMemory;
     use object_store::ObjectStoreExt;
 
@@ -792,26 +621,7 @@ mod tests {
     /// A file of three 10,000-row row groups with 500-row pages, keys 0..30,000, through an
     /// in-memory store.
     async fn file_with_pages() -> (ObjectFileReader, ArrowReaderMetadata) {
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("key", DataType::Int64, false),
-            Field::new("value", DataType::Utf8, false),
-        ]));
-        let keys: Vec<i64> = (0..3 * ROW_GROUP_ROWS as i64).collect();
-        let values: StringArray = keys.iter().map(|k| Some(format!("value {k}"))).collect();
-        let batch = RecordBatch::try_new(
-            Arc::clone(&schema),
-            vec![Arc::new(Int64Array::from(keys)), Arc::new(values)],
-        )
-        .unwrap();
-        let properties = WriterProperties::builder()
-            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-            .set_data_page_row_count_limit(500)
-            .set_write_batch_size(500)
-            .build();
-        let mut bytes = Vec::new();
-        let mut writer = ArrowWriter::try_new(&mut bytes, schema, Some(properties)).unwrap();
-        writer.write(&batch).unwrap();
-        writer.close().unwrap();
+        let bytes = sorted_file(3, ROW_GROUP_ROWS, 500);
         let store = Arc::new(InMemory::new());
         let path = object_store::path::Path::from("f.parquet");
         store.put(&path, bytes.into()).await.unwrap();
@@ -821,6 +631,13 @@ mod tests {
             .await
             .unwrap();
         (reader, metadata)
+    }
+
+    fn whole(metadata: &ParquetMetaData, row_groups: &[usize]) -> Vec<RowGroupRead> {
+        row_groups
+            .iter()
+            .map(|&row_group| RowGroupRead::whole(metadata, row_group))
+            .collect()
     }
 
     async fn keys_read(stream: &mut WindowedStream) -> Vec<i64> {
@@ -835,6 +652,30 @@ mod tests {
             );
         }
         keys
+    }
+
+    /// Reads `windows` in batches that end inside windows, on their boundaries (of 500-row
+    /// pages) and span several, and checks the keys read.
+    async fn assert_reads(
+        reader: &ObjectFileReader,
+        metadata: &ArrowReaderMetadata,
+        windows: &VecDeque<Window>,
+        expected: &[i64],
+        context: &str,
+    ) {
+        for batch_size in [700, 500, 2500, 6000] {
+            let mut stream = stream(
+                reader.clone(),
+                metadata.clone(),
+                windows.clone(),
+                batch_size,
+            );
+            assert_eq!(
+                keys_read(&mut stream).await,
+                expected,
+                "{context}, batch size {batch_size}"
+            );
+        }
     }
 
     fn stream(
@@ -864,7 +705,7 @@ mod tests {
         let row_group_bytes = metadata.metadata().row_group(0).compressed_size() as usize;
         let windows = windows(
             metadata.metadata(),
-            &[0, 2],
+            &whole(metadata.metadata(), &[0, 2]),
             &all,
             row_group_bytes / 4,
             1000,
@@ -889,21 +730,71 @@ mod tests {
             .collect();
         // Batches that end inside windows, on their boundaries, and span several; a window's
         // spans fetched a request each, and in one call.
-        for reader in [reader.clone(), reader.reading_spans_together()] {
-            for batch_size in [700, 500, 2500, 6000] {
-                let mut stream = stream(
-                    reader.clone(),
-                    metadata.clone(),
-                    windows.clone(),
-                    batch_size,
-                );
-                assert_eq!(
-                    keys_read(&mut stream).await,
-                    expected,
-                    "batch size {batch_size}, spans together: {}",
-                    reader.spans_together
-                );
-            }
+        for (together, reader) in [
+            (false, reader.clone()),
+            (true, reader.reading_spans_together()),
+        ] {
+            let context = format!("spans together: {together}");
+            assert_reads(&reader, &metadata, &windows, &expected, &context).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn row_groups_read_from_and_to_inside_pages_give_those_rows() {
+        let (reader, metadata) = file_with_pages().await;
+        let all = ProjectionMask::all();
+        let row_group_bytes = metadata.metadata().row_group(0).compressed_size() as usize;
+        // Rows 2,250 and 6,100 are inside pages of every column; 7,000 starts one.
+        let reads = [
+            RowGroupRead {
+                row_group: 0,
+                first_row: 2250,
+                end_row: 6100,
+            },
+            RowGroupRead {
+                row_group: 2,
+                first_row: 7000,
+                end_row: ROW_GROUP_ROWS,
+            },
+        ];
+        let expected: Vec<i64> = (2250..6100)
+            .chain(2 * ROW_GROUP_ROWS as i64 + 7000..3 * ROW_GROUP_ROWS as i64)
+            .collect();
+        // Everything but the pages wholly outside the rows read.
+        let offsets = metadata.metadata().offset_index().unwrap();
+        let outside: u64 = reads
+            .iter()
+            .flat_map(|read| {
+                offsets[read.row_group].iter().flat_map(move |column| {
+                    let pages = column.page_locations();
+                    let ends = pages[1..]
+                        .iter()
+                        .map(|p| p.first_row_index)
+                        .chain([ROW_GROUP_ROWS as i64]);
+                    pages.iter().zip(ends).filter_map(move |(page, end)| {
+                        (end <= read.first_row as i64
+                            || page.first_row_index >= read.end_row as i64)
+                            .then_some(page.compressed_page_size as u64)
+                    })
+                })
+            })
+            .sum();
+        let whole_bytes: u64 = [0, 2]
+            .iter()
+            .map(|&g| metadata.metadata().row_group(g).compressed_size() as u64)
+            .sum();
+        for budget in [row_group_bytes / 4, 1 << 30] {
+            let windows = windows(metadata.metadata(), &reads, &all, budget, 1000);
+            assert_eq!(windows[0].first_row, 2250);
+            let fetched: u64 = windows
+                .iter()
+                .flat_map(|&window| pages_fetched(metadata.metadata(), &all, window))
+                .map(|page| page.end - page.start)
+                .sum();
+            assert!(outside > 0);
+            assert_eq!(fetched, whole_bytes - outside, "budget {budget}");
+            let context = format!("budget {budget}");
+            assert_reads(&reader, &metadata, &windows, &expected, &context).await;
         }
     }
 
@@ -914,7 +805,13 @@ mod tests {
         let metadata = ArrowReaderMetadata::load_async(&mut reader.clone(), options)
             .await
             .unwrap();
-        let windows = windows(metadata.metadata(), &[1, 2], &ProjectionMask::all(), 1, 1);
+        let windows = windows(
+            metadata.metadata(),
+            &whole(metadata.metadata(), &[1, 2]),
+            &ProjectionMask::all(),
+            1,
+            1,
+        );
         assert_eq!(windows.len(), 2);
         let mut stream = stream(reader, metadata, windows, 700);
         let expected: Vec<i64> = (ROW_GROUP_ROWS as i64..3 * ROW_GROUP_ROWS as i64).collect();
@@ -943,7 +840,13 @@ mod tests {
                 .build();
             let hostile =
                 ArrowReaderMetadata::try_new(Arc::new(hostile), ArrowReaderOptions::new()).unwrap();
-            let windows = windows(hostile.metadata(), &[0], &ProjectionMask::all(), 20_000, 1);
+            let windows = windows(
+                hostile.metadata(),
+                &whole(hostile.metadata(), &[0]),
+                &ProjectionMask::all(),
+                20_000,
+                1,
+            );
             for reader in [reader.clone(), reader.clone().reading_spans_together()] {
                 let mut stream = stream(reader, hostile.clone(), windows.clone(), 700);
                 let mut failed = false;
@@ -975,7 +878,7 @@ mod tests {
         }
         for budget in [1, 20_000, 50_000, 1 << 30] {
             let mut fetched: Vec<std::ops::Range<u64>> =
-                windows(metadata, &[0, 1, 2], &all, budget, 700)
+                windows(metadata, &whole(metadata, &[0, 1, 2]), &all, budget, 700)
                     .into_iter()
                     .flat_map(|window| pages_fetched(metadata, &all, window))
                     .collect();
@@ -1011,11 +914,12 @@ mod tests {
             .map(|group| group.compressed_size() as usize)
             .max()
             .unwrap();
-        let whole = |budget| windows(metadata, &[0, 1, 2], &all, budget, 1);
-        assert_eq!(whole(row_group_bytes).len(), 3);
-        assert!(whole(1).len() > 3 * 100, "at least a page a window");
+        let every_row = whole(metadata, &[0, 1, 2]);
+        let windows_of = |budget| windows(metadata, &every_row, &all, budget, 1);
+        assert_eq!(windows_of(row_group_bytes).len(), 3);
+        assert!(windows_of(1).len() > 3 * 100, "at least a page a window");
         // The window never drops below the minimum rows, however small the budget.
-        let floor = windows(metadata, &[0], &all, 1, 2500);
+        let floor = windows(metadata, &whole(metadata, &[0]), &all, 1, 2500);
         assert_eq!(floor.len(), 4);
     }
 }
