@@ -9,10 +9,11 @@
 //! - runner overhead per leaf: the same leaves exported directly (`run_leaf_query`) and through a
 //!   runner taking them from SQS (receive, keep-alive, completion record, delete), one at a time.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aws_sdk_sqs::types::QueueAttributeName;
 use sleeper_export::leaf::{run_leaf_query, ExportOptions};
 use sleeper_export::model::PartitionTree;
 use sleeper_export::model::{Field, KeyValue, PrimitiveType, Schema, TableProperties};
@@ -27,19 +28,6 @@ use sleeper_export::queue::TableIndex;
 use sleeper_export::storage::{Location, Stores};
 use sleeper_export::table::SleeperTable;
 use sleeper_export::tablegen::{write_demo_table, RowStyle, TableWriter};
-
-async fn sqs_queue(client: &aws_sdk_sqs::Client, name: &str) -> SqsQueue {
-    let url = client
-        .create_queue()
-        .queue_name(format!("{name}-{}", uuid::Uuid::new_v4().simple()))
-        .attributes(QueueAttributeName::VisibilityTimeout, "60")
-        .send()
-        .await
-        .unwrap()
-        .queue_url
-        .unwrap();
-    SqsQueue::new(client.clone(), url)
-}
 
 async fn thousand_leaf_table(location: Location) -> SleeperTable {
     let schema = Schema::new(
@@ -90,7 +78,12 @@ async fn main() {
         output: output.clone(),
         export: ExportOptions::default(),
     };
-    let over_sqs = planning_rate(&planner, &sqs_queue(&client, "plan").await, "plan-sqs").await;
+    let over_sqs = planning_rate(
+        &planner,
+        &common::sqs_queue(&client, "plan").await,
+        "plan-sqs",
+    )
+    .await;
     let in_process = planning_rate(&planner, &LocalQueue::default(), "plan-local").await;
     println!("planning a 1,000-leaf table: {over_sqs:.0} leaf queries/s over SQS (moto, loopback), {in_process:.0}/s in process");
 
@@ -117,7 +110,7 @@ async fn main() {
     }
     let direct = started.elapsed() / leaves as u32;
 
-    let leaf_queue = sqs_queue(&client, "leaves").await;
+    let leaf_queue = common::sqs_queue(&client, "leaves").await;
     let planner = Planner {
         tables: TableIndex::new(vec![table.clone()]),
         output: output.clone(),

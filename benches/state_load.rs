@@ -9,7 +9,12 @@
 //!   `ADD_FILES` transactions of 1,000 files each, parsed from their JSON bodies;
 //! - splitting the table into its leaf queries;
 //! - planning an export of it (`Planner::plan`: the split, the manifest written once, every
-//!   leaf query sent) into the in-process queue, with the manifest's size.
+//!   leaf query sent) into the in-process queue, with the manifest's size;
+//! - the `status` of that export, every leaf pending (the memory it adds to the process).
+//!
+//! With `STATE_LOAD_SQS=1` the export is planned into a fresh queue of the local SQS server and
+//! its manifest written to a fresh bucket of the local S3 server (moto:
+//! `eval "$(scripts/local-aws.sh start)"` first).
 //!
 //! DynamoDB and S3 round trips come on top of this in a live instance: the log is read in pages
 //! of up to 1 MB, and bodies over 350 KB are one S3 GET each.
@@ -27,7 +32,10 @@ use sleeper_export::model::{
 };
 use sleeper_export::query::{split_into_leaf_queries, BulkExportQuery};
 use sleeper_export::queue::local::LocalQueue;
+use sleeper_export::queue::manifest::ExportRecords;
 use sleeper_export::queue::planner::Planner;
+use sleeper_export::queue::sqs::SqsQueue;
+use sleeper_export::queue::MessageQueue;
 use sleeper_export::queue::TableIndex;
 use sleeper_export::statestore::transaction::{TableState, Transaction};
 use sleeper_export::statestore::{snapshot, SNAPSHOTS_DIR};
@@ -138,28 +146,53 @@ fn main() {
             queries.len()
         );
 
-        let output = tempfile::tempdir().unwrap();
+        let local_output = tempfile::tempdir().unwrap();
+        let over_sqs = std::env::var("STATE_LOAD_SQS").is_ok();
+        let (output, queue): (_, Box<dyn MessageQueue>) = if over_sqs {
+            let bucket = sleeper_export::tablegen::local_s3::create_bucket("state-load");
+            let client = SqsQueue::client().await;
+            let queue = common::sqs_queue(&client, "state-load").await;
+            (format!("s3://{bucket}"), Box::new(queue))
+        } else {
+            let output = local_output.path().to_str().unwrap().to_owned();
+            (output, Box::new(LocalQueue::default()))
+        };
         let planner = Planner {
             tables: TableIndex::new(vec![table.clone()]),
-            output: stores.resolve(output.path().to_str().unwrap()).unwrap(),
+            output: stores.resolve(&output).unwrap(),
             export: ExportOptions::default(),
         };
-        let queue = LocalQueue::default();
         peak_rss_reset();
         let started = Instant::now();
         let planned = planner
-            .plan(&BulkExportQuery::of_table(table.id(), "bench").to_json(), &queue)
+            .plan(&BulkExportQuery::of_table(table.id(), "bench").to_json(), queue.as_ref())
             .await
             .unwrap();
-        let manifest = std::fs::metadata(output.path().join(format!("{}/bench/_manifest.json", table.id())))
-            .unwrap()
-            .len();
+        let manifest_path = planner.output.child(&format!("{}/bench/_manifest.json", table.id()));
+        let manifest = planner.output.store.head(&manifest_path).await.unwrap().size;
         println!(
-            "plan and send:             {:>8.3} s   peak RSS {:.0} MiB ({} leaf queries sent, manifest {:.1} MiB)",
+            "plan and send{}: {:>8.3} s   peak RSS {:.0} MiB ({} leaf queries sent, manifest {:.1} MiB)",
+            if over_sqs { " (local S3 + SQS)" } else { "            " },
             started.elapsed().as_secs_f64(),
             peak_rss_mib(),
             planned.queued,
             manifest as f64 / 1048576.0
+        );
+
+        drop(queue);
+        peak_rss_reset();
+        let before = peak_rss_mib();
+        let started = Instant::now();
+        let status = ExportRecords::new(&planner.output, table.id(), "bench")
+            .status()
+            .await
+            .unwrap();
+        println!(
+            "status (every leaf pending): {:>6.3} s   peak RSS {:.0} MiB, {:.0} MiB above before ({} pending)",
+            started.elapsed().as_secs_f64(),
+            peak_rss_mib(),
+            peak_rss_mib() - before,
+            status.pending.len()
         );
     });
 }

@@ -186,3 +186,23 @@ pub fn datafusion_ordered_copy(
             .value(0)
     })
 }
+
+/// A fresh queue on the local SQS server (`scripts/local-aws.sh start`), named from `name`.
+pub async fn sqs_queue(
+    client: &aws_sdk_sqs::Client,
+    name: &str,
+) -> sleeper_export::queue::sqs::SqsQueue {
+    let url = client
+        .create_queue()
+        .queue_name(format!("{name}-{}", uuid::Uuid::new_v4().simple()))
+        .attributes(
+            aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout,
+            "60",
+        )
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    sleeper_export::queue::sqs::SqsQueue::new(client.clone(), url)
+}

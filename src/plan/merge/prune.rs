@@ -16,6 +16,7 @@ use datafusion::parquet::arrow::arrow_reader::{
 use datafusion::parquet::arrow::ProjectionMask;
 use datafusion::parquet::errors::{ParquetError, Result as ParquetResult};
 use datafusion::parquet::file::metadata::ParquetMetaData;
+use datafusion::parquet::file::page_index::offset_index::PageLocation;
 
 use super::fetch::{self, HeldPages, Window};
 use super::object_file::ObjectFileReader;
@@ -129,23 +130,13 @@ impl<'a> KeyPruning<'a> {
         let index = metadata
             .column_index()
             .and_then(|index| index.get(row_group)?.get(column));
-        let pages = metadata
-            .offset_index()
-            .and_then(|index| index.get(row_group)?.get(column))
-            .map(|index| index.page_locations());
-        let (Some(index), Some(pages)) = (index, pages) else {
+        let (Some(index), Some(pages)) = (index, trusted_pages(metadata, row_group, column)) else {
             return Some(whole);
         };
-        // A page index from a hostile or broken writer is trusted no further than its shape.
-        let rows = whole.end_row as i64;
-        let in_order = pages.first().is_some_and(|page| page.first_row_index == 0)
-            && pages
-                .windows(2)
-                .all(|pair| pair[0].first_row_index < pair[1].first_row_index)
-            && pages.last().is_some_and(|page| page.first_row_index < rows);
-        if !in_order || index.num_pages() != pages.len() as u64 {
+        if index.num_pages() != pages.len() as u64 {
             return Some(whole);
         }
+        let rows = whole.end_row as i64;
         let reaches = |page: &usize| {
             self.reaches(KeyValue::bounds_from_column_index(
                 index,
@@ -203,12 +194,7 @@ impl KeyPruning<'_> {
             .copied() else {
                 return Ok(());
             };
-            let Some(pages) = metadata
-                .metadata()
-                .offset_index()
-                .and_then(|index| index.get(read.row_group)?.get(column))
-                .map(|index| index.page_locations())
-            else {
+            let Some(pages) = trusted_pages(metadata.metadata(), read.row_group, column) else {
                 return Ok(());
             };
             let edge = if at_start {
@@ -281,6 +267,28 @@ impl KeyPruning<'_> {
     }
 }
 
+/// The key column's pages in `row_group`, from its offset index, where their first rows run
+/// in order through the row group: an index from a hostile or broken writer is trusted no
+/// further than its shape.
+fn trusted_pages(
+    metadata: &ParquetMetaData,
+    row_group: usize,
+    column: usize,
+) -> Option<&[PageLocation]> {
+    let pages = metadata
+        .offset_index()?
+        .get(row_group)?
+        .get(column)?
+        .page_locations();
+    let rows = metadata.row_group(row_group).num_rows();
+    let in_order = pages.first().is_some_and(|page| page.first_row_index == 0)
+        && pages
+            .windows(2)
+            .all(|pair| pair[0].first_row_index < pair[1].first_row_index)
+        && pages.last().is_some_and(|page| page.first_row_index < rows);
+    in_order.then_some(pages)
+}
+
 /// The rows of `rows` (one page of the key column of `row_group`) from the first to the last
 /// one the filter keeps; `None` when it keeps none.
 async fn kept_rows_of_page(
@@ -316,6 +324,9 @@ async fn kept_rows_of_page(
     let mut row = rows.start;
     for batch in decoder {
         let keys = batch?.column(0).clone();
+        if keys.is_empty() {
+            continue;
+        }
         let kept = filter
             .first_key_kept(&keys)
             .map_err(|e| ParquetError::External(Box::new(e)))?;
