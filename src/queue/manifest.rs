@@ -17,9 +17,6 @@
 //! recorded size, and the folder holds nothing else: a reader that checks this reads whole files
 //! only, and all of them.
 
-use std::collections::{HashMap, HashSet};
-
-use futures::{stream, StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
@@ -31,6 +28,11 @@ use crate::model::{Schema, StateVersion};
 use crate::plan::sink::WrittenLeaf;
 use crate::query::BulkExportLeafPartitionQuery;
 use crate::storage::{read_all, Location};
+
+mod status;
+mod stream;
+pub use status::{ExportStatus, Listing, LISTED_BY_DEFAULT};
+pub use stream::ManifestHeader;
 
 pub const MANIFEST: &str = "_manifest.json";
 pub const STATUS: &str = "_status";
@@ -333,14 +335,22 @@ impl ExportRecords {
     /// Writes `_SUCCESS` if the export is complete and it is not there yet; whichever caller
     /// gets there first writes it, once. Returns the status it decided on.
     pub async fn mark_if_complete(&self) -> Result<ExportStatus> {
-        let mut status = self.status().await?;
+        self.mark_if_complete_with(|_| {}).await
+    }
+
+    /// As [`Self::mark_if_complete`], with each leaf done going to `on_done`.
+    pub async fn mark_if_complete_with(
+        &self,
+        on_done: impl FnMut(WrittenLeaf),
+    ) -> Result<ExportStatus> {
+        let mut status = self.status_listing(LISTED_BY_DEFAULT, on_done).await?;
         if status.is_complete() && !status.success_marker {
             let success = ExportSuccess {
                 table_id: self.table_id.clone(),
                 export_id: self.export_id.clone(),
                 files: status.done.len(),
-                rows: status.done.iter().map(|l| l.rows_written).sum(),
-                bytes: status.done.iter().map(|l| l.bytes).sum(),
+                rows: status.rows,
+                bytes: status.bytes,
                 state_version: status.manifest.state_version,
             };
             match self.put_json(SUCCESS, &success, PutMode::Create).await {
@@ -354,136 +364,19 @@ impl ExportRecords {
         }
         Ok(status)
     }
-
-    /// The records at `paths` (by sub-export id), those still there when read.
-    async fn read_records<T: serde::de::DeserializeOwned>(
-        &self,
-        paths: Vec<(String, Path)>,
-    ) -> Result<HashMap<String, T>> {
-        stream::iter(paths)
-            .map(|(id, path)| async move {
-                Ok::<_, Error>(self.get_json(&path).await?.map(|r| (id, r)))
-            })
-            .buffer_unordered(RECORDS_READ_AT_ONCE)
-            .try_filter_map(|record| std::future::ready(Ok(record)))
-            .try_collect()
-            .await
-    }
-
-    /// The export's state from one listing of its folder (plus its unfinished uploads).
-    pub async fn status(&self) -> Result<ExportStatus> {
-        let manifest: Manifest = self.manifest().await?.ok_or_else(|| {
-            Error::location(
-                self.root.url_of(&self.folder()),
-                format!(
-                    "no manifest for export {} of table {}",
-                    self.export_id, self.table_id
-                ),
-            )
-        })?;
-        let expected: HashSet<Path> = manifest
-            .sub_exports
-            .iter()
-            .map(|s| self.data_file(&s.sub_export_id))
-            .collect();
-        let (status_dir, count_dir, manifest_path, success_path) = (
-            self.path(STATUS),
-            self.path(COUNT),
-            self.path(MANIFEST),
-            self.path(SUCCESS),
-        );
-        let mut sizes = HashMap::new();
-        let mut completion_records = Vec::new();
-        let mut failure_records = Vec::new();
-        let mut status = ExportStatus::default();
-        for meta in self.root.list(&self.folder()).await? {
-            let name = meta.location.filename().unwrap_or_default().to_owned();
-            if meta.location.prefix_matches(&count_dir) {
-                continue;
-            }
-            if meta.location.prefix_matches(&status_dir) {
-                if let Some(id) = name.strip_suffix(".failed.json") {
-                    failure_records.push((id.to_owned(), meta.location));
-                } else if let Some(id) = name.strip_suffix(".json") {
-                    completion_records.push((id.to_owned(), meta.location));
-                } else {
-                    status.unexpected.push(self.root.url_of(&meta.location));
-                }
-            } else if meta.location == success_path {
-                status.success_marker = true;
-            } else if expected.contains(&meta.location) {
-                sizes.insert(meta.location, meta.size);
-            } else if meta.location != manifest_path {
-                status.unexpected.push(self.root.url_of(&meta.location));
-            }
-        }
-        // A record each, read many at once: an export of 50,000 leaves has 50,000.
-        let mut completions: HashMap<String, WrittenLeaf> =
-            self.read_records(completion_records).await?;
-        let mut failures: HashMap<String, Failure> = self.read_records(failure_records).await?;
-        status.unfinished_uploads = self
-            .root
-            .unfinished_uploads(&self.folder())
-            .await?
-            .into_iter()
-            .map(|u| format!("{} ({})", self.root.url_of(&u.path), u.upload))
-            .collect();
-        for sub_export in &manifest.sub_exports {
-            let file = self.data_file(&sub_export.sub_export_id);
-            match completions.remove(&sub_export.sub_export_id) {
-                Some(done) => match sizes.get(&file) {
-                    Some(&size) if size == done.bytes => status.done.push(done),
-                    Some(size) => status.problems.push(format!(
-                        "{} has {size} bytes, its completion record says {}",
-                        done.file, done.bytes
-                    )),
-                    None => status
-                        .problems
-                        .push(format!("{} is recorded done but is not there", done.file)),
-                },
-                None => match failures.remove(&sub_export.sub_export_id) {
-                    Some(failure) => status.failed.push(failure),
-                    None => status.pending.push(sub_export.clone()),
-                },
-            }
-        }
-        status.manifest = manifest;
-        Ok(status)
-    }
-}
-
-#[derive(Debug, Clone, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ExportStatus {
-    pub manifest: Manifest,
-    pub done: Vec<WrittenLeaf>,
-    pub pending: Vec<SubExport>,
-    /// Leaves whose last attempt failed; they are retried until the queue gives up on them.
-    pub failed: Vec<Failure>,
-    /// Records that do not match the files: an export with any is not complete.
-    pub problems: Vec<String>,
-    /// Objects in the export's folder that are not its files or records.
-    pub unexpected: Vec<String>,
-    /// Uploads under the export's folder started and not finished: running leaves, or leaves
-    /// whose runner died (a re-run of the leaf removes those).
-    pub unfinished_uploads: Vec<String>,
-    /// Whether `_SUCCESS` is there.
-    pub success_marker: bool,
-}
-
-impl ExportStatus {
-    pub fn is_complete(&self) -> bool {
-        self.pending.is_empty()
-            && self.failed.is_empty()
-            && self.problems.is_empty()
-            && self.unexpected.is_empty()
-            && self.unfinished_uploads.is_empty()
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The records of export `e` of table `t` in `dir`.
+    pub(super) fn records_in(dir: &tempfile::TempDir) -> ExportRecords {
+        let output = crate::storage::Stores::default()
+            .resolve(dir.path().to_str().unwrap())
+            .unwrap();
+        ExportRecords::new(&output, "t", "e")
+    }
 
     fn leaf(sub_export_id: String) -> WrittenLeaf {
         WrittenLeaf {
@@ -503,10 +396,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn completions_counted_at_once_are_each_counted_once() {
         let dir = tempfile::tempdir().unwrap();
-        let output = crate::storage::Stores::default()
-            .resolve(dir.path().to_str().unwrap())
-            .unwrap();
-        let records = ExportRecords::new(&output, "t", "e");
+        let records = records_in(&dir);
         let (runners, leaves_each) = (6, 20);
         let mut running = tokio::task::JoinSet::new();
         for runner in 0..runners {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::{stream, StreamExt, TryStreamExt};
 
-use super::manifest::{ExportRecords, SubExport, MANIFEST};
+use super::manifest::{ExportRecords, SubExport, LISTED_BY_DEFAULT, MANIFEST};
 use super::trust::check_id;
 use super::{Message, MessageQueue};
 use crate::error::{Error, Result};
@@ -114,7 +114,9 @@ impl Planner {
                 ));
             }
             if earlier.split_digest != ours.split_digest {
-                let status = records.mark_if_complete().await?;
+                let status = records
+                    .mark_if_complete_with(|done| already_done.push(done))
+                    .await?;
                 if !status.is_complete() {
                     return Err(Error::ExportPlannedFromOtherState {
                         table_id: table.id().to_owned(),
@@ -124,7 +126,6 @@ impl Planner {
                     });
                 }
                 leaf_queries.clear();
-                already_done = status.done;
             } else {
                 // A leaf's pieces, cut the same way from the same files, come in the same order.
                 let planned: HashMap<(&str, usize), &str> = pieces(&earlier.sub_exports)
@@ -145,7 +146,9 @@ impl Planner {
                     })?;
                     query.sub_export_id = (*id).to_owned();
                 }
-                already_done = records.status().await?.done;
+                records
+                    .status_listing(LISTED_BY_DEFAULT, |done| already_done.push(done))
+                    .await?;
                 let done: HashSet<&str> = already_done
                     .iter()
                     .map(|d| d.sub_export_id.as_str())

@@ -530,7 +530,7 @@ async fn a_missing_input_file_is_named_and_leaves_no_output() {
     assert!(!status.is_complete());
     assert_eq!(status.failed.len(), 1);
     assert!(
-        status.failed[0].error.contains("is missing"),
+        status.failed.first[0].error.contains("is missing"),
         "{:?}",
         status.failed
     );

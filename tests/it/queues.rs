@@ -658,14 +658,26 @@ async fn the_commands_submit_plan_run_and_report_an_export() {
     let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(json["complete"], true, "{json}");
     assert_eq!(json["successMarker"], true, "{json}");
-    assert_eq!(json["done"].as_array().unwrap().len(), 3, "{json}");
-    let rows: u64 = json["done"]
+    assert_eq!(json["done"]["count"], 3, "{json}");
+    let rows: u64 = json["done"]["first"]
         .as_array()
         .unwrap()
         .iter()
         .map(|leaf| leaf["rowsWritten"].as_u64().unwrap())
         .sum();
     assert_eq!(rows, total_rows(&setup.table));
+    assert_eq!(json["rows"], rows, "{json}");
+    // Named leaves are limited, counts never are.
+    let one = sleeper_export(&[status_args.as_slice(), &["--json", "--list", "1"]].concat());
+    let one: serde_json::Value = serde_json::from_slice(&one.stdout).unwrap();
+    assert_eq!(
+        (
+            &one["done"]["count"],
+            one["done"]["first"].as_array().unwrap().len()
+        ),
+        (&serde_json::json!(3), 1),
+        "{one}"
+    );
 }
 
 #[tokio::test]
@@ -966,8 +978,11 @@ async fn an_export_query_delivered_twice_exports_each_leaf_once() {
         .await
         .unwrap();
     assert_eq!(rows as u64, total_rows(&setup.table));
-    let manifest_files: std::collections::BTreeSet<String> = status
-        .manifest
+    let manifest_files: std::collections::BTreeSet<String> = records
+        .manifest()
+        .await
+        .unwrap()
+        .unwrap()
         .sub_exports
         .iter()
         .map(|s| s.file.clone())
@@ -986,7 +1001,7 @@ async fn an_export_query_delivered_twice_exports_each_leaf_once() {
     folder.store.put(&stray, "x".into()).await.unwrap();
     let status = records.status().await.unwrap();
     assert!(!status.is_complete());
-    assert_eq!(status.unexpected, vec![folder.url_of(&stray)]);
+    assert_eq!(status.unexpected.first, vec![folder.url_of(&stray)]);
 }
 
 /// A second planning pass over a changed table would mix two states in one export: refused

@@ -7,7 +7,7 @@ use clap::Args;
 use sleeper_export::leaf::ExportOptions;
 use sleeper_export::query::BulkExportQuery;
 use sleeper_export::queue::config::{self as queue_config, BulkExportConfig};
-use sleeper_export::queue::manifest::{ExportRecords, ExportStatus};
+use sleeper_export::queue::manifest::{ExportRecords, ExportStatus, Listing, LISTED_BY_DEFAULT};
 use sleeper_export::queue::planner::{Outcome, Planner};
 use sleeper_export::queue::runner::Runner;
 use sleeper_export::queue::sqs::SqsQueue;
@@ -99,6 +99,10 @@ pub struct StatusArgs {
     /// Print the whole status as JSON (with "complete": true|false), for scripts.
     #[arg(long)]
     pub json: bool,
+    /// How many leaves of each kind (pending, failed, problems, …) to name; the rest are
+    /// counted, so that the status of any export fits in memory.
+    #[arg(long, default_value_t = LISTED_BY_DEFAULT)]
+    pub list: usize,
 }
 
 pub async fn submit(args: SubmitArgs, stores: &Stores) -> Result<()> {
@@ -237,7 +241,7 @@ pub async fn status(args: StatusArgs, stores: &Stores) -> Result<()> {
         queue_config::BUCKET,
     )?)?;
     let status = ExportRecords::new(&output, &args.table_id, &args.export_id)
-        .status()
+        .status_listing(args.list, |_| {})
         .await?;
     if args.json {
         #[derive(serde::Serialize)]
@@ -265,7 +269,7 @@ fn print_status(args: &StatusArgs, status: &ExportStatus) {
         "export {} of table {}: {} leaves, {} done, {} pending, {} failed: {}",
         args.export_id,
         args.table_id,
-        status.manifest.sub_exports.len(),
+        status.manifest.sub_exports,
         status.done.len(),
         status.pending.len(),
         status.failed.len(),
@@ -278,19 +282,29 @@ fn print_status(args: &StatusArgs, status: &ExportStatus) {
     if let Some(sql) = &status.manifest.sql_query {
         println!("  each leaf's rows through the SQL: {sql}");
     }
-    for failure in &status.failed {
-        println!(
-            "  failed: leaf {} ({}): {}",
+    print_listing(&status.failed, |failure| {
+        format!(
+            "failed: leaf {} ({}): {}",
             failure.leaf_partition_id, failure.sub_export_id, failure.error
+        )
+    });
+    print_listing(&status.problems, |problem| format!("problem: {problem}"));
+    print_listing(&status.unexpected, |object| {
+        format!("not a file of the export: {object}")
+    });
+    print_listing(&status.unfinished_uploads, |upload| {
+        format!("unfinished upload: {upload}")
+    });
+}
+
+fn print_listing<T>(listing: &Listing<T>, line: impl Fn(&T) -> String) {
+    for item in &listing.first {
+        println!("  {}", line(item));
+    }
+    if listing.not_listed() > 0 {
+        println!(
+            "  … and {} more (--list N names more)",
+            listing.not_listed()
         );
-    }
-    for problem in &status.problems {
-        println!("  problem: {problem}");
-    }
-    for object in &status.unexpected {
-        println!("  not a file of the export: {object}");
-    }
-    for upload in &status.unfinished_uploads {
-        println!("  unfinished upload: {upload}");
     }
 }
