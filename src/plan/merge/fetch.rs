@@ -22,7 +22,24 @@ use datafusion::parquet::file::page_index::offset_index::OffsetIndexMetaData;
 use datafusion::parquet::file::reader::{ChunkReader, Length};
 
 use super::object_file::ObjectFileReader;
-use super::prune::RowGroupRead;
+
+/// A row group to read, rows `first_row..end_row` of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct RowGroupRead {
+    pub(super) row_group: usize,
+    pub(super) first_row: usize,
+    pub(super) end_row: usize,
+}
+
+impl RowGroupRead {
+    pub(super) fn whole(metadata: &ParquetMetaData, row_group: usize) -> Self {
+        RowGroupRead {
+            row_group,
+            first_row: 0,
+            end_row: usize::try_from(metadata.row_group(row_group).num_rows()).unwrap_or(0),
+        }
+    }
+}
 
 /// Some rows of one row group, whose pages are fetched together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,11 +9,14 @@
 //! batch's sort keys; `loser_tree` merges sorted input streams; `gather` copies each merged
 //! batch's rows out of the inputs' batches.
 
+mod adapt;
+mod decode;
 mod fetch;
 mod gather;
 mod keys;
 mod loser_tree;
 mod object_file;
+mod order_check;
 mod prune;
 mod reader;
 

@@ -18,28 +18,10 @@ use datafusion::parquet::errors::{ParquetError, Result as ParquetResult};
 use datafusion::parquet::file::metadata::ParquetMetaData;
 use datafusion::parquet::file::page_index::offset_index::PageLocation;
 
-use super::fetch::{self, HeldPages, Window};
+use super::fetch::{self, HeldPages, RowGroupRead, Window};
 use super::object_file::ObjectFileReader;
 use crate::model::{KeyOrder, KeyValue, PrimitiveType, Range};
 use crate::plan::filter::RowFilter;
-
-/// A row group to read, rows `first_row..end_row` of its own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct RowGroupRead {
-    pub(super) row_group: usize,
-    pub(super) first_row: usize,
-    pub(super) end_row: usize,
-}
-
-impl RowGroupRead {
-    pub(super) fn whole(metadata: &ParquetMetaData, row_group: usize) -> Self {
-        RowGroupRead {
-            row_group,
-            first_row: 0,
-            end_row: usize::try_from(metadata.row_group(row_group).num_rows()).unwrap_or(0),
-        }
-    }
-}
 
 /// The first row key's place in a file, and the ranges of it that the filter keeps.
 pub(super) struct KeyPruning<'a> {
