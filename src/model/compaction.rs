@@ -5,7 +5,10 @@ use std::fmt;
 
 use super::schema::{FieldType, PrimitiveType, Schema};
 use crate::error::{Error, Result};
-use crate::model::properties::{AGGREGATIONS, FILTERS};
+
+/// The table properties the rules are read from.
+pub const FILTERS: &str = "sleeper.table.filters";
+pub const AGGREGATIONS: &str = "sleeper.table.aggregations";
 
 /// Keep rows whose `column` (a long, milliseconds since the epoch) is at least
 /// `now - max_age_millis`; rows where it is null are dropped.

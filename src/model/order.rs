@@ -27,7 +27,7 @@ use datafusion::arrow::array::{Array, ArrayRef, AsArray, BinaryArray, GenericByt
 use datafusion::arrow::buffer::Buffer;
 use datafusion::arrow::datatypes::{ByteArrayType, DataType};
 
-use super::region::KeyValue;
+use super::key::KeyValue;
 use super::schema::PrimitiveType;
 
 /// The order of a table's keys: the order of the data engine that wrote its files.

@@ -2,8 +2,9 @@
 
 use std::collections::HashMap;
 
+use super::key::KeyValue;
 use super::order::KeyOrder;
-use super::region::{KeyValue, Range, Region};
+use super::region::{Range, Region};
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,7 +8,7 @@ use datafusion::parquet::file::metadata::SortingColumn;
 use datafusion::parquet::file::properties::{WriterProperties, WriterVersion};
 use datafusion::parquet::schema::types::ColumnPath;
 
-use super::compaction::CompactionRules;
+use super::compaction::{CompactionRules, AGGREGATIONS, FILTERS};
 use super::order::KeyOrder;
 use super::schema::{leaf_count, Schema};
 use crate::error::{Error, Result};
@@ -130,8 +130,6 @@ fn escape(text: &str, is_key: bool) -> String {
 pub const TABLE_ID: &str = "sleeper.table.id";
 pub const TABLE_NAME: &str = "sleeper.table.name";
 pub const SCHEMA: &str = "sleeper.table.schema";
-pub const FILTERS: &str = "sleeper.table.filters";
-pub const AGGREGATIONS: &str = "sleeper.table.aggregations";
 const ROW_GROUP_ROWS: &str = "sleeper.table.parquet.rowgroup.rows.max";
 const PAGE_SIZE: &str = "sleeper.table.parquet.page.size";
 const COMPRESSION: &str = "sleeper.table.parquet.compression.codec";
