@@ -78,20 +78,7 @@ pub async fn export_table(
         .iter()
         .chain(&planned.already_done)
         .for_each(&mut on_leaf);
-    let runner = Arc::new(
-        Runner::new(
-            tables,
-            output.clone(),
-            options.clone(),
-            BulkExportConfig {
-                wait: LOCAL_QUEUE_WAIT,
-                ..BulkExportConfig::default()
-            },
-        )
-        .with_concurrency(options.parallelism)
-        .with_idle_exit(Some(Duration::ZERO))
-        .with_stop_grace(Duration::ZERO),
-    );
+    let runner = Arc::new(local_runner(tables, output, options));
     let report = runner
         .run_reporting(
             leaf_queue,
@@ -108,10 +95,44 @@ pub async fn export_table(
     if let Some(error) = report.failed.into_iter().chain(report.rejected).next() {
         return Err(error);
     }
-    // The manifest's order: leaves in key order, and a cut leaf's pieces in theirs.
+    let mut leaves = report.done;
+    leaves.extend(planned.empty_leaves);
+    leaves.extend(planned.already_done);
+    in_manifest_order(output, &records, &mut leaves).await?;
+    Ok(ExportSummary {
+        table_id: table.id().to_owned(),
+        export_id,
+        leaves,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// The runner of a local export: every leaf once, until the queue is empty, stopped at once.
+fn local_runner(tables: TableIndex, output: &Location, options: &ExportOptions) -> Runner {
+    Runner::new(
+        tables,
+        output.clone(),
+        options.clone(),
+        BulkExportConfig {
+            wait: LOCAL_QUEUE_WAIT,
+            ..BulkExportConfig::default()
+        },
+    )
+    .with_concurrency(options.parallelism)
+    .with_idle_exit(Some(Duration::ZERO))
+    .with_stop_grace(Duration::ZERO)
+}
+
+/// Sorts `leaves` in the manifest's order: leaves in key order, and a cut leaf's pieces in
+/// theirs.
+async fn in_manifest_order(
+    output: &Location,
+    records: &ExportRecords,
+    leaves: &mut [WrittenLeaf],
+) -> Result<()> {
     let manifest = records.manifest().await?.ok_or_else(|| {
         Error::location(
-            output.url_of(&records.folder()),
+            output.url_of(&records.layout().folder()),
             "the export's manifest is gone",
         )
     })?;
@@ -121,22 +142,17 @@ pub async fn export_table(
         .enumerate()
         .map(|(position, sub_export)| (sub_export.sub_export_id.as_str(), position))
         .collect();
-    let mut leaves = report.done;
-    leaves.extend(planned.empty_leaves);
-    leaves.extend(planned.already_done);
     leaves.sort_by_key(|leaf| order.get(leaf.sub_export_id.as_str()).copied());
-    Ok(ExportSummary {
-        table_id: table.id().to_owned(),
-        export_id,
-        leaves,
-        elapsed: started.elapsed(),
-    })
+    Ok(())
 }
 
 /// Best effort: an export does not fail for want of tidying (a bucket's lifecycle rule is the
 /// backstop on S3), and `status` names what is left.
 async fn remove_unfinished_uploads(output: &Location, records: &ExportRecords) {
-    match output.abort_unfinished_uploads(&records.folder()).await {
+    match output
+        .abort_unfinished_uploads(&records.layout().folder())
+        .await
+    {
         Ok(removed) if !removed.is_empty() => tracing::info!(
             removed = removed.len(),
             "removed the unfinished uploads of an earlier run of the export"

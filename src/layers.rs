@@ -307,6 +307,26 @@ impl Crate {
             .get(&(parent.to_vec(), name.clone()))
             .cloned()
     }
+
+    /// The modules of `sources`, and what each re-exports.
+    fn of(sources: &[Source]) -> Crate {
+        let mut krate = Crate {
+            modules: sources.iter().map(|s| s.module.clone()).collect(),
+            reexports: HashMap::new(),
+        };
+        for source in sources {
+            for (path, alias, public) in &source.uses {
+                if let Some(target) = krate.resolve(&source.module, path).filter(|_| *public) {
+                    if let Some(child) = krate.child_of(&source.module, &target) {
+                        krate
+                            .reexports
+                            .insert((source.module.clone(), alias.clone()), child);
+                    }
+                }
+            }
+        }
+        krate
+    }
 }
 
 /// A cycle in `edges`, as the names along it, if there is one.
@@ -341,6 +361,16 @@ fn find_cycle(edges: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>>
         .find_map(|node| visit(node, edges, &mut Vec::new(), &mut done))
 }
 
+/// Each module's cycle between its files, if it has one.
+fn cycles_of(siblings: &BTreeMap<Vec<String>, BTreeMap<String, BTreeSet<String>>>) -> Vec<String> {
+    siblings
+        .iter()
+        .filter_map(|(parent, edges)| {
+            find_cycle(edges).map(|cycle| format!("{}: {}", parent.join("::"), cycle.join(" → ")))
+        })
+        .collect()
+}
+
 #[test]
 fn every_module_uses_only_the_layers_below_it_and_no_files_of_one_module_use_each_other() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
@@ -352,21 +382,7 @@ fn every_module_uses_only_the_layers_below_it_and_no_files_of_one_module_use_eac
         .map(|file| Source::read(&src, file))
         .filter(|s| !["lib", "bin", "layers"].contains(&s.module[0].as_str()))
         .collect();
-    let mut krate = Crate {
-        modules: sources.iter().map(|s| s.module.clone()).collect(),
-        reexports: HashMap::new(),
-    };
-    for source in &sources {
-        for (path, alias, public) in &source.uses {
-            if let Some(target) = krate.resolve(&source.module, path).filter(|_| *public) {
-                if let Some(child) = krate.child_of(&source.module, &target) {
-                    krate
-                        .reexports
-                        .insert((source.module.clone(), alias.clone()), child);
-                }
-            }
-        }
-    }
+    let krate = Crate::of(&sources);
 
     let bottom = LAYERS.len() - 1;
     let mut upward = BTreeSet::new();
@@ -415,12 +431,7 @@ fn every_module_uses_only_the_layers_below_it_and_no_files_of_one_module_use_eac
             }
         }
     }
-    let cycles: Vec<String> = siblings
-        .iter()
-        .filter_map(|(parent, edges)| {
-            find_cycle(edges).map(|cycle| format!("{}: {}", parent.join("::"), cycle.join(" → ")))
-        })
-        .collect();
+    let cycles = cycles_of(&siblings);
     let mut problems = Vec::new();
     if !unplaced.is_empty() {
         problems.push(format!("modules in no layer: {unplaced:?}"));

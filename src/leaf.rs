@@ -94,14 +94,126 @@ impl ExportOptions {
     }
 }
 
-/// `<output>/<tableId>/<exportId>/<subExportId>.parquet`, Sleeper's layout (by table id, not name).
-pub fn output_path(
-    output: &Location,
-    table_id: &str,
-    export_id: &str,
-    sub_export_id: &str,
-) -> Path {
-    output.child(&format!("{table_id}/{export_id}/{sub_export_id}.parquet"))
+/// Every path of one export, in Sleeper's layout (by table id, not name): under
+/// `<output>/<tableId>/<exportId>/`, a data file `<subExportId>.parquet` per sub-export, and
+/// the records `_manifest.json`, `_status/<subExportId>.json` (done),
+/// `_status/<subExportId>.failed.json`, `_status/_count/<n>` (count tokens) and `_SUCCESS`, all
+/// named `_…` so that Spark, Hive, Athena and pyarrow read the folder as a dataset of exactly
+/// the exported rows.
+#[derive(Debug, Clone)]
+pub struct ExportLayout {
+    output: Location,
+    table_id: String,
+    export_id: String,
+}
+
+/// What an object in an export's folder is, by its exact path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExportObject {
+    DataFile(String),
+    Manifest,
+    Done(String),
+    Failed(String),
+    CountToken,
+    Success,
+}
+
+const STATUS: &str = "_status";
+const COUNT: &str = "_status/_count";
+
+impl ExportLayout {
+    pub fn new(output: &Location, table_id: &str, export_id: &str) -> Self {
+        ExportLayout {
+            output: output.clone(),
+            table_id: table_id.to_owned(),
+            export_id: export_id.to_owned(),
+        }
+    }
+
+    /// Where the export's table folders are.
+    pub fn output(&self) -> &Location {
+        &self.output
+    }
+
+    pub fn table_id(&self) -> &str {
+        &self.table_id
+    }
+
+    pub fn export_id(&self) -> &str {
+        &self.export_id
+    }
+
+    fn path(&self, relative: &str) -> Path {
+        self.output
+            .child(&format!("{}/{}/{relative}", self.table_id, self.export_id))
+    }
+
+    /// The export's folder.
+    pub fn folder(&self) -> Path {
+        self.path("")
+    }
+
+    pub fn data_file(&self, sub_export_id: &str) -> Path {
+        self.path(&format!("{sub_export_id}.parquet"))
+    }
+
+    pub fn manifest(&self) -> Path {
+        self.path("_manifest.json")
+    }
+
+    pub fn done_record(&self, sub_export_id: &str) -> Path {
+        self.path(&format!("{STATUS}/{sub_export_id}.json"))
+    }
+
+    pub fn failure_record(&self, sub_export_id: &str) -> Path {
+        self.path(&format!("{STATUS}/{sub_export_id}.failed.json"))
+    }
+
+    pub fn count_token(&self, index: usize) -> Path {
+        self.path(&format!("{COUNT}/{index}"))
+    }
+
+    pub fn success(&self) -> Path {
+        self.path("_SUCCESS")
+    }
+
+    pub fn url_of(&self, path: &Path) -> String {
+        self.output.url_of(path)
+    }
+
+    /// Where the sink writes a sub-export of leaf `partition_id`.
+    pub fn target(&self, partition_id: &str, sub_export_id: &str) -> ExportTarget {
+        let path = self.data_file(sub_export_id);
+        ExportTarget {
+            partition_id: partition_id.to_owned(),
+            sub_export_id: sub_export_id.to_owned(),
+            url: self.url_of(&path),
+            path,
+        }
+    }
+
+    /// What `location` is; `None` for an object the export does not write.
+    pub fn object(&self, location: &Path) -> Option<ExportObject> {
+        if location.prefix_matches(&self.path(COUNT)) {
+            return Some(ExportObject::CountToken);
+        }
+        if *location == self.manifest() {
+            return Some(ExportObject::Manifest);
+        }
+        if *location == self.success() {
+            return Some(ExportObject::Success);
+        }
+        let name = location.filename()?;
+        let id = |suffix: &str, path: fn(&Self, &str) -> Path| {
+            name.strip_suffix(suffix)
+                .filter(|id| *location == path(self, id))
+                .map(str::to_owned)
+        };
+        id(".failed.json", Self::failure_record)
+            .map(ExportObject::Failed)
+            .or_else(|| id(".json", Self::done_record).map(ExportObject::Done))
+            .or_else(|| id(".parquet", Self::data_file).map(ExportObject::DataFile))
+    }
 }
 
 impl From<&BulkExportLeafPartitionQuery> for LeafInput {
@@ -152,18 +264,8 @@ pub async fn leaf_export_plan(
             .set_sorting_columns(Some(kept))
             .build();
     }
-    let path = output_path(
-        output,
-        &query.table_id,
-        &query.export_id,
-        &query.sub_export_id,
-    );
-    let target = ExportTarget {
-        partition_id: query.leaf_partition_id.clone(),
-        sub_export_id: query.sub_export_id.clone(),
-        url: output.url_of(&path),
-        path,
-    };
+    let target = ExportLayout::new(output, &query.table_id, &query.export_id)
+        .target(&query.leaf_partition_id, &query.sub_export_id);
     Ok(Arc::new(
         LeafExportExec::try_new(
             input,
@@ -262,4 +364,48 @@ pub async fn run_leaf_query(
             message: "the export plan returned no summary".into(),
             source: None,
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::Stores;
+
+    /// Each object the export writes is known by its exact path; a name that only looks like
+    /// one (in another folder, one level too deep, of another export) is not the export's.
+    #[test]
+    fn an_export_knows_its_objects_by_their_exact_paths() {
+        let output = Stores::default().resolve("/tmp/out").unwrap();
+        let layout = ExportLayout::new(&output, "t", "e");
+        let at = |relative: &str| output.child(relative);
+        let cases = [
+            ("t/e/s1.parquet", Some(ExportObject::DataFile("s1".into()))),
+            ("t/e/_manifest.json", Some(ExportObject::Manifest)),
+            ("t/e/_SUCCESS", Some(ExportObject::Success)),
+            ("t/e/_status/s1.json", Some(ExportObject::Done("s1".into()))),
+            (
+                "t/e/_status/s1.failed.json",
+                Some(ExportObject::Failed("s1".into())),
+            ),
+            ("t/e/_status/_count/7", Some(ExportObject::CountToken)),
+            ("t/e/sub/s1.parquet", None),
+            ("t/e/_status/s1.parquet", None),
+            ("t/e/s1.json", None),
+            ("t/other/s1.parquet", None),
+            ("t/e/_status/deeper/s1.json", None),
+            ("t/e/notes.txt", None),
+        ];
+        for (relative, expected) in cases {
+            assert_eq!(layout.object(&at(relative)), expected, "{relative}");
+        }
+        assert_eq!(layout.data_file("s1"), at("t/e/s1.parquet"));
+        let target = layout.target("leaf", "s1");
+        assert_eq!(
+            (target.path, target.url),
+            (
+                at("t/e/s1.parquet"),
+                "file:///tmp/out/t/e/s1.parquet".to_owned()
+            )
+        );
+    }
 }

@@ -1,6 +1,4 @@
-//! Java `.properties` files, and the table properties sleeper-export uses.
-
-use std::collections::BTreeMap;
+//! The table properties sleeper-export uses, read as Sleeper's `TableProperties` reads them.
 
 use datafusion::arrow::datatypes::Schema as ArrowSchema;
 use datafusion::parquet::basic::{BrotliLevel, Compression, GzipLevel, ZstdLevel};
@@ -9,123 +7,10 @@ use datafusion::parquet::file::properties::{WriterProperties, WriterVersion};
 use datafusion::parquet::schema::types::ColumnPath;
 
 use super::compaction::{CompactionRules, AGGREGATIONS, FILTERS};
+use super::java_properties::JavaProperties;
 use super::order::KeyOrder;
 use super::schema::{leaf_count, Schema};
 use crate::error::{Error, Result};
-
-/// A Java properties file, parsed as `java.util.Properties.load` does.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct JavaProperties {
-    entries: BTreeMap<String, String>,
-}
-
-impl JavaProperties {
-    pub fn parse(text: &str) -> Self {
-        let mut entries = BTreeMap::new();
-        let mut logical = String::new();
-        let mut lines = text.lines();
-        while let Some(line) = lines.next() {
-            let trimmed = line.trim_start();
-            if logical.is_empty()
-                && (trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with('!'))
-            {
-                continue;
-            }
-            logical.push_str(trimmed);
-            let trailing_backslashes = logical.chars().rev().take_while(|&c| c == '\\').count();
-            if trailing_backslashes % 2 == 1 && lines.clone().next().is_some() {
-                logical.pop();
-                continue;
-            }
-            let (key, value) = split_key_value(&logical);
-            entries.insert(key, value);
-            logical.clear();
-        }
-        JavaProperties { entries }
-    }
-
-    pub fn get(&self, key: &str) -> Option<&str> {
-        self.entries.get(key).map(String::as_str)
-    }
-
-    pub fn set(&mut self, key: impl Into<String>, value: impl Into<String>) {
-        self.entries.insert(key.into(), value.into());
-    }
-
-    pub fn to_text(&self) -> String {
-        self.entries
-            .iter()
-            .map(|(k, v)| format!("{}={}\n", escape(k, true), escape(v, false)))
-            .collect()
-    }
-}
-
-fn split_key_value(line: &str) -> (String, String) {
-    let mut chars = line.char_indices().peekable();
-    let mut key_end = line.len();
-    while let Some((i, c)) = chars.next() {
-        match c {
-            '\\' => {
-                chars.next();
-            }
-            '=' | ':' | ' ' | '\t' | '\x0c' => {
-                key_end = i;
-                break;
-            }
-            _ => {}
-        }
-    }
-    let rest = line[key_end..].trim_start_matches([' ', '\t', '\x0c']);
-    let rest = rest.strip_prefix(['=', ':']).unwrap_or(rest);
-    let value = rest.trim_start_matches([' ', '\t', '\x0c']);
-    (unescape(&line[..key_end]), unescape(value))
-}
-
-fn unescape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c != '\\' {
-            out.push(c);
-            continue;
-        }
-        match chars.next() {
-            Some('t') => out.push('\t'),
-            Some('n') => out.push('\n'),
-            Some('r') => out.push('\r'),
-            Some('f') => out.push('\x0c'),
-            Some('u') => {
-                let hex: String = chars.by_ref().take(4).collect();
-                match u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32) {
-                    Some(decoded) => out.push(decoded),
-                    None => out.push_str(&hex),
-                }
-            }
-            Some(other) => out.push(other),
-            None => {}
-        }
-    }
-    out
-}
-
-fn escape(text: &str, is_key: bool) -> String {
-    let mut out = String::with_capacity(text.len());
-    for (i, c) in text.chars().enumerate() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '=' | ':' | '#' | '!' => {
-                out.push('\\');
-                out.push(c);
-            }
-            ' ' if is_key || i == 0 => out.push_str("\\ "),
-            _ => out.push(c),
-        }
-    }
-    out
-}
 
 pub const TABLE_ID: &str = "sleeper.table.id";
 pub const TABLE_NAME: &str = "sleeper.table.name";
@@ -204,6 +89,66 @@ impl Default for ParquetOptions {
     }
 }
 
+/// A table's settings, each falling back to the instance's `sleeper.default.table.*` value.
+struct Settings<'a> {
+    table: &'a JavaProperties,
+    instance: &'a JavaProperties,
+}
+
+impl Settings<'_> {
+    fn get(&self, key: &str) -> Option<String> {
+        self.table
+            .get(key)
+            .or_else(|| self.instance.get(&instance_default(key)))
+            .map(str::to_owned)
+    }
+
+    fn number(&self, key: &str, default: usize) -> Result<usize> {
+        self.get(key).map_or(Ok(default), |v| {
+            v.trim().parse().map_err(|_| Error::Property {
+                property: key.into(),
+                message: format!("{v:?} is not a whole number"),
+            })
+        })
+    }
+
+    fn flag(&self, key: &str, default: bool) -> Result<bool> {
+        self.get(key).map_or(Ok(default), |v| {
+            match v.trim().to_ascii_lowercase().as_str() {
+                "true" => Ok(true),
+                "false" => Ok(false),
+                _ => Err(Error::Property {
+                    property: key.into(),
+                    message: format!("{v:?} is not true or false"),
+                }),
+            }
+        })
+    }
+
+    /// The Parquet settings, Sleeper's defaults where neither the table nor the instance sets
+    /// them.
+    fn parquet_options(&self) -> Result<ParquetOptions> {
+        let defaults = ParquetOptions::default();
+        Ok(ParquetOptions {
+            row_group_rows: self.number(ROW_GROUP_ROWS, defaults.row_group_rows)?,
+            page_size: self.number(PAGE_SIZE, defaults.page_size)?,
+            compression: self
+                .get(COMPRESSION)
+                .map_or(defaults.compression, |v| v.trim().to_ascii_lowercase()),
+            writer_version: self
+                .get(WRITER_VERSION)
+                .map_or(defaults.writer_version, |v| v.trim().to_ascii_lowercase()),
+            column_index_truncate_length: self
+                .number(COLUMN_INDEX_TRUNCATE, defaults.column_index_truncate_length)?,
+            statistics_truncate_length: self
+                .number(STATISTICS_TRUNCATE, defaults.statistics_truncate_length)?,
+            dictionary_row_keys: self.flag(DICTIONARY_ROW_KEYS, defaults.dictionary_row_keys)?,
+            dictionary_sort_keys: self.flag(DICTIONARY_SORT_KEYS, defaults.dictionary_sort_keys)?,
+            dictionary_values: self.flag(DICTIONARY_VALUES, defaults.dictionary_values)?,
+        })
+    }
+}
+
 impl TableProperties {
     pub fn new(table_id: impl Into<String>, table_name: impl Into<String>, schema: Schema) -> Self {
         let mut properties = TableProperties {
@@ -228,10 +173,9 @@ impl TableProperties {
     /// A table's properties as Sleeper's `TableProperties` reads them: a property not set falls
     /// back to the instance's `sleeper.default.table.*` value, then to Sleeper's default.
     pub fn from_java_with_defaults(raw: JavaProperties, instance: &JavaProperties) -> Result<Self> {
-        let setting = |key: &str| {
-            raw.get(key)
-                .map(str::to_owned)
-                .or_else(|| instance.get(&instance_default(key)).map(str::to_owned))
+        let settings = Settings {
+            table: &raw,
+            instance,
         };
         let required = |key: &str| {
             raw.get(key)
@@ -246,53 +190,14 @@ impl TableProperties {
             property: SCHEMA.into(),
             message: format!("table {table_id}: {e}"),
         })?;
-        let defaults = ParquetOptions::default();
-        let number = |key: &str, default: usize| -> Result<usize> {
-            setting(key).map_or(Ok(default), |v| {
-                v.trim().parse().map_err(|_| Error::Property {
-                    property: key.into(),
-                    message: format!("{v:?} is not a whole number"),
-                })
-            })
-        };
-        let flag = |key: &str, default: bool| -> Result<bool> {
-            setting(key).map_or(Ok(default), |v| {
-                match v.trim().to_ascii_lowercase().as_str() {
-                    "true" => Ok(true),
-                    "false" => Ok(false),
-                    _ => Err(Error::Property {
-                        property: key.into(),
-                        message: format!("{v:?} is not true or false"),
-                    }),
-                }
-            })
-        };
-        let parquet = ParquetOptions {
-            row_group_rows: number(ROW_GROUP_ROWS, defaults.row_group_rows)?,
-            page_size: number(PAGE_SIZE, defaults.page_size)?,
-            compression: setting(COMPRESSION)
-                .map_or(defaults.compression, |v| v.trim().to_ascii_lowercase()),
-            writer_version: setting(WRITER_VERSION)
-                .map_or(defaults.writer_version, |v| v.trim().to_ascii_lowercase()),
-            column_index_truncate_length: number(
-                COLUMN_INDEX_TRUNCATE,
-                defaults.column_index_truncate_length,
-            )?,
-            statistics_truncate_length: number(
-                STATISTICS_TRUNCATE,
-                defaults.statistics_truncate_length,
-            )?,
-            dictionary_row_keys: flag(DICTIONARY_ROW_KEYS, defaults.dictionary_row_keys)?,
-            dictionary_sort_keys: flag(DICTIONARY_SORT_KEYS, defaults.dictionary_sort_keys)?,
-            dictionary_values: flag(DICTIONARY_VALUES, defaults.dictionary_values)?,
-        };
+        let parquet = settings.parquet_options()?;
         let non_empty = |key: &str| {
             raw.get(key)
                 .map(str::trim)
                 .filter(|v| !v.is_empty())
                 .map(str::to_owned)
         };
-        let key_order = match setting(DATA_ENGINE) {
+        let key_order = match settings.get(DATA_ENGINE) {
             None => KeyOrder::default(),
             Some(engine) => KeyOrder::of_data_engine(&engine).ok_or_else(|| Error::Property {
                 property: DATA_ENGINE.into(),
@@ -482,30 +387,6 @@ impl TableProperties {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_java_properties_syntax() {
-        let text = "# comment\n! other comment\nkey1=value1\nkey2 : value 2\nkey3 value3\n\
-                    multi=first \\\n    second\nescaped\\=key=a\\tb\\u0041\nempty=\n";
-        let props = JavaProperties::parse(text);
-        assert_eq!(props.get("key1"), Some("value1"));
-        assert_eq!(props.get("key2"), Some("value 2"));
-        assert_eq!(props.get("key3"), Some("value3"));
-        assert_eq!(props.get("multi"), Some("first second"));
-        assert_eq!(props.get("escaped=key"), Some("a\tbA"));
-        assert_eq!(props.get("empty"), Some(""));
-    }
-
-    #[test]
-    fn written_properties_read_back() {
-        let mut props = JavaProperties::default();
-        props.set("a key", "= value: with #specials\\ and\nnewline");
-        props.set(
-            SCHEMA,
-            r#"{"rowKeyFields":[{"name":"k","type":"LongType"}]}"#,
-        );
-        assert_eq!(JavaProperties::parse(&props.to_text()), props);
-    }
 
     #[test]
     fn table_properties_need_an_id_and_a_valid_schema() {

@@ -1,29 +1,19 @@
 //! Export status, which Sleeper lacks (its issue #5115): the planner writes a manifest of the
 //! expected files, each runner records its leaf's completion (rows, bytes, CRC32C) or failure
-//! beside it, and whichever runner records the last leaf writes a completion marker:
+//! beside it, and whichever runner records the last leaf writes a completion marker, each where
+//! [`ExportLayout`] puts it.
 //!
-//! ```text
-//! <output>/<tableId>/<exportId>/<subExportId>.parquet                the data
-//! <output>/<tableId>/<exportId>/_manifest.json
-//! <output>/<tableId>/<exportId>/_status/<subExportId>.json           done
-//! <output>/<tableId>/<exportId>/_status/<subExportId>.failed.json    last failure, until done
-//! <output>/<tableId>/<exportId>/_status/_count/<n>                   the n+1th leaf done
-//! <output>/<tableId>/<exportId>/_SUCCESS                             complete: its summary
-//! ```
-//!
-//! Everything but the data starts with `_`, the names Spark, Hive, Athena, Glue and pyarrow skip
-//! when they read a folder as a dataset, so the export folder reads as exactly its files.
 //! Complete means every file of the manifest has a completion record and exists with exactly the
 //! recorded size, and the folder holds nothing else: a reader that checks this reads whole files
 //! only, and all of them.
 
 use object_store::path::Path;
-use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::leaf::output_path;
+use crate::leaf::ExportLayout;
 use crate::model::{Schema, StateVersion};
 use crate::plan::sink::WrittenLeaf;
 use crate::query::BulkExportLeafPartitionQuery;
@@ -34,11 +24,6 @@ mod stream;
 pub use status::{ExportStatus, Listing, LISTED_BY_DEFAULT};
 pub use stream::ManifestHeader;
 
-pub const MANIFEST: &str = "_manifest.json";
-pub const STATUS: &str = "_status";
-pub const SUCCESS: &str = "_SUCCESS";
-/// The completions counted, one empty object each (see [`ExportRecords::record_completion`]).
-const COUNT: &str = "_status/_count";
 /// Status records read at once: each is a round trip to the store.
 const RECORDS_READ_AT_ONCE: usize = 32;
 
@@ -122,47 +107,39 @@ pub fn split_digest(queries: &[BulkExportLeafPartitionQuery]) -> String {
     hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Where one export's files and records live.
+/// One export's records, read and written where its layout puts them.
 #[derive(Debug, Clone)]
 pub struct ExportRecords {
-    root: Location,
-    table_id: String,
-    export_id: String,
+    layout: ExportLayout,
 }
 
 impl ExportRecords {
     pub fn new(output: &Location, table_id: &str, export_id: &str) -> Self {
         ExportRecords {
-            root: output.clone(),
-            table_id: table_id.into(),
-            export_id: export_id.into(),
+            layout: ExportLayout::new(output, table_id, export_id),
         }
     }
 
-    /// The export's folder.
-    pub fn folder(&self) -> Path {
-        self.path("")
+    pub fn layout(&self) -> &ExportLayout {
+        &self.layout
     }
 
-    fn path(&self, relative: &str) -> Path {
-        self.root
-            .child(&format!("{}/{}/{relative}", self.table_id, self.export_id))
+    fn store(&self) -> &dyn ObjectStore {
+        self.layout.output().store.as_ref()
     }
 
-    async fn put_json(&self, relative: &str, value: &impl Serialize, mode: PutMode) -> Result<()> {
-        let path = self.path(relative);
+    async fn put_json(&self, path: &Path, value: &impl Serialize, mode: PutMode) -> Result<()> {
         let json = serde_json::to_vec_pretty(value).expect("records always serialise");
-        self.root
-            .store
-            .put_opts(&path, PutPayload::from(json), PutOptions::from(mode))
+        self.store()
+            .put_opts(path, PutPayload::from(json), PutOptions::from(mode))
             .await
-            .map_err(|e| Error::object_store(self.root.url_of(&path), e))?;
+            .map_err(|e| Error::object_store(self.layout.url_of(path), e))?;
         Ok(())
     }
 
     async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &Path) -> Result<Option<T>> {
-        let url = self.root.url_of(path);
-        match read_all(self.root.store.as_ref(), path).await {
+        let url = self.layout.url_of(path);
+        match read_all(self.store(), path).await {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .map(Some)
                 .map_err(|source| Error::Json {
@@ -182,8 +159,8 @@ impl ExportRecords {
         state_version: Option<StateVersion>,
     ) -> Manifest {
         Manifest {
-            table_id: self.table_id.clone(),
-            export_id: self.export_id.clone(),
+            table_id: self.layout.table_id().to_owned(),
+            export_id: self.layout.export_id().to_owned(),
             split_digest: split_digest(queries),
             state_version,
             // One query's SQL is every leaf's.
@@ -193,7 +170,7 @@ impl ExportRecords {
                 .map(|q| SubExport {
                     sub_export_id: q.sub_export_id.clone(),
                     leaf_partition_id: q.leaf_partition_id.clone(),
-                    file: self.root.url_of(&self.data_file(&q.sub_export_id)),
+                    file: self.layout.url_of(&self.layout.data_file(&q.sub_export_id)),
                     region: is_piece(q).then(|| match q.regions.as_slice() {
                         [region] => region.to_json(schema),
                         regions => regions.iter().map(|r| r.to_json(schema)).collect(),
@@ -203,22 +180,21 @@ impl ExportRecords {
         }
     }
 
-    fn data_file(&self, sub_export_id: &str) -> Path {
-        output_path(&self.root, &self.table_id, &self.export_id, sub_export_id)
-    }
-
     /// Writes `manifest` unless the export already has one, which it then returns: of two
     /// planning passes of the same export, however close together, one manifest wins.
     /// Written before any leaf query is sent, so status never misses a leaf.
     pub async fn create_manifest(&self, manifest: &Manifest) -> Result<Option<Manifest>> {
-        match self.put_json(MANIFEST, manifest, PutMode::Create).await {
+        match self
+            .put_json(&self.layout.manifest(), manifest, PutMode::Create)
+            .await
+        {
             Ok(()) => Ok(None),
             Err(Error::ObjectStore {
                 source: object_store::Error::AlreadyExists { .. },
                 ..
             }) => self.manifest().await?.map(Some).ok_or_else(|| {
                 Error::location(
-                    self.root.url_of(&self.path(MANIFEST)),
+                    self.layout.url_of(&self.layout.manifest()),
                     "the manifest exists but cannot be read back",
                 )
             }),
@@ -237,16 +213,12 @@ impl ExportRecords {
     /// then reaches the number of leaves early, and each leaf recorded after that looks at the
     /// whole export until it is complete, which costs listings but never a wrong `_SUCCESS`.
     pub async fn record_completion(&self, result: &WrittenLeaf, hint: usize) -> Result<usize> {
-        self.put_json(
-            &format!("{STATUS}/{}.json", result.sub_export_id),
-            result,
-            PutMode::Overwrite,
-        )
-        .await?;
-        let failed = self.path(&format!("{STATUS}/{}.failed.json", result.sub_export_id));
-        match self.root.store.delete(&failed).await {
+        let done = self.layout.done_record(&result.sub_export_id);
+        self.put_json(&done, result, PutMode::Overwrite).await?;
+        let failed = self.layout.failure_record(&result.sub_export_id);
+        match self.store().delete(&failed).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(Error::object_store(self.root.url_of(&failed), e)),
+            Err(e) => return Err(Error::object_store(self.layout.url_of(&failed), e)),
         }
         self.count_completion(hint).await
     }
@@ -260,17 +232,16 @@ impl ExportRecords {
         let mut known = hint;
         loop {
             let missing = self.first_missing_token(known).await?;
-            let token = self.count_token(missing);
+            let token = self.layout.count_token(missing);
             match self
-                .root
-                .store
+                .store()
                 .put_opts(&token, PutPayload::new(), PutOptions::from(PutMode::Create))
                 .await
             {
                 Ok(_) => return Ok(missing + 1),
                 // Another leaf took it: ours is a later one.
                 Err(object_store::Error::AlreadyExists { .. }) => known = missing + 1,
-                Err(e) => return Err(Error::object_store(self.root.url_of(&token), e)),
+                Err(e) => return Err(Error::object_store(self.layout.url_of(&token), e)),
             }
         }
     }
@@ -297,16 +268,12 @@ impl ExportRecords {
     }
 
     async fn token_exists(&self, index: usize) -> Result<bool> {
-        let token = self.count_token(index);
-        match self.root.store.head(&token).await {
+        let token = self.layout.count_token(index);
+        match self.store().head(&token).await {
             Ok(_) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
-            Err(e) => Err(Error::object_store(self.root.url_of(&token), e)),
+            Err(e) => Err(Error::object_store(self.layout.url_of(&token), e)),
         }
-    }
-
-    fn count_token(&self, index: usize) -> Path {
-        self.path(&format!("{COUNT}/{index}"))
     }
 
     pub async fn record_failure(
@@ -319,17 +286,13 @@ impl ExportRecords {
             leaf_partition_id: query.leaf_partition_id.clone(),
             error: error.to_string(),
         };
-        self.put_json(
-            &format!("{STATUS}/{}.failed.json", query.sub_export_id),
-            &failure,
-            PutMode::Overwrite,
-        )
-        .await
+        let path = self.layout.failure_record(&query.sub_export_id);
+        self.put_json(&path, &failure, PutMode::Overwrite).await
     }
 
     /// The export's manifest, if it has been planned.
     pub async fn manifest(&self) -> Result<Option<Manifest>> {
-        self.get_json(&self.path(MANIFEST)).await
+        self.get_json(&self.layout.manifest()).await
     }
 
     /// Writes `_SUCCESS` if the export is complete and it is not there yet; whichever caller
@@ -346,14 +309,17 @@ impl ExportRecords {
         let mut status = self.status_listing(LISTED_BY_DEFAULT, on_done).await?;
         if status.is_complete() && !status.success_marker {
             let success = ExportSuccess {
-                table_id: self.table_id.clone(),
-                export_id: self.export_id.clone(),
+                table_id: self.layout.table_id().to_owned(),
+                export_id: self.layout.export_id().to_owned(),
                 files: status.done.len(),
                 rows: status.rows,
                 bytes: status.bytes,
                 state_version: status.manifest.state_version,
             };
-            match self.put_json(SUCCESS, &success, PutMode::Create).await {
+            match self
+                .put_json(&self.layout.success(), &success, PutMode::Create)
+                .await
+            {
                 Ok(())
                 | Err(Error::ObjectStore {
                     source: object_store::Error::AlreadyExists { .. },

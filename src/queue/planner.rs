@@ -6,15 +6,19 @@ use std::time::Duration;
 
 use futures::{stream, StreamExt, TryStreamExt};
 
-use super::manifest::{ExportRecords, SubExport, LISTED_BY_DEFAULT, MANIFEST};
+use super::manifest::{ExportRecords, Manifest, SubExport, LISTED_BY_DEFAULT};
 use super::trust::check_id;
 use super::{Message, MessageQueue};
 use crate::error::{Error, Result};
 use crate::leaf::{check_leaf_sql, run_leaf_query, ExportOptions};
 use crate::plan::sink::WrittenLeaf;
-use crate::query::{cut_leaf_query, split_into_leaf_queries, BulkExportQuery, TableSelector};
+use crate::query::{
+    cut_leaf_query, split_into_leaf_queries, BulkExportLeafPartitionQuery, BulkExportQuery,
+    TableSelector,
+};
 use crate::queue::TableIndex;
 use crate::storage::Location;
+use crate::table::SleeperTable;
 
 /// Empty files written at once: a freshly split table can have thousands of empty leaves, and
 /// each file and its status record is a round trip to the store.
@@ -83,93 +87,21 @@ impl Planner {
             check_leaf_sql(table, sql, &self.export).await?;
         }
         let records = ExportRecords::new(&self.output, table.id(), &export_id);
-        let mut leaf_queries = split_into_leaf_queries(table, &export_id);
-        for leaf_query in &mut leaf_queries {
-            leaf_query.sql_query.clone_from(&query.sql_query);
-        }
-        if let Some(max_rows) = self.export.max_rows_per_file {
-            leaf_queries = stream::iter(leaf_queries)
-                .map(|leaf_query| cut_leaf_query(table, leaf_query, max_rows))
-                .buffered(LEAVES_CUT_AT_ONCE)
-                .try_collect::<Vec<_>>()
-                .await?
-                .into_iter()
-                .flatten()
-                .collect();
-        }
+        let mut leaf_queries = self
+            .leaf_queries(table, &export_id, &query.sql_query)
+            .await?;
         let ours =
             records.manifest_of(&leaf_queries, &table.properties.schema, table.state_version);
-        let mut already_done = Vec::new();
-        if let Some(earlier) = records.create_manifest(&ours).await? {
-            if earlier.sql_query != ours.sql_query {
-                return Err(Error::validation(
-                    Some(&export_id),
-                    format!(
-                        "export {export_id} of table {} was planned with {}, not {}: an \
-                         export's files come from one query; use a new export id",
-                        table.id(),
-                        describe_sql(earlier.sql_query.as_deref()),
-                        describe_sql(ours.sql_query.as_deref())
-                    ),
-                ));
+        let already_done = match records.create_manifest(&ours).await? {
+            Some(earlier) => {
+                self.resume(table, &records, &earlier, &ours, &mut leaf_queries)
+                    .await?
             }
-            if earlier.split_digest != ours.split_digest {
-                let status = records
-                    .mark_if_complete_with(|done| already_done.push(done))
-                    .await?;
-                if !status.is_complete() {
-                    return Err(Error::ExportPlannedFromOtherState {
-                        table_id: table.id().to_owned(),
-                        export_id,
-                        planned_at: earlier.state_version,
-                        now: table.state_version,
-                    });
-                }
-                leaf_queries.clear();
-            } else {
-                // A leaf's pieces, cut the same way from the same files, come in the same order.
-                let planned: HashMap<(&str, usize), &str> = pieces(&earlier.sub_exports)
-                    .map(|(piece, s)| (piece, s.sub_export_id.as_str()))
-                    .collect();
-                let ours_pieces: Vec<(&str, usize)> =
-                    pieces(&ours.sub_exports).map(|(piece, _)| piece).collect();
-                for (query, piece) in leaf_queries.iter_mut().zip(ours_pieces) {
-                    // The same digest means the same leaves, unless the manifest was edited.
-                    let id = planned.get(&piece).ok_or_else(|| {
-                        Error::location(
-                            format!("{}/{}/{export_id}/{MANIFEST}", self.output, table.id()),
-                            format!(
-                                "export {export_id} has no sub-export for leaf {}",
-                                query.leaf_partition_id
-                            ),
-                        )
-                    })?;
-                    query.sub_export_id = (*id).to_owned();
-                }
-                records
-                    .status_listing(LISTED_BY_DEFAULT, |done| already_done.push(done))
-                    .await?;
-                let done: HashSet<&str> = already_done
-                    .iter()
-                    .map(|d| d.sub_export_id.as_str())
-                    .collect();
-                leaf_queries.retain(|q| !done.contains(q.sub_export_id.as_str()));
-            }
-        }
-        // The completions counted so far, where each next count starts looking.
-        let counted = AtomicUsize::new(0);
-        let empty_leaves: Vec<WrittenLeaf> =
-            stream::iter(leaf_queries.iter().filter(|q| q.files.is_empty()))
-                .map(|query| async {
-                    let written = run_leaf_query(table, query, &self.output, &self.export).await?;
-                    let hint = counted.load(AtomicOrdering::Relaxed);
-                    let count = records.record_completion(&written, hint).await?;
-                    counted.fetch_max(count, AtomicOrdering::Relaxed);
-                    Ok::<_, Error>(written)
-                })
-                .buffer_unordered(EMPTY_LEAVES_AT_ONCE)
-                .try_collect()
-                .await?;
+            None => Vec::new(),
+        };
+        let empty_leaves = self
+            .write_empty_leaves(table, &records, &leaf_queries)
+            .await?;
         let schema = &table.properties.schema;
         let bodies: Vec<String> = leaf_queries
             .iter()
@@ -190,6 +122,123 @@ impl Planner {
             empty_leaves,
             already_done,
         })
+    }
+
+    /// The table's leaf queries for the export, each with the export's SQL, and cut into key
+    /// ranges where the options ask for it.
+    async fn leaf_queries(
+        &self,
+        table: &SleeperTable,
+        export_id: &str,
+        sql_query: &Option<String>,
+    ) -> Result<Vec<BulkExportLeafPartitionQuery>> {
+        let mut leaf_queries = split_into_leaf_queries(table, export_id);
+        for leaf_query in &mut leaf_queries {
+            leaf_query.sql_query.clone_from(sql_query);
+        }
+        let Some(max_rows) = self.export.max_rows_per_file else {
+            return Ok(leaf_queries);
+        };
+        Ok(stream::iter(leaf_queries)
+            .map(|leaf_query| cut_leaf_query(table, leaf_query, max_rows))
+            .buffered(LEAVES_CUT_AT_ONCE)
+            .try_collect::<Vec<_>>()
+            .await?
+            .into_iter()
+            .flatten()
+            .collect())
+    }
+
+    /// A second planning pass over the export planned as `earlier`: `leaf_queries` keep the
+    /// first pass's sub-export ids and lose the leaves already done, which are returned.
+    async fn resume(
+        &self,
+        table: &SleeperTable,
+        records: &ExportRecords,
+        earlier: &Manifest,
+        ours: &Manifest,
+        leaf_queries: &mut Vec<BulkExportLeafPartitionQuery>,
+    ) -> Result<Vec<WrittenLeaf>> {
+        let export_id = &ours.export_id;
+        if earlier.sql_query != ours.sql_query {
+            return Err(Error::validation(
+                Some(export_id),
+                format!(
+                    "export {export_id} of table {} was planned with {}, not {}: an \
+                     export's files come from one query; use a new export id",
+                    table.id(),
+                    describe_sql(earlier.sql_query.as_deref()),
+                    describe_sql(ours.sql_query.as_deref())
+                ),
+            ));
+        }
+        let mut already_done = Vec::new();
+        if earlier.split_digest != ours.split_digest {
+            let status = records
+                .mark_if_complete_with(|done| already_done.push(done))
+                .await?;
+            if !status.is_complete() {
+                return Err(Error::ExportPlannedFromOtherState {
+                    table_id: table.id().to_owned(),
+                    export_id: export_id.clone(),
+                    planned_at: earlier.state_version,
+                    now: table.state_version,
+                });
+            }
+            leaf_queries.clear();
+            return Ok(already_done);
+        }
+        // A leaf's pieces, cut the same way from the same files, come in the same order.
+        let planned: HashMap<(&str, usize), &str> = pieces(&earlier.sub_exports)
+            .map(|(piece, s)| (piece, s.sub_export_id.as_str()))
+            .collect();
+        let ours_pieces: Vec<(&str, usize)> =
+            pieces(&ours.sub_exports).map(|(piece, _)| piece).collect();
+        for (query, piece) in leaf_queries.iter_mut().zip(ours_pieces) {
+            // The same digest means the same leaves, unless the manifest was edited.
+            let id = planned.get(&piece).ok_or_else(|| {
+                Error::location(
+                    records.layout().url_of(&records.layout().manifest()),
+                    format!(
+                        "export {export_id} has no sub-export for leaf {}",
+                        query.leaf_partition_id
+                    ),
+                )
+            })?;
+            query.sub_export_id = (*id).to_owned();
+        }
+        records
+            .status_listing(LISTED_BY_DEFAULT, |done| already_done.push(done))
+            .await?;
+        let done: HashSet<&str> = already_done
+            .iter()
+            .map(|d| d.sub_export_id.as_str())
+            .collect();
+        leaf_queries.retain(|q| !done.contains(q.sub_export_id.as_str()));
+        Ok(already_done)
+    }
+
+    /// Writes the (empty) files of the leaves without input files, which go on no queue, and
+    /// records each.
+    async fn write_empty_leaves(
+        &self,
+        table: &SleeperTable,
+        records: &ExportRecords,
+        leaf_queries: &[BulkExportLeafPartitionQuery],
+    ) -> Result<Vec<WrittenLeaf>> {
+        // The completions counted so far, where each next count starts looking.
+        let counted = AtomicUsize::new(0);
+        stream::iter(leaf_queries.iter().filter(|q| q.files.is_empty()))
+            .map(|query| async {
+                let written = run_leaf_query(table, query, &self.output, &self.export).await?;
+                let hint = counted.load(AtomicOrdering::Relaxed);
+                let count = records.record_completion(&written, hint).await?;
+                counted.fetch_max(count, AtomicOrdering::Relaxed);
+                Ok::<_, Error>(written)
+            })
+            .buffer_unordered(EMPTY_LEAVES_AT_ONCE)
+            .try_collect()
+            .await
     }
 
     /// Plans one received message and settles it: deleted when planned, dead-lettered when bad.

@@ -15,7 +15,7 @@ use super::planner::{reject, Outcome};
 use super::trust::check_leaf_query;
 use super::{Message, MessageQueue};
 use crate::error::{Error, Result};
-use crate::leaf::{check_leaf_sql, output_path, run_leaf_query, ExportOptions};
+use crate::leaf::{check_leaf_sql, run_leaf_query, ExportLayout, ExportOptions};
 use crate::plan::sink::WrittenLeaf;
 use crate::query::BulkExportLeafPartitionQuery;
 use crate::queue::TableIndex;
@@ -184,6 +184,32 @@ impl Runner {
         Ok((query, table))
     }
 
+    /// Runs the leaf query, extending its message's visibility while it runs.
+    async fn run_keeping_alive(
+        &self,
+        table: &SleeperTable,
+        query: &BulkExportLeafPartitionQuery,
+        message: &Message,
+        queue: &dyn MessageQueue,
+    ) -> Result<WrittenLeaf> {
+        let export = run_leaf_query(table, query, &self.output, &self.export);
+        tokio::pin!(export);
+        let mut keepalive = tokio::time::interval_at(
+            tokio::time::Instant::now() + self.config.keepalive,
+            self.config.keepalive,
+        );
+        loop {
+            tokio::select! {
+                result = &mut export => return result,
+                _ = keepalive.tick() => {
+                    if let Err(e) = queue.change_visibility(&message.receipt, self.config.visibility).await {
+                        tracing::warn!("could not extend the visibility of leaf {}: {e}", query.leaf_partition_id);
+                    }
+                }
+            }
+        }
+    }
+
     /// Runs one leaf query and settles its message.
     pub async fn handle(
         &self,
@@ -200,24 +226,7 @@ impl Runner {
         };
         let records = ExportRecords::new(&self.output, &query.table_id, &query.export_id);
         self.abort_earlier_uploads(&query).await;
-        let exported = {
-            let export = run_leaf_query(table, &query, &self.output, &self.export);
-            tokio::pin!(export);
-            let mut keepalive = tokio::time::interval_at(
-                tokio::time::Instant::now() + self.config.keepalive,
-                self.config.keepalive,
-            );
-            loop {
-                tokio::select! {
-                    result = &mut export => break result,
-                    _ = keepalive.tick() => {
-                        if let Err(e) = queue.change_visibility(&message.receipt, self.config.visibility).await {
-                            tracing::warn!("could not extend the visibility of leaf {}: {e}", query.leaf_partition_id);
-                        }
-                    }
-                }
-            }
-        };
+        let exported = self.run_keeping_alive(table, &query, message, queue).await;
         match exported {
             Ok(result) => {
                 let key = (query.table_id.clone(), query.export_id.clone());
@@ -275,12 +284,8 @@ impl Runner {
     /// A runner that died while writing this leaf left its upload unfinished: abort it before
     /// writing the leaf again. Best effort: the bucket's lifecycle rule is the backstop.
     async fn abort_earlier_uploads(&self, query: &BulkExportLeafPartitionQuery) {
-        let file = output_path(
-            &self.output,
-            &query.table_id,
-            &query.export_id,
-            &query.sub_export_id,
-        );
+        let file = ExportLayout::new(&self.output, &query.table_id, &query.export_id)
+            .data_file(&query.sub_export_id);
         match self.output.abort_unfinished_uploads(&file).await {
             Ok(aborted) if !aborted.is_empty() => tracing::info!(
                 leaf = query.leaf_partition_id,

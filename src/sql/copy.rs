@@ -33,9 +33,9 @@ use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, Phy
 
 use super::session_stores;
 use crate::error::{Error, Result};
-use crate::leaf::output_path;
+use crate::leaf::ExportLayout;
 use crate::plan::sink::WrittenLeaf;
-use crate::plan::{ExportTarget, LeafExportExec, LeafMergeExec, SleeperTableProvider};
+use crate::plan::{LeafExportExec, LeafMergeExec, SleeperTableProvider};
 use crate::queue::trust::check_id;
 use crate::table::SleeperTable;
 
@@ -297,19 +297,11 @@ impl ExtensionPlanner for ExportPlanner {
         let output = session_stores(session).resolve(&export.target)?;
         let export_id = export.export_id()?;
         let table_id = export.table.id();
+        let layout = ExportLayout::new(&output, table_id, &export_id);
         let targets = merge
             .leaves()
             .iter()
-            .map(|leaf| {
-                let sub_export_id = uuid::Uuid::new_v4().to_string();
-                let path = output_path(&output, table_id, &export_id, &sub_export_id);
-                ExportTarget {
-                    partition_id: leaf.partition_id.clone(),
-                    sub_export_id,
-                    url: output.url_of(&path),
-                    path,
-                }
-            })
+            .map(|leaf| layout.target(&leaf.partition_id, &uuid::Uuid::new_v4().to_string()))
             .collect();
         let writer_properties = export.writer_properties(&input.schema())?;
         Ok(Some(Arc::new(LeafExportExec::try_new(

@@ -1,6 +1,7 @@
 //! Where a table's partitions and file references come from.
 
 pub mod snapshot;
+pub mod state;
 pub mod transaction;
 pub mod transaction_log;
 

@@ -10,7 +10,8 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_dynamodb::Client;
 use tokio::sync::OnceCell;
 
-use super::transaction::{Log, TableState, Transaction};
+use super::state::TableState;
+use super::transaction::{Log, Transaction};
 use super::{snapshot, StateStore};
 use crate::error::{Error, Result};
 use crate::model::StateVersion;
@@ -174,19 +175,7 @@ impl TransactionLogStateStore {
                     )
                 };
                 let kind = string(&item, "TYPE").unwrap_or_default();
-                let body = match (string(&item, "BODY"), string(&item, "BODY_S3_KEY")) {
-                    (Some(body), _) => body,
-                    (None, Some(key)) => {
-                        let (url, bytes) = self.read(&key).await?;
-                        String::from_utf8(bytes.to_vec())
-                            .map_err(|_| self.error(format!("transaction body {url} is not UTF-8")))?
-                    }
-                    (None, None) => {
-                        return Err(self.error(format!(
-                            "transaction {transaction_number} of {table} has neither BODY nor BODY_S3_KEY"
-                        )))
-                    }
-                };
+                let body = self.body_of(&item, table, transaction_number).await?;
                 let in_context = |error: Error| match error {
                     Error::Transaction {
                         context: kind,
@@ -213,6 +202,21 @@ impl TransactionLogStateStore {
                 Some(key) if !key.is_empty() => start = Some(key),
                 _ => return Ok(last),
             }
+        }
+    }
+
+    /// A transaction's JSON body: in its item, or in the data bucket where it is too big.
+    async fn body_of(&self, item: &Item, table: &str, transaction_number: u64) -> Result<String> {
+        match (string(item, "BODY"), string(item, "BODY_S3_KEY")) {
+            (Some(body), _) => Ok(body),
+            (None, Some(key)) => {
+                let (url, bytes) = self.read(&key).await?;
+                String::from_utf8(bytes.to_vec())
+                    .map_err(|_| self.error(format!("transaction body {url} is not UTF-8")))
+            }
+            (None, None) => Err(self.error(format!(
+                "transaction {transaction_number} of {table} has neither BODY nor BODY_S3_KEY"
+            ))),
         }
     }
 

@@ -356,24 +356,7 @@ impl LeafMergeExec {
     ) -> Result<LeafMerge> {
         let leaf = &self.leaves[partition];
         let key_types = self.schema.key_types();
-        let converter = Arc::new(
-            RowConverter::new(
-                key_types
-                    .iter()
-                    .map(|t| {
-                        SortField::new(match t {
-                            PrimitiveType::Int => DataType::Int32,
-                            PrimitiveType::Long => DataType::Int64,
-                            PrimitiveType::String | PrimitiveType::ByteArray => DataType::Binary,
-                        })
-                    })
-                    .collect(),
-            )
-            .map_err(|source| Error::Arrow {
-                context: "creating the key comparator".into(),
-                source,
-            })?,
-        );
+        let converter = Arc::new(key_converter(&key_types)?);
         let filter = Arc::new(RowFilter::new(
             &leaf.partition_region,
             &leaf.query_regions,
@@ -415,27 +398,7 @@ impl LeafMergeExec {
                 requests: Arc::clone(&requests),
             })
             .collect();
-        // Opening reads each file's footer: on S3 a round trip per file, so they overlap, in
-        // the leaf's file order.
-        let opening: Vec<_> = readers.iter().map(|reader| reader.open(&runtime)).collect();
-        let opened: Vec<_> = futures::stream::iter(opening)
-            .buffered(FILES_OPENED_AT_ONCE)
-            .try_collect()
-            .await?;
-        let inputs: Vec<Input> = readers
-            .into_iter()
-            .zip(opened)
-            .map(|(reader, opened)| {
-                let (sender, receiver) = mpsc::channel(READ_AHEAD_BATCHES);
-                // The stream owns the reading task: dropping the merge stops the reader.
-                let task = SpawnedTask::spawn(reader.run(opened, sender));
-                futures::stream::unfold((receiver, task), |(mut receiver, task)| async move {
-                    let batch = receiver.recv().await?;
-                    Some((batch, (receiver, task)))
-                })
-                .boxed()
-            })
-            .collect();
+        let inputs = open_inputs(readers, &runtime).await?;
         let aggregator = (!self.rules.aggregations.is_empty()).then(|| {
             RowAggregator::new(
                 Arc::clone(&self.read_schema),
@@ -453,6 +416,49 @@ impl LeafMergeExec {
         merge.start().await?;
         Ok(merge)
     }
+}
+
+/// Compares keys in row format: strings and byte arrays as the bytes their order gives them.
+fn key_converter(key_types: &[PrimitiveType]) -> Result<RowConverter> {
+    let fields = key_types
+        .iter()
+        .map(|t| {
+            SortField::new(match t {
+                PrimitiveType::Int => DataType::Int32,
+                PrimitiveType::Long => DataType::Int64,
+                PrimitiveType::String | PrimitiveType::ByteArray => DataType::Binary,
+            })
+        })
+        .collect();
+    RowConverter::new(fields).map_err(|source| Error::Arrow {
+        context: "creating the key comparator".into(),
+        source,
+    })
+}
+
+/// Opens the leaf's files and starts reading each on a task of its own, which its input stream
+/// owns: dropping the merge stops the readers.
+async fn open_inputs(readers: Vec<FileReader>, runtime: &RuntimeEnv) -> Result<Vec<Input>> {
+    // Opening reads each file's footer: on S3 a round trip per file, so they overlap, in the
+    // leaf's file order.
+    let opening: Vec<_> = readers.iter().map(|reader| reader.open(runtime)).collect();
+    let opened: Vec<_> = futures::stream::iter(opening)
+        .buffered(FILES_OPENED_AT_ONCE)
+        .try_collect()
+        .await?;
+    Ok(readers
+        .into_iter()
+        .zip(opened)
+        .map(|(reader, opened)| {
+            let (sender, receiver) = mpsc::channel(READ_AHEAD_BATCHES);
+            let task = SpawnedTask::spawn(reader.run(opened, sender));
+            futures::stream::unfold((receiver, task), |(mut receiver, task)| async move {
+                let batch = receiver.recv().await?;
+                Some((batch, (receiver, task)))
+            })
+            .boxed()
+        })
+        .collect())
 }
 
 impl DisplayAs for LeafMergeExec {

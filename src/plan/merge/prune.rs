@@ -168,84 +168,96 @@ impl KeyPruning<'_> {
             return Ok(());
         };
         for at_start in [true, false] {
-            let Some(read) = (if at_start {
+            let edge = if at_start {
                 reads.first()
             } else {
                 reads.last()
-            })
-            .copied() else {
+            };
+            let Some(&read) = edge else {
                 return Ok(());
             };
-            let Some(pages) = trusted_pages(metadata.metadata(), read.row_group, column) else {
-                return Ok(());
-            };
-            let edge = if at_start {
-                read.first_row
-            } else {
-                read.end_row
-            };
-            let page = if at_start {
-                pages.iter().position(|p| p.first_row_index == edge as i64)
-            } else {
-                pages
-                    .iter()
-                    .rposition(|p| (p.first_row_index as usize) < edge)
-            };
-            let Some(page) = page else {
-                return Ok(());
-            };
-            if self.page_inside(metadata.metadata(), read.row_group, page) {
+            let Some(narrowed) = self
+                .narrow_edge(read, at_start, column, file, metadata, filter)
+                .await?
+            else {
                 continue;
-            }
-            let page_rows = pages[page].first_row_index as usize
-                ..pages
-                    .get(page + 1)
-                    .map_or(read.end_row, |next| next.first_row_index as usize);
-            let kept = kept_rows_of_page(
-                file,
-                metadata,
-                read.row_group,
-                column,
-                page_rows.clone(),
-                filter,
-            )
-            .await?;
-            let narrowed = match (kept, at_start) {
-                (Some(kept), true) => RowGroupRead {
-                    first_row: kept.start.max(read.first_row),
-                    ..read
-                },
-                (Some(kept), false) => RowGroupRead {
-                    end_row: kept.end.min(read.end_row),
-                    ..read
-                },
-                (None, true) => RowGroupRead {
-                    first_row: page_rows.end,
-                    ..read
-                },
-                (None, false) => RowGroupRead {
-                    end_row: page_rows.start,
-                    ..read
-                },
             };
-            let slot = if at_start {
-                reads.first_mut()
-            } else {
-                reads.last_mut()
-            };
-            match slot {
-                Some(slot) if narrowed.first_row < narrowed.end_row => *slot = narrowed,
+            if narrowed.first_row < narrowed.end_row {
+                let slot = if at_start {
+                    reads.first_mut()
+                } else {
+                    reads.last_mut()
+                };
+                *slot.expect("the edge read above") = narrowed;
+            } else if at_start {
                 // The page held the row group's only kept rows, and none are: it is not read.
-                Some(_) if at_start => {
-                    reads.remove(0);
-                }
-                Some(_) => {
-                    reads.pop();
-                }
-                None => {}
+                reads.remove(0);
+            } else {
+                reads.pop();
             }
         }
         Ok(())
+    }
+
+    /// `read` narrowed at its start (or end) to the rows the filter keeps of the key page it
+    /// starts (or ends) on; `None` where that page is wholly kept or cannot be found.
+    async fn narrow_edge(
+        &self,
+        read: RowGroupRead,
+        at_start: bool,
+        column: usize,
+        file: &ObjectFileReader,
+        metadata: &ArrowReaderMetadata,
+        filter: &RowFilter,
+    ) -> ParquetResult<Option<RowGroupRead>> {
+        let Some(pages) = trusted_pages(metadata.metadata(), read.row_group, column) else {
+            return Ok(None);
+        };
+        let page = if at_start {
+            pages
+                .iter()
+                .position(|p| p.first_row_index == read.first_row as i64)
+        } else {
+            pages
+                .iter()
+                .rposition(|p| (p.first_row_index as usize) < read.end_row)
+        };
+        let Some(page) =
+            page.filter(|&page| !self.page_inside(metadata.metadata(), read.row_group, page))
+        else {
+            return Ok(None);
+        };
+        let page_rows = pages[page].first_row_index as usize
+            ..pages
+                .get(page + 1)
+                .map_or(read.end_row, |next| next.first_row_index as usize);
+        let kept = kept_rows_of_page(
+            file,
+            metadata,
+            read.row_group,
+            column,
+            page_rows.clone(),
+            filter,
+        )
+        .await?;
+        Ok(Some(match (kept, at_start) {
+            (Some(kept), true) => RowGroupRead {
+                first_row: kept.start.max(read.first_row),
+                ..read
+            },
+            (Some(kept), false) => RowGroupRead {
+                end_row: kept.end.min(read.end_row),
+                ..read
+            },
+            (None, true) => RowGroupRead {
+                first_row: page_rows.end,
+                ..read
+            },
+            (None, false) => RowGroupRead {
+                end_row: page_rows.start,
+                ..read
+            },
+        }))
     }
 }
 

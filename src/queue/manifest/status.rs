@@ -7,14 +7,12 @@
 use std::collections::{HashMap, HashSet};
 
 use futures::{StreamExt, TryStreamExt};
-use object_store::ObjectStore;
 use serde::Serialize;
 
 use super::stream::ManifestHeader;
-use super::{
-    ExportRecords, Failure, SubExport, COUNT, MANIFEST, RECORDS_READ_AT_ONCE, STATUS, SUCCESS,
-};
+use super::{ExportRecords, Failure, SubExport, RECORDS_READ_AT_ONCE};
 use crate::error::{Error, Result};
+use crate::leaf::ExportObject;
 use crate::plan::sink::WrittenLeaf;
 
 /// Leaves of each kind that a status lists by name; the rest it counts.
@@ -177,12 +175,13 @@ impl ExportRecords {
         for id in strays {
             status
                 .unexpected
-                .push(self.root.url_of(&self.data_file(&id)));
+                .push(self.layout.url_of(&self.layout.data_file(&id)));
         }
-        for upload in self.root.unfinished_uploads(&self.folder()).await? {
+        let output = self.layout.output();
+        for upload in output.unfinished_uploads(&self.layout.folder()).await? {
             status.unfinished_uploads.push(format!(
                 "{} ({})",
-                self.root.url_of(&upload.path),
+                output.url_of(&upload.path),
                 upload.upload
             ));
         }
@@ -192,38 +191,28 @@ impl ExportRecords {
     /// Streams the folder's listing into an index by sub-export id; objects that cannot be
     /// the export's go to `status` as unexpected.
     async fn index_folder(&self, status: &mut ExportStatus) -> Result<FolderIndex> {
-        let folder = self.folder();
-        let (count_dir, manifest, success) =
-            (self.path(COUNT), self.path(MANIFEST), self.path(SUCCESS));
+        let layout = &self.layout;
+        let folder = layout.folder();
         let mut index = FolderIndex::default();
-        let mut listing = self.root.store.list(Some(&folder));
+        let mut listing = self.store().list(Some(&folder));
         while let Some(meta) = listing
             .try_next()
             .await
-            .map_err(|e| Error::object_store(self.root.url_of(&folder), e))?
+            .map_err(|e| Error::object_store(layout.url_of(&folder), e))?
         {
-            let location = meta.location;
-            let name = location.filename().unwrap_or_default();
-            let record = |suffix: &str| {
-                name.strip_suffix(suffix)
-                    .filter(|id| location == self.path(&format!("{STATUS}/{id}{suffix}")))
-                    .map(str::to_owned)
-            };
-            if location.prefix_matches(&count_dir) || location == manifest {
-                continue;
-            } else if location == success {
-                status.success_marker = true;
-            } else if let Some(id) = record(".failed.json") {
-                index.failures.insert(id);
-            } else if let Some(id) = record(".json") {
-                index.completions.insert(id);
-            } else if let Some(id) = name
-                .strip_suffix(".parquet")
-                .filter(|id| location == self.data_file(id))
-            {
-                index.data_file_sizes.insert(id.to_owned(), meta.size);
-            } else {
-                status.unexpected.push(self.root.url_of(&location));
+            match layout.object(&meta.location) {
+                Some(ExportObject::Manifest | ExportObject::CountToken) => {}
+                Some(ExportObject::Success) => status.success_marker = true,
+                Some(ExportObject::Failed(id)) => {
+                    index.failures.insert(id);
+                }
+                Some(ExportObject::Done(id)) => {
+                    index.completions.insert(id);
+                }
+                Some(ExportObject::DataFile(id)) => {
+                    index.data_file_sizes.insert(id, meta.size);
+                }
+                None => status.unexpected.push(layout.url_of(&meta.location)),
             }
         }
         Ok(index)
@@ -241,7 +230,7 @@ impl ExportRecords {
         if completed {
             // Gone since the listing: the leaf is being run again.
             if let Some(done) = self
-                .get_json::<WrittenLeaf>(&self.path(&format!("{STATUS}/{id}.json")))
+                .get_json::<WrittenLeaf>(&self.layout.done_record(id))
                 .await?
             {
                 return Ok(match size {
@@ -259,7 +248,7 @@ impl ExportRecords {
         }
         if failed {
             if let Some(failure) = self
-                .get_json::<Failure>(&self.path(&format!("{STATUS}/{id}.failed.json")))
+                .get_json::<Failure>(&self.layout.failure_record(id))
                 .await?
             {
                 return Ok(LeafState::Failed(failure));
@@ -287,7 +276,42 @@ mod tests {
     }
 
     async fn put(records: &ExportRecords, path: &object_store::path::Path, bytes: Vec<u8>) {
-        records.root.store.put(path, bytes.into()).await.unwrap();
+        records.store().put(path, bytes.into()).await.unwrap();
+    }
+
+    /// Of `sub_exports`, 0..140 done; 140..150 recorded done with the wrong size; 150..160
+    /// written but not recorded (running); 200..230 failed; the rest pending.
+    async fn write_leaves(records: &ExportRecords, sub_exports: &[SubExport]) {
+        for (index, sub_export) in sub_exports.iter().enumerate().take(160) {
+            let id = &sub_export.sub_export_id;
+            put(records, &records.layout.data_file(id), vec![7; index + 1]).await;
+            if index < 150 {
+                let recorded_bytes = if index < 140 { index + 1 } else { index + 2 };
+                let done = WrittenLeaf {
+                    leaf_partition_id: sub_export.leaf_partition_id.clone(),
+                    sub_export_id: id.clone(),
+                    file: records.layout.url_of(&records.layout.data_file(id)),
+                    rows_read: 10,
+                    rows_written: index as u64,
+                    bytes: recorded_bytes as u64,
+                    crc32c: String::new(),
+                    age_off_clock_millis: None,
+                };
+                records.record_completion(&done, 0).await.unwrap();
+            }
+        }
+        for sub_export in &sub_exports[200..230] {
+            let failure = Failure {
+                sub_export_id: sub_export.sub_export_id.clone(),
+                leaf_partition_id: sub_export.leaf_partition_id.clone(),
+                error: "boom".into(),
+            };
+            let path = records.layout.failure_record(&sub_export.sub_export_id);
+            records
+                .put_json(&path, &failure, PutMode::Create)
+                .await
+                .unwrap();
+        }
     }
 
     /// 250 leaves of every kind, listed 10 at a time: each kind is counted whole, the first
@@ -309,43 +333,17 @@ mod tests {
         // A field a later version writes is read past, before and after the sub-exports.
         manifest["aLaterField"] = serde_json::json!({"nested": [1, 2, 3]});
         records
-            .put_json(MANIFEST, &manifest, PutMode::Create)
+            .put_json(&records.layout.manifest(), &manifest, PutMode::Create)
             .await
             .unwrap();
-        // 0..140 done; 140..150 recorded done with the wrong size; 150..160 written but not
-        // recorded (running); 200..230 failed; the rest pending.
-        for (index, sub_export) in sub_exports.iter().enumerate().take(160) {
-            let id = &sub_export.sub_export_id;
-            put(&records, &records.data_file(id), vec![7; index + 1]).await;
-            if index < 150 {
-                let recorded_bytes = if index < 140 { index + 1 } else { index + 2 };
-                let done = WrittenLeaf {
-                    leaf_partition_id: sub_export.leaf_partition_id.clone(),
-                    sub_export_id: id.clone(),
-                    file: records.root.url_of(&records.data_file(id)),
-                    rows_read: 10,
-                    rows_written: index as u64,
-                    bytes: recorded_bytes as u64,
-                    crc32c: String::new(),
-                    age_off_clock_millis: None,
-                };
-                records.record_completion(&done, 0).await.unwrap();
-            }
-        }
-        for sub_export in &sub_exports[200..230] {
-            let failure = Failure {
-                sub_export_id: sub_export.sub_export_id.clone(),
-                leaf_partition_id: sub_export.leaf_partition_id.clone(),
-                error: "boom".into(),
-            };
-            let relative = format!("{STATUS}/{}.failed.json", sub_export.sub_export_id);
-            records
-                .put_json(&relative, &failure, PutMode::Create)
-                .await
-                .unwrap();
-        }
-        put(&records, &records.data_file("stray"), vec![1]).await;
-        put(&records, &records.path("notes.txt"), vec![1]).await;
+        write_leaves(&records, &sub_exports).await;
+        put(&records, &records.layout.data_file("stray"), vec![1]).await;
+        put(
+            &records,
+            &records.layout.output().child("t/e/notes.txt"),
+            vec![1],
+        )
+        .await;
 
         let mut done_ids = Vec::new();
         let status = records
@@ -388,8 +386,10 @@ mod tests {
         assert_eq!(
             unexpected,
             vec![
-                records.root.url_of(&records.path("notes.txt")),
-                records.root.url_of(&records.data_file("stray")),
+                records
+                    .layout
+                    .url_of(&records.layout.output().child("t/e/notes.txt")),
+                records.layout.url_of(&records.layout.data_file("stray")),
             ]
         );
         assert!(!status.is_complete() && !status.success_marker);
@@ -417,7 +417,7 @@ mod tests {
         })
         .unwrap();
         let cut = whole.as_bytes()[..whole.len() - 40].to_vec();
-        put(&records, &records.path(MANIFEST), cut).await;
+        put(&records, &records.layout.manifest(), cut).await;
         let error = records.status().await.unwrap_err();
         assert!(
             matches!(

@@ -13,7 +13,7 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor
 use serde::{Deserialize, Deserializer, Serialize};
 use tokio::sync::mpsc;
 
-use super::{ExportRecords, SubExport, MANIFEST};
+use super::{ExportRecords, SubExport};
 use crate::error::{Error, Result};
 use crate::model::StateVersion;
 
@@ -42,16 +42,17 @@ impl ExportRecords {
         BoxStream<'static, SubExport>,
         tokio::task::JoinHandle<Result<ManifestHeader>>,
     )> {
-        let path = self.path(MANIFEST);
-        let url = self.root.url_of(&path);
-        let body = match self.root.store.get(&path).await {
+        let path = self.layout.manifest();
+        let url = self.layout.url_of(&path);
+        let body = match self.store().get(&path).await {
             Ok(got) => got.into_stream(),
             Err(object_store::Error::NotFound { .. }) => {
                 return Err(Error::location(
-                    self.root.url_of(&self.folder()),
+                    self.layout.url_of(&self.layout.folder()),
                     format!(
                         "no manifest for export {} of table {}",
-                        self.export_id, self.table_id
+                        self.layout.export_id(),
+                        self.layout.table_id()
                     ),
                 ))
             }
