@@ -30,6 +30,7 @@ use object_store::path::Path;
 use object_store::ObjectStore;
 use tokio_util::sync::CancellationToken;
 
+use super::merge::LeafMergeExec;
 use super::parquet_writer::ParallelParquetWriter;
 use crate::error::{BoxError, Error, Result};
 
@@ -154,21 +155,6 @@ impl WrittenLeaf {
         }
         Ok(leaves)
     }
-}
-
-/// A metric of the leaf's merge, which may be below projections and filters.
-fn merge_metric(plan: &Arc<dyn ExecutionPlan>, name: &str, partition: usize) -> Option<u64> {
-    let own = plan.metrics().and_then(|metrics| {
-        metrics
-            .iter()
-            .find(|m| m.value().name() == name && m.partition() == Some(partition))
-            .map(|m| m.value().as_usize() as u64)
-    });
-    own.or_else(|| {
-        plan.children()
-            .into_iter()
-            .find_map(|child| merge_metric(child, name, partition))
-    })
 }
 
 impl LeafExportExec {
@@ -394,16 +380,16 @@ impl LeafWriter {
         let written = writer.finish().await.map_err(|e| self.output_error(e))?;
         self.rows_written.add(rows as usize);
         self.bytes_written.add(written.bytes as usize);
-        let metric = |name| merge_metric(&self.plan_input, name, self.partition);
+        let counts = LeafMergeExec::counts_in(&self.plan_input, self.partition).unwrap_or_default();
         WrittenLeaf {
             leaf_partition_id: self.target.partition_id.clone(),
             sub_export_id: self.target.sub_export_id.clone(),
             file: self.target.url.clone(),
-            rows_read: metric("rows_read").unwrap_or(0),
+            rows_read: counts.rows_read,
             rows_written: rows,
             bytes: written.bytes,
             crc32c: written.crc32c,
-            age_off_clock_millis: metric("age_off_clock_millis"),
+            age_off_clock_millis: counts.age_off_clock_millis,
         }
         .to_batch()
     }

@@ -90,6 +90,18 @@ const FILES_OPENED_AT_ONCE: usize = 16;
 /// its connection's buffers (824 MiB peak); ample to keep a store's latency hidden.
 const LEAF_REQUESTS_AT_ONCE: usize = 32;
 
+/// The merge's metrics that its export records (through [`LeafMergeExec::counts_in`]).
+const ROWS_READ: &str = "rows_read";
+const AGE_OFF_CLOCK: &str = "age_off_clock_millis";
+
+/// What a leaf's merge counted, for its export's record.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MergeCounts {
+    pub rows_read: u64,
+    /// The clock its age-off filters compared with, where the table has any.
+    pub age_off_clock_millis: Option<u64>,
+}
+
 #[derive(Debug, Clone)]
 pub struct LeafMergeExec {
     table_id: String,
@@ -319,8 +331,30 @@ impl LeafMergeExec {
         )
     }
 
+    /// The counts of partition `partition` of the leaf merge in `plan`, which may be below
+    /// projections, filters and a leaf's SQL; `None` where `plan` holds no merge.
+    pub fn counts_in(plan: &Arc<dyn ExecutionPlan>, partition: usize) -> Option<MergeCounts> {
+        let Some(merge) = plan.downcast_ref::<LeafMergeExec>() else {
+            return plan
+                .children()
+                .into_iter()
+                .find_map(|child| Self::counts_in(child, partition));
+        };
+        let metrics = merge.metrics.clone_inner();
+        let metric = |name: &str| {
+            metrics
+                .iter()
+                .find(|m| m.value().name() == name && m.partition() == Some(partition))
+                .map(|m| m.value().as_usize() as u64)
+        };
+        Some(MergeCounts {
+            rows_read: metric(ROWS_READ).unwrap_or(0),
+            age_off_clock_millis: metric(AGE_OFF_CLOCK),
+        })
+    }
+
     /// For each age-off filter, its column in the read schema and the oldest time kept, from one
-    /// clock read per leaf, which the `age_off_clock_millis` metric records.
+    /// clock read per leaf, which [`MergeCounts`] reports.
     fn age_off_cutoffs(&self, partition: usize) -> Vec<(usize, i64)> {
         if self.rules.age_offs.is_empty() {
             return vec![];
@@ -331,7 +365,7 @@ impl LeafMergeExec {
                 .map_or(0, |d| d.as_millis() as i64)
         });
         MetricBuilder::new(&self.metrics)
-            .gauge("age_off_clock_millis", partition)
+            .gauge(AGE_OFF_CLOCK, partition)
             .set(now as usize);
         self.rules
             .age_offs
@@ -364,7 +398,7 @@ impl LeafMergeExec {
             self.order,
         ));
         let age_offs = Arc::new(self.age_off_cutoffs(partition));
-        let rows_read = MetricBuilder::new(&self.metrics).counter("rows_read", partition);
+        let rows_read = MetricBuilder::new(&self.metrics).counter(ROWS_READ, partition);
         let row_groups_pruned =
             MetricBuilder::new(&self.metrics).counter("row_groups_pruned", partition);
         MetricBuilder::new(&self.metrics)
