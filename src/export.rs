@@ -42,6 +42,25 @@ impl ExportSummary {
 /// status records, and run again with the same export id it exports only the leaves not done.
 /// Every leaf runs; the first failure, if any, is the error returned. Cancelling
 /// `options.cancel` stops it with [`Error::Cancelled`] and no partial file left.
+///
+/// ```no_run
+/// # async fn example() -> sleeper_export::error::Result<()> {
+/// use sleeper_export::export::export_table;
+/// use sleeper_export::leaf::ExportOptions;
+/// use sleeper_export::storage::Stores;
+/// use sleeper_export::table::SleeperTable;
+///
+/// let stores = Stores::default();
+/// let table = SleeperTable::open("s3://data-bucket/table-id", &stores).await?;
+/// let output = stores.resolve("s3://export-bucket")?;
+/// let summary = export_table(&table, &output, &ExportOptions::default(), |leaf| {
+///     println!("{}: {} rows", leaf.file, leaf.rows_written)
+/// })
+/// .await?;
+/// println!("{} rows in {} files", summary.rows_written(), summary.leaves.len());
+/// # Ok(())
+/// # }
+/// ```
 pub async fn export_table(
     table: &SleeperTable,
     output: &Location,

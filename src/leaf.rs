@@ -337,6 +337,25 @@ fn task_context(table: &SleeperTable, options: &ExportOptions) -> Result<Arc<Tas
 }
 
 /// Runs one leaf query to completion: its file is complete at the end, or absent on error.
+///
+/// ```no_run
+/// # async fn example(message_body: &str) -> sleeper_export::error::Result<()> {
+/// use sleeper_export::leaf::{run_leaf_query, ExportOptions};
+/// use sleeper_export::query::BulkExportLeafPartitionQuery;
+/// use sleeper_export::storage::Stores;
+/// use sleeper_export::table::SleeperTable;
+///
+/// let stores = Stores::default();
+/// let table = SleeperTable::open("s3://data-bucket/table-id", &stores).await?;
+/// let query = BulkExportLeafPartitionQuery::from_json(message_body, |_| {
+///     Ok(table.properties.schema.clone())
+/// })?;
+/// let output = stores.resolve("s3://export-bucket")?;
+/// let written = run_leaf_query(&table, &query, &output, &ExportOptions::default()).await?;
+/// println!("{}: {} rows, CRC32C {}", written.file, written.rows_written, written.crc32c);
+/// # Ok(())
+/// # }
+/// ```
 pub async fn run_leaf_query(
     table: &SleeperTable,
     query: &BulkExportLeafPartitionQuery,

@@ -28,6 +28,17 @@ pub struct SleeperTable {
 impl SleeperTable {
     /// Opens the table laid out under `location` (a directory or `s3://bucket/prefix`) with the
     /// embedded snapshot state store.
+    ///
+    /// ```no_run
+    /// # async fn example() -> sleeper_export::error::Result<()> {
+    /// use sleeper_export::storage::Stores;
+    /// use sleeper_export::table::SleeperTable;
+    ///
+    /// let table = SleeperTable::open("s3://data-bucket/table-id", &Stores::default()).await?;
+    /// println!("table {}: {} file references", table.id(), table.files.len());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn open(location: &str, stores: &Stores) -> Result<Self> {
         let location = stores.resolve(location)?;
         let path = location.child(PROPERTIES_FILE);

@@ -29,6 +29,22 @@ pub const SLEEPER_FORMAT: &str = "SLEEPER";
 
 /// A session for SQL over Sleeper tables, with `config` as given except that DataFusion may not
 /// add round-robin repartitions: they would mix the rows of leaves that a `COPY` writes apart.
+///
+/// ```no_run
+/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// use datafusion::prelude::SessionConfig;
+/// use sleeper_export::sql::sleeper_session;
+/// use sleeper_export::storage::Stores;
+///
+/// let ctx = sleeper_session(Stores::default(), SessionConfig::new())?;
+/// ctx.sql("CREATE EXTERNAL TABLE t STORED AS SLEEPER LOCATION 's3://data-bucket/table-id'")
+///     .await?;
+/// // One file per leaf, as a bulk export writes them; the rows returned say what was written.
+/// let written = ctx.sql("COPY t TO 's3://export-bucket'").await?.collect().await?;
+/// println!("{} leaves written", written.iter().map(|b| b.num_rows()).sum::<usize>());
+/// # Ok(())
+/// # }
+/// ```
 pub fn sleeper_session(stores: Stores, config: SessionConfig) -> Result<SessionContext> {
     let mut config = config.with_extension(Arc::new(stores.clone()));
     config

@@ -1,6 +1,7 @@
 //! Writes Sleeper tables laid out exactly as Sleeper lays them out, with deterministic random
 //! rows: for the demo, the tests and the benchmarks.
 
+#[cfg(feature = "test-util")]
 pub mod local_s3;
 
 use std::ops::RangeInclusive;
