@@ -217,11 +217,7 @@ fn main() {
         futures::stream::iter(&manifest.sub_exports)
             .map(|sub_export| {
                 let (records, store) = (&records, &planner.output.store);
-                let path = planner.output.child(&format!(
-                    "{}/bench/{}",
-                    table.id(),
-                    sub_export.file.rsplit('/').next().unwrap()
-                ));
+                let path = records.layout().data_file(&sub_export.sub_export_id);
                 async move {
                     store.put(&path, Vec::new().into()).await.unwrap();
                     let done = WrittenLeaf {

@@ -117,7 +117,7 @@ pub async fn export_table(
     let mut leaves = report.done;
     leaves.extend(planned.empty_leaves);
     leaves.extend(planned.already_done);
-    in_manifest_order(output, &records, &mut leaves).await?;
+    in_manifest_order(&records, &mut leaves).await?;
     Ok(ExportSummary {
         table_id: table.id().to_owned(),
         export_id,
@@ -144,14 +144,11 @@ fn local_runner(tables: TableIndex, output: &Location, options: &ExportOptions) 
 
 /// Sorts `leaves` in the manifest's order: leaves in key order, and a cut leaf's pieces in
 /// theirs.
-async fn in_manifest_order(
-    output: &Location,
-    records: &ExportRecords,
-    leaves: &mut [WrittenLeaf],
-) -> Result<()> {
+async fn in_manifest_order(records: &ExportRecords, leaves: &mut [WrittenLeaf]) -> Result<()> {
+    let layout = records.layout();
     let manifest = records.manifest().await?.ok_or_else(|| {
         Error::location(
-            output.url_of(&records.layout().folder()),
+            layout.url_of(&layout.folder()),
             "the export's manifest is gone",
         )
     })?;

@@ -37,19 +37,14 @@ impl<T> Listing<T> {
     }
 
     fn push(&mut self, item: T) {
-        self.count += 1;
-        if self.first.len() < self.limit {
-            self.first.push(item);
-        }
+        self.push_with(|| item);
     }
 
-    fn push_cloned(&mut self, item: &T)
-    where
-        T: Clone,
-    {
+    /// Counts one more, making it only if it is one of the first.
+    fn push_with(&mut self, item: impl FnOnce() -> T) {
         self.count += 1;
         if self.first.len() < self.limit {
-            self.first.push(item.clone());
+            self.first.push(item());
         }
     }
 
@@ -67,13 +62,7 @@ impl<T> Listing<T> {
     }
 }
 
-impl<T> Default for Listing<T> {
-    fn default() -> Self {
-        Listing::new(LISTED_BY_DEFAULT)
-    }
-}
-
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ExportStatus {
     pub manifest: ManifestHeader,
@@ -136,13 +125,16 @@ impl ExportRecords {
         mut on_done: impl FnMut(WrittenLeaf),
     ) -> Result<ExportStatus> {
         let mut status = ExportStatus {
+            manifest: ManifestHeader::default(),
             done: Listing::new(listed),
+            rows: 0,
+            bytes: 0,
             pending: Listing::new(listed),
             failed: Listing::new(listed),
             problems: Listing::new(listed),
             unexpected: Listing::new(listed),
             unfinished_uploads: Listing::new(listed),
-            ..ExportStatus::default()
+            success_marker: false,
         };
         let mut index = self.index_folder(&mut status).await?;
         let (sub_exports, header) = self.stream_manifest().await?;
@@ -160,7 +152,7 @@ impl ExportRecords {
                 LeafState::Done(done) => {
                     status.rows += done.rows_written;
                     status.bytes += done.bytes;
-                    status.done.push_cloned(&done);
+                    status.done.push_with(|| done.clone());
                     on_done(done);
                 }
                 LeafState::Pending(sub_export) => status.pending.push(sub_export),
