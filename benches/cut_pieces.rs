@@ -54,7 +54,6 @@ async fn table(leaves: usize, rows_per_leaf: usize) -> SleeperTable {
         .map(|i| KeyValue::Long(i * SPAN))
         .collect();
     let tree = PartitionTree::from_split_points("pieces", &schema, &splits).unwrap();
-    let leaf_ids: Vec<String> = tree.leaves().iter().map(|l| l.id.clone()).collect();
     let mut properties = TableProperties::new("pieces", "pieces", schema);
     properties.parquet.row_group_rows = (rows / 10).max(1);
     properties.parquet.page_size = page_size;
@@ -63,16 +62,8 @@ async fn table(leaves: usize, rows_per_leaf: usize) -> SleeperTable {
         ..RowStyle::default()
     };
     let location = stores.resolve(dir.to_str().unwrap()).unwrap();
-    let mut writer = TableWriter::new(location, properties, tree, style, 11);
-    for leaf in &leaf_ids {
-        for _ in 0..FILES {
-            writer
-                .write_random_file(leaf, rows_per_leaf / FILES, &[leaf])
-                .await
-                .unwrap();
-        }
-    }
-    writer.finish().await.unwrap()
+    let writer = TableWriter::new(location, properties, tree, style, 11);
+    common::write_leaves(writer, FILES, rows_per_leaf).await
 }
 
 fn main() {

@@ -158,11 +158,12 @@ pub enum Error {
     #[error("User SQL query failed: {0}")]
     Sql(String),
 
-    /// A leaf's plan (its SQL's joins, sorts and aggregations) needed more of DataFusion's
-    /// memory pool than the leaf may have.
+    /// A leaf's plan (its reads and writer at their least, its SQL's joins, sorts and
+    /// aggregations) needed more of DataFusion's memory pool than it could get.
     #[error(
-        "leaf {partition} needs more memory than its limit of {limit_bytes} bytes \
-         (--memory-limit, ExportOptions::memory_limit): {message}"
+        "leaf {partition} needs more memory than it can get within the limit of {limit_bytes} \
+         bytes that the leaves running at once share (--memory-limit, \
+         ExportOptions::memory_limit): {message}"
     )]
     MemoryLimit {
         partition: String,

@@ -6,7 +6,9 @@ use std::num::NonZeroUsize;
 use std::sync::Arc;
 
 use datafusion::error::DataFusionError;
-use datafusion::execution::memory_pool::{GreedyMemoryPool, TrackConsumersPool};
+use datafusion::execution::memory_pool::{
+    GreedyMemoryPool, MemoryLimit, MemoryPool, TrackConsumersPool,
+};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::{collect, ExecutionPlan};
@@ -17,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{Error, Result};
 use crate::model::{CompactionRules, KeyOrder, TableProperties};
 use crate::plan::leaf_sql::{plan_leaf_sql, sorted_key_prefix};
+use crate::plan::memory::LeafMemoryShare;
 use crate::plan::sink::WrittenLeaf;
 use crate::plan::{ExportTarget, LeafExportExec, LeafInput, LeafMergeExec};
 use crate::query::BulkExportLeafPartitionQuery;
@@ -47,9 +50,15 @@ pub struct ExportOptions {
     /// `query_results`) for whole-table exports (`export::export_table`); a
     /// leaf query carries its own.
     pub sql: Option<String>,
-    /// The memory a leaf's plan may hold in DataFusion's pool: what its SQL's joins, sorts and
-    /// aggregations keep (1 GiB by default). A leaf that needs more fails, naming this limit.
+    /// The memory the leaves run at once share, as one DataFusion memory pool (1 GiB by
+    /// default): each leaf's fetched pages, decoded batches and writer buffers, sized to its
+    /// share (this over `parallelism`), and what its SQL's joins, sorts and aggregations keep.
+    /// A leaf that cannot get its least fails, naming this limit.
     pub memory_limit: usize,
+    /// The pool the leaves reserve from, shared by every clone of these options; `None` until
+    /// a runner makes one of `memory_limit` bytes ([`ExportOptions::sharing_one_pool`]), or a
+    /// caller's own (a session's, say) to share with other work.
+    pub memory_pool: Option<Arc<dyn MemoryPool>>,
     /// Planning only: a leaf whose file references hold more rows than this is cut into
     /// pieces of about this many rows, a file each (`query::cut`); `None` keeps a file a leaf.
     pub max_rows_per_file: Option<u64>,
@@ -71,16 +80,44 @@ impl Default for ExportOptions {
             verify_order: true,
             sql: None,
             memory_limit: DEFAULT_MEMORY_LIMIT,
+            memory_pool: None,
             max_rows_per_file: None,
             cancel: CancellationToken::new(),
         }
     }
 }
 
-/// A leaf's share of DataFusion's memory pool unless told otherwise.
+/// The memory the leaves run at once share unless told otherwise.
 pub const DEFAULT_MEMORY_LIMIT: usize = 1 << 30;
 
+/// Consumers of a pool that its error names when a reservation is refused.
+const CONSUMERS_NAMED: usize = 4;
+
 impl ExportOptions {
+    /// These options with a pool of `memory_limit` bytes, where they have none: the leaves run
+    /// with them, and with their clones, then reserve from the one pool.
+    pub fn sharing_one_pool(self) -> Self {
+        if self.memory_pool.is_some() {
+            return self;
+        }
+        let pool = TrackConsumersPool::new(
+            GreedyMemoryPool::new(self.memory_limit),
+            NonZeroUsize::new(CONSUMERS_NAMED).expect("not zero"),
+        );
+        ExportOptions {
+            memory_pool: Some(Arc::new(pool)),
+            ..self
+        }
+    }
+
+    /// The limit of the pool the leaves share.
+    fn pool_limit(&self) -> usize {
+        match self.memory_pool.as_ref().map(|pool| pool.memory_limit()) {
+            Some(MemoryLimit::Finite(bytes)) => bytes,
+            _ => self.memory_limit,
+        }
+    }
+
     /// The table's properties with these options' overrides.
     pub fn table_properties(&self, table: &SleeperTable) -> TableProperties {
         let mut properties = table.properties.as_ref().clone();
@@ -314,20 +351,24 @@ fn leaf_merge(
 
 /// The context a leaf plan runs in: the runtime env of the table's stores, so that the merge
 /// reaches the leaf's files through the same object stores as everything else (one per bucket,
-/// created once), with a memory pool of the leaf's own; and no session: the SQL of a leaf was
-/// planned in its own.
+/// created once), with the pool the leaves run at once share, and the leaf's share of it; and
+/// no session: the SQL of a leaf was planned in its own.
 fn task_context(table: &SleeperTable, options: &ExportOptions) -> Result<Arc<TaskContext>> {
-    let pool = TrackConsumersPool::new(
-        GreedyMemoryPool::new(options.memory_limit),
-        NonZeroUsize::new(3).expect("not zero"),
-    );
+    let options = options.clone().sharing_one_pool();
+    let pool = options
+        .memory_pool
+        .clone()
+        .expect("sharing_one_pool sets it");
     let runtime = RuntimeEnvBuilder::from_runtime_env(table.stores.runtime_env()?.as_ref())
-        .with_memory_pool(Arc::new(pool))
+        .with_memory_pool(pool)
         .build_arc()?;
+    let share = LeafMemoryShare(options.pool_limit() / options.parallelism.max(1));
     Ok(Arc::new(TaskContext::new(
         None,
         String::new(),
-        SessionConfig::new().with_batch_size(options.batch_size),
+        SessionConfig::new()
+            .with_batch_size(options.batch_size)
+            .with_extension(Arc::new(share)),
         HashMap::new(),
         HashMap::new(),
         HashMap::new(),
@@ -371,7 +412,7 @@ pub async fn run_leaf_query(
     .map_err(|error| match error.find_root() {
         DataFusionError::ResourcesExhausted(message) => Error::MemoryLimit {
             partition: query.leaf_partition_id.clone(),
-            limit_bytes: options.memory_limit,
+            limit_bytes: options.pool_limit(),
             message: message.clone(),
         },
         _ => Error::from(error),

@@ -7,6 +7,8 @@
 use std::time::Duration;
 
 use sleeper_export::model::{Field, PrimitiveType, Schema};
+use sleeper_export::table::SleeperTable;
+use sleeper_export::tablegen::TableWriter;
 
 /// The allocator settings of the `sleeper-export` binary, so that peak memory is the binary's:
 /// each benchmark's `main` calls `allocator::limit_arenas()` first.
@@ -51,6 +53,8 @@ pub struct Measured {
     pub time: Duration,
     pub peak_rss_mib: f64,
     pub rows: u64,
+    /// All the runs printed, for what a bench reports beyond these.
+    pub stdout: String,
 }
 
 /// Runs `--variant <variant> --runs <runs>` of this benchmark's own binary, which prints a line
@@ -65,7 +69,8 @@ pub fn measure(variant: &str, runs: usize) -> Measured {
         "{variant}: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let mut results: Vec<(f64, f64, u64)> = String::from_utf8_lossy(&output.stdout)
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let mut results: Vec<(f64, f64, u64)> = stdout
         .lines()
         .filter_map(|line| line.strip_prefix("RESULT "))
         .map(|line| {
@@ -83,6 +88,7 @@ pub fn measure(variant: &str, runs: usize) -> Measured {
         time: Duration::from_secs_f64(seconds),
         peak_rss_mib: results.iter().map(|r| r.1).fold(0.0, f64::max),
         rows,
+        stdout,
     }
 }
 
@@ -205,4 +211,28 @@ pub async fn sqs_queue(
         .queue_url
         .unwrap();
     sleeper_export::queue::sqs::SqsQueue::new(client.clone(), url)
+}
+
+/// Writes `files` random files of `rows_per_leaf / files` rows into each leaf of the writer's
+/// tree, and finishes the table.
+pub async fn write_leaves(
+    mut writer: TableWriter,
+    files: usize,
+    rows_per_leaf: usize,
+) -> SleeperTable {
+    let leaf_ids: Vec<String> = writer
+        .tree()
+        .leaves()
+        .iter()
+        .map(|l| l.id.clone())
+        .collect();
+    for leaf in &leaf_ids {
+        for _ in 0..files {
+            writer
+                .write_random_file(leaf, rows_per_leaf / files, &[leaf])
+                .await
+                .unwrap();
+        }
+    }
+    writer.finish().await.unwrap()
 }

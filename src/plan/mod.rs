@@ -4,6 +4,7 @@
 pub mod aggregate;
 pub mod filter;
 pub mod leaf_sql;
+pub mod memory;
 pub mod merge;
 pub mod parquet_writer;
 pub mod pushdown;

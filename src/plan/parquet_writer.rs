@@ -10,6 +10,7 @@
 
 use std::collections::VecDeque;
 use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -27,7 +28,7 @@ use object_store::path::Path;
 use object_store::ObjectStore;
 use tokio::sync::mpsc;
 
-use super::upload::Upload;
+use super::upload::{PartSchedule, Upload};
 use crate::model::schema::leaf_count;
 
 /// Row groups up to this many rows may finish encoding while the next one fills: the overlap
@@ -101,6 +102,16 @@ struct OpenRowGroup {
     arrays: Vec<mpsc::Sender<ArrayRef>>,
     encoded: Vec<EncodedColumn>,
     rows: usize,
+    held: EncodedBytes,
+}
+
+/// The bytes a row group's encoders hold (pages encoded, values buffered), as they last said.
+type EncodedBytes = Arc<AtomicUsize>;
+
+/// A row group's encoders after its last rows were sent.
+struct ClosingRowGroup {
+    encoded: Vec<EncodedColumn>,
+    held: EncodedBytes,
 }
 
 pub struct ParallelParquetWriter {
@@ -111,7 +122,7 @@ pub struct ParallelParquetWriter {
     row_group_rows: usize,
     open: Option<OpenRowGroup>,
     row_groups_started: usize,
-    closing: VecDeque<Vec<EncodedColumn>>,
+    closing: VecDeque<ClosingRowGroup>,
     footer_written: bool,
 }
 
@@ -157,11 +168,16 @@ pub struct WrittenFile {
 }
 
 impl ParallelParquetWriter {
+    /// The least a writer holds between batches: the bytes filling a part and the part going
+    /// up (two S3 parts), the block being written and a batch's encoded pages.
+    pub const LEAST_MEMORY_BYTES: usize = 2 * PartSchedule::S3.first_part + 4 * WRITTEN_BLOCK_BYTES;
+
     pub fn try_new(
         store: Arc<dyn ObjectStore>,
         path: Path,
         schema: SchemaRef,
         properties: WriterProperties,
+        upload_bytes: Option<usize>,
     ) -> Result<Self, ParquetError> {
         let row_group_rows = properties
             .max_row_group_row_count()
@@ -179,7 +195,13 @@ impl ParallelParquetWriter {
             factory,
             output: FileOutput {
                 buffer,
-                upload: Some(Upload::new(store, path)),
+                upload: Some(Upload::with_schedule(
+                    store,
+                    path,
+                    upload_bytes.map_or(PartSchedule::S3, |bytes| {
+                        PartSchedule::S3.holding_at_most(bytes)
+                    }),
+                )),
                 bytes_written: 0,
                 crc32c: 0,
             },
@@ -244,6 +266,7 @@ impl ParallelParquetWriter {
             arrays: Vec::with_capacity(self.schema.fields().len()),
             encoded: Vec::with_capacity(self.schema.fields().len()),
             rows: 0,
+            held: EncodedBytes::default(),
         };
         for field in self.schema.fields() {
             let column_writers: Vec<ArrowColumnWriter> = writers
@@ -256,6 +279,7 @@ impl ParallelParquetWriter {
                 FieldRef::clone(field),
                 receiver,
                 column_writers,
+                Arc::clone(&open.held),
             )));
         }
         Ok(open)
@@ -264,7 +288,10 @@ impl ParallelParquetWriter {
     /// Ends the open row group's input: its encoders finish what is queued and close.
     fn close_row_group(&mut self) {
         if let Some(open) = self.open.take() {
-            self.closing.push_back(open.encoded);
+            self.closing.push_back(ClosingRowGroup {
+                encoded: open.encoded,
+                held: open.held,
+            });
         }
     }
 
@@ -276,9 +303,10 @@ impl ParallelParquetWriter {
     }
 
     async fn write_oldest_row_group(&mut self) -> Result<(), ParquetError> {
-        let Some(tasks) = self.closing.pop_front() else {
+        let Some(closing) = self.closing.front_mut() else {
             return Ok(());
         };
+        let tasks = std::mem::take(&mut closing.encoded);
         let mut row_group = self.file.next_row_group()?;
         for task in tasks {
             let chunks = task
@@ -293,7 +321,24 @@ impl ParallelParquetWriter {
             }
         }
         row_group.close()?;
+        self.closing.pop_front();
         self.output.send_buffered().await
+    }
+
+    /// Bytes it holds now: its row groups' encoded pages and the file's bytes on their way up.
+    pub fn memory_held(&self) -> usize {
+        let encoding = self.open.iter().map(|open| &open.held);
+        let closing = self.closing.iter().map(|closing| &closing.held);
+        let encoded: usize = encoding.chain(closing).map(|held| held.load(Relaxed)).sum();
+        let uploading = self.output.upload.as_ref().map_or(0, Upload::bytes_held);
+        encoded + uploading + WRITTEN_BLOCK_BYTES
+    }
+
+    /// Ends the row group being filled before its size, and writes it out, so that its pages
+    /// stop being held: what the writer does when its memory runs short.
+    pub async fn end_row_group(&mut self) -> Result<(), ParquetError> {
+        self.close_row_group();
+        self.write_closed_row_groups().await
     }
 
     /// Writes what is left and the footer, and completes the upload.
@@ -350,11 +395,29 @@ async fn encode_column(
     field: FieldRef,
     mut arrays: mpsc::Receiver<ArrayRef>,
     mut writers: Vec<ArrowColumnWriter>,
+    held: EncodedBytes,
 ) -> Result<Vec<ArrowColumnChunk>, ParquetError> {
+    let (mut said, mut written) = (0, 0);
     while let Some(array) = arrays.recv().await {
         for (writer, leaf) in writers.iter_mut().zip(compute_leaves(&field, &array)?) {
             writer.write(&leaf)?;
         }
+        written += array.to_data().get_slice_memory_size()?;
+        // A writer's `memory_size` counts its pages' lengths, but a data page v2 (Sleeper's
+        // default) keeps the capacity its compressor reserved, about the page's uncompressed
+        // size (parquet's `GenericColumnWriter::add_data_page` shrinks only v1 pages): what a
+        // row group holds is then nearer the bytes it was given (heaptrack: 2× at zstd).
+        let now = writers
+            .iter()
+            .map(ArrowColumnWriter::memory_size)
+            .sum::<usize>()
+            .max(written);
+        if now >= said {
+            held.fetch_add(now - said, Relaxed);
+        } else {
+            held.fetch_sub(said - now, Relaxed);
+        }
+        said = now;
     }
     writers.into_iter().map(ArrowColumnWriter::close).collect()
 }

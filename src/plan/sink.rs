@@ -13,6 +13,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema as ArrowSchema, Schem
 use datafusion::arrow::error::ArrowError;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result as DFResult};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::parquet::file::properties::WriterProperties;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
@@ -30,6 +31,7 @@ use object_store::path::Path;
 use object_store::ObjectStore;
 use tokio_util::sync::CancellationToken;
 
+use super::memory::LeafMemoryShare;
 use super::merge::LeafMergeExec;
 use super::parquet_writer::ParallelParquetWriter;
 use crate::error::{BoxError, Error, Result};
@@ -293,6 +295,9 @@ impl ExecutionPlan for LeafExportExec {
                 "LeafExportExec has no output file for partition {partition}"
             ))
         })?;
+        let share = LeafMemoryShare::of(&context);
+        let reservation = MemoryConsumer::new(format!("LeafExportExec[{}]", target.partition_id))
+            .register(context.memory_pool());
         let input = self.input.execute(partition, context)?;
         let writer = LeafWriter {
             plan_input: Arc::clone(&self.input),
@@ -301,6 +306,9 @@ impl ExecutionPlan for LeafExportExec {
             target,
             writer_properties: self.writer_properties.clone(),
             cancel: self.cancel.clone().unwrap_or_default(),
+            // Of the writer's share, its upload's parts may hold half.
+            upload_bytes: share.map(|share| share.writer() / 2),
+            reservation,
             rows_written: MetricBuilder::new(&self.metrics).counter("rows_written", partition),
             bytes_written: MetricBuilder::new(&self.metrics).counter("bytes_written", partition),
         };
@@ -326,6 +334,9 @@ struct LeafWriter {
     target: ExportTarget,
     writer_properties: WriterProperties,
     cancel: CancellationToken,
+    upload_bytes: Option<usize>,
+    /// What the writer holds, from the plan's memory pool.
+    reservation: MemoryReservation,
     rows_written: Count,
     bytes_written: Count,
 }
@@ -344,12 +355,27 @@ impl LeafWriter {
                 .write(batch)
                 .await
                 .map_err(|e| self.output_error(e))?;
+            self.fit_in_reservation(writer).await?;
         }
         writer
             .write_remaining()
             .await
             .map_err(|e| self.output_error(e))?;
         Ok(rows)
+    }
+
+    /// Keeps what the writer holds inside its reservation: short of memory, it ends its row
+    /// group early (the file then has smaller row groups); still short, the leaf fails with
+    /// the pool's error, which names the limit.
+    async fn fit_in_reservation(&self, writer: &mut ParallelParquetWriter) -> Result<()> {
+        if self.reservation.try_resize(writer.memory_held()).is_ok() {
+            return Ok(());
+        }
+        writer
+            .end_row_group()
+            .await
+            .map_err(|e| self.output_error(e))?;
+        Ok(self.reservation.try_resize(writer.memory_held())?)
     }
 
     fn output_error(&self, source: impl Into<BoxError>) -> Error {
@@ -362,6 +388,7 @@ impl LeafWriter {
             self.target.path.clone(),
             input.schema(),
             self.writer_properties.clone(),
+            self.upload_bytes,
         )
         .map_err(|e| self.output_error(e))?;
         // Cancellable until the upload is being completed, which cannot be stopped halfway
@@ -392,5 +419,134 @@ impl LeafWriter {
             age_off_clock_millis: counts.age_off_clock_millis,
         }
         .to_batch()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Int64Array, StringArray};
+    use datafusion::arrow::compute::concat_batches;
+    use datafusion::datasource::memory::MemorySourceConfig;
+    use datafusion::execution::memory_pool::{GreedyMemoryPool, MemoryPool, UnboundedMemoryPool};
+    use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+    use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use datafusion::parquet::basic::Compression;
+    use datafusion::physical_plan::collect;
+    use datafusion::prelude::SessionConfig;
+    use object_store::memory::InMemory;
+    use object_store::ObjectStoreExt;
+
+    const ROWS: usize = 600_000;
+    const BATCH_ROWS: usize = 10_000;
+    /// Each row's string: 100 bytes, so a row group of every row is about 60 MiB encoded.
+    const VALUE_BYTES: usize = 100;
+
+    fn batches() -> Vec<RecordBatch> {
+        let schema = Arc::new(ArrowSchema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("value", DataType::Utf8, false),
+        ]));
+        (0..ROWS / BATCH_ROWS)
+            .map(|batch| {
+                let ids = (batch * BATCH_ROWS..(batch + 1) * BATCH_ROWS).map(|id| id as i64);
+                let values = ids
+                    .clone()
+                    .map(|id| format!("{id:0width$}", width = VALUE_BYTES));
+                RecordBatch::try_new(
+                    Arc::clone(&schema),
+                    vec![
+                        Arc::new(Int64Array::from_iter_values(ids)),
+                        Arc::new(StringArray::from_iter_values(values)),
+                    ],
+                )
+                .unwrap()
+            })
+            .collect()
+    }
+
+    /// Writes [`batches`] as one leaf's file, in row groups of every row unless memory runs
+    /// short, with `pool`; the row groups' sizes of what it wrote, and the rows read back.
+    async fn write_with(pool: Arc<dyn MemoryPool>) -> Result<(Vec<i64>, Vec<RecordBatch>)> {
+        let input = batches();
+        let schema = input[0].schema();
+        let source = MemorySourceConfig::try_new_exec(&[input], schema, None)?;
+        let store = Arc::new(InMemory::new());
+        let target = ExportTarget {
+            partition_id: "leaf".into(),
+            sub_export_id: "leaf".into(),
+            path: Path::from("out/leaf.parquet"),
+            url: "memory:///out/leaf.parquet".into(),
+        };
+        let properties = WriterProperties::builder()
+            .set_compression(Compression::UNCOMPRESSED)
+            .set_dictionary_enabled(false)
+            .set_max_row_group_row_count(Some(ROWS))
+            .build();
+        let plan = LeafExportExec::try_new(
+            source,
+            Arc::clone(&store) as Arc<dyn ObjectStore>,
+            vec![target],
+            properties,
+        )?;
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::clone(&pool))
+            .build_arc()?;
+        let context = TaskContext::default()
+            .with_session_config(SessionConfig::new())
+            .with_runtime(runtime);
+        collect(Arc::new(plan), Arc::new(context)).await?;
+        assert_eq!(pool.reserved(), 0, "the writer's reservation is freed");
+        let bytes = store
+            .get(&Path::from("out/leaf.parquet"))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes).unwrap();
+        let row_groups = reader
+            .metadata()
+            .row_groups()
+            .iter()
+            .map(|group| group.num_rows())
+            .collect();
+        let read = reader.build().unwrap().collect::<Result<_, _>>().unwrap();
+        Ok((row_groups, read))
+    }
+
+    /// With memory to spare the file is one row group; with a pool too small to hold one, the
+    /// writer ends row groups early and writes the same rows; with less than its upload's part,
+    /// the leaf fails with the pool's error, naming the writer.
+    #[tokio::test]
+    async fn short_of_memory_the_writer_ends_row_groups_early_and_writes_the_same_rows() {
+        let written = |batches: &[RecordBatch]| {
+            let all = concat_batches(&batches[0].schema(), batches).unwrap();
+            all.columns()
+                .iter()
+                .map(|c| c.to_data())
+                .collect::<Vec<_>>()
+        };
+        let input = written(&batches());
+        let (whole, rows) = write_with(Arc::new(UnboundedMemoryPool::default()))
+            .await
+            .unwrap();
+        assert_eq!(whole, vec![ROWS as i64]);
+        assert!(written(&rows) == input);
+        let (squeezed, squeezed_rows) = write_with(Arc::new(GreedyMemoryPool::new(32 << 20)))
+            .await
+            .unwrap();
+        assert!(squeezed.len() > 1, "{squeezed:?}");
+        assert_eq!(squeezed.iter().sum::<i64>(), ROWS as i64);
+        assert!(written(&squeezed_rows) == input);
+        let refused = write_with(Arc::new(GreedyMemoryPool::new(4 << 20)))
+            .await
+            .unwrap_err();
+        let refused = DataFusionError::from(refused);
+        assert!(
+            matches!(refused.find_root(), DataFusionError::ResourcesExhausted(message)
+                if message.contains("LeafExportExec[leaf]")),
+            "{refused}"
+        );
     }
 }

@@ -46,6 +46,14 @@ impl PartSchedule {
         bytes_in_flight: 40 * 1024 * 1024,
     };
 
+    /// This schedule with at most `bytes` of parts held at once (two parts still go up at once).
+    pub fn holding_at_most(self, bytes: usize) -> Self {
+        PartSchedule {
+            bytes_in_flight: self.bytes_in_flight.min(bytes),
+            ..self
+        }
+    }
+
     /// The size of part `index` (from 0).
     pub fn part_size(&self, index: usize) -> usize {
         let doublings = (index / self.parts_per_size).min(usize::BITS as usize - 1) as u32;
@@ -68,16 +76,14 @@ pub struct Upload {
     held: VecDeque<Bytes>,
     held_bytes: usize,
     multipart: Option<Box<dyn MultipartUpload>>,
-    parts: JoinSet<object_store::Result<()>>,
+    /// Each part going up, answering with its size once stored.
+    parts: JoinSet<object_store::Result<usize>>,
+    bytes_going_up: usize,
     schedule: PartSchedule,
     parts_sent: usize,
 }
 
 impl Upload {
-    pub fn new(store: Arc<dyn ObjectStore>, path: Path) -> Self {
-        Self::with_schedule(store, path, PartSchedule::S3)
-    }
-
     pub fn with_schedule(store: Arc<dyn ObjectStore>, path: Path, schedule: PartSchedule) -> Self {
         Upload {
             store,
@@ -86,9 +92,15 @@ impl Upload {
             held_bytes: 0,
             multipart: None,
             parts: JoinSet::new(),
+            bytes_going_up: 0,
             schedule,
             parts_sent: 0,
         }
+    }
+
+    /// Bytes it holds: those waiting to fill a part and the parts going up.
+    pub fn bytes_held(&self) -> usize {
+        self.held_bytes + self.bytes_going_up
     }
 
     pub async fn put(&mut self, bytes: Bytes) -> object_store::Result<()> {
@@ -126,8 +138,11 @@ impl Upload {
             self.multipart = Some(self.store.put_multipart(&self.path).await?);
         }
         let upload = self.multipart.as_mut().expect("started above");
-        let in_flight = self.schedule.in_flight(part.content_length());
-        self.parts.spawn(upload.put_part(part));
+        let size = part.content_length();
+        let in_flight = self.schedule.in_flight(size);
+        let stored = upload.put_part(part);
+        self.parts.spawn(async move { stored.await.map(|()| size) });
+        self.bytes_going_up += size;
         self.parts_sent += 1;
         while self.parts.len() >= in_flight {
             self.next_part_done().await?;
@@ -137,7 +152,10 @@ impl Upload {
 
     async fn next_part_done(&mut self) -> object_store::Result<()> {
         match self.parts.join_next().await {
-            Some(Ok(done)) => done,
+            Some(Ok(done)) => {
+                self.bytes_going_up -= done.as_ref().map_or(0, |size| *size);
+                done.map(|_| ())
+            }
             Some(Err(join)) => Err(object_store::Error::Generic {
                 store: "upload",
                 source: Box::new(join),
@@ -213,7 +231,7 @@ mod tests {
 
     fn upload_of(pieces: &[usize]) -> Upload {
         let store = Arc::new(object_store::memory::InMemory::new());
-        let mut upload = Upload::new(store, Path::from("f"));
+        let mut upload = Upload::with_schedule(store, Path::from("f"), PartSchedule::S3);
         for (i, &size) in pieces.iter().enumerate() {
             upload.held_bytes += size;
             upload.held.push_back(Bytes::from(vec![i as u8; size]));
@@ -416,7 +434,8 @@ mod tests {
     async fn a_file_of_many_parts_is_stored_whole_and_in_order() {
         let store = Arc::new(object_store::memory::InMemory::new());
         let path = Path::from("export/leaf.parquet");
-        let mut upload = Upload::new(Arc::clone(&store) as _, path.clone());
+        let mut upload =
+            Upload::with_schedule(Arc::clone(&store) as _, path.clone(), PartSchedule::S3);
         // A written piece larger than several parts, then small ones.
         let mut written = Vec::new();
         let part = PartSchedule::S3.first_part;

@@ -15,6 +15,9 @@ pub const BUCKET: &str = "sleeper.bulk.export.s3.bucket";
 /// Ours, not Sleeper's (whose properties all start `sleeper.`): the rows above which the
 /// planner cuts a leaf into pieces (`--max-rows-per-file`).
 pub const MAX_ROWS_PER_FILE: &str = "sleeper-export.max.rows.per.file";
+/// Ours too: the memory a runner's leaves share (`--memory-limit`), a size as [`parse_size`]
+/// reads it.
+pub const MEMORY_LIMIT: &str = "sleeper-export.memory.limit";
 const WAIT_SECONDS: &str = "sleeper.bulk.export.task.wait.time.seconds";
 const KEEPALIVE_SECONDS: &str = "sleeper.bulk.export.keepalive.period.seconds";
 const VISIBILITY_SECONDS: &str = "sleeper.bulk.export.queue.visibility.timeout.seconds";
@@ -38,6 +41,8 @@ pub struct BulkExportConfig {
     pub failed_visibility: Duration,
     /// [`MAX_ROWS_PER_FILE`].
     pub max_rows_per_file: Option<u64>,
+    /// [`MEMORY_LIMIT`].
+    pub memory_limit: Option<usize>,
 }
 
 impl Default for BulkExportConfig {
@@ -53,6 +58,7 @@ impl Default for BulkExportConfig {
             visibility: Duration::from_secs(900),
             failed_visibility: Duration::from_secs(60),
             max_rows_per_file: None,
+            memory_limit: None,
         }
     }
 }
@@ -106,6 +112,14 @@ impl BulkExportConfig {
                         })
                 })
                 .transpose()?,
+            memory_limit: text(MEMORY_LIMIT)
+                .map(|v| {
+                    parse_size(&v).map_err(|message| Error::Property {
+                        property: MEMORY_LIMIT.into(),
+                        message,
+                    })
+                })
+                .transpose()?,
         })
     }
 
@@ -128,6 +142,29 @@ impl BulkExportConfig {
     }
 }
 
+/// A size in bytes: `1073741824`, `1024MiB`, `1GiB`, `64KiB` (or KB, MB, GB, the same powers
+/// of two); more than zero.
+pub fn parse_size(text: &str) -> std::result::Result<usize, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        other => return Err(format!("unknown unit {other:?}: use KiB, MiB or GiB")),
+    };
+    number
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .filter(|&bytes| bytes > 0)
+        .ok_or_else(|| format!("{text:?} is not a size in bytes greater than zero"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,5 +184,23 @@ mod tests {
         assert_eq!(config.wait, Duration::from_secs(20));
         let too_long = JavaProperties::parse("sleeper.bulk.export.task.wait.time.seconds=21\n");
         assert!(BulkExportConfig::from_properties(&too_long).is_err());
+    }
+
+    #[test]
+    fn the_memory_limit_setting_is_a_size_and_a_bad_one_names_itself() {
+        let config = |text: &str| {
+            BulkExportConfig::from_properties(&JavaProperties::parse(&format!(
+                "{MEMORY_LIMIT}={text}\n"
+            )))
+        };
+        assert_eq!(config("512MiB").unwrap().memory_limit, Some(512 << 20));
+        assert_eq!(config("3 GiB").unwrap().memory_limit, Some(3 << 30));
+        assert_eq!(config("4096").unwrap().memory_limit, Some(4096));
+        for bad in ["0", "12 furlongs", "-1GiB", "GiB"] {
+            let error = config(bad).unwrap_err().to_string();
+            assert!(error.contains(MEMORY_LIMIT), "{bad}: {error}");
+        }
+        let unset = BulkExportConfig::from_properties(&JavaProperties::parse("")).unwrap();
+        assert_eq!(unset.memory_limit, None);
     }
 }

@@ -68,7 +68,7 @@ impl Runner {
         Runner {
             tables,
             output,
-            export,
+            export: export.sharing_one_pool(),
             config,
             concurrency: 1,
             idle_exit: None,
@@ -77,10 +77,15 @@ impl Runner {
         }
     }
 
-    /// Leaf queries run at once.
+    /// Leaf queries run at once, each with its share of the export options' memory pool.
     pub fn with_concurrency(self, concurrency: usize) -> Self {
+        let concurrency = concurrency.max(1);
         Runner {
-            concurrency: concurrency.max(1),
+            concurrency,
+            export: ExportOptions {
+                parallelism: concurrency,
+                ..self.export
+            },
             ..self
         }
     }

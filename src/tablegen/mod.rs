@@ -3,6 +3,8 @@
 
 #[cfg(feature = "test-util")]
 pub mod local_s3;
+#[cfg(feature = "test-util")]
+pub mod recording_pool;
 
 use std::ops::RangeInclusive;
 use std::sync::Arc;
@@ -409,6 +411,7 @@ impl TableWriter {
             self.properties.schema.arrow_schema(),
             self.properties
                 .writer_properties(&self.properties.schema.arrow_schema())?,
+            None,
         )
         .map_err(output_error)?;
         let mut rows = 0;

@@ -10,6 +10,7 @@ mod cut;
 mod export;
 mod instance;
 mod leaf_sql;
+mod memory;
 mod provider;
 mod queues;
 mod s3;

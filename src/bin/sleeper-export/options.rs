@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use clap::Args;
 use sleeper_export::instance::{find_config_bucket, Instance, INSTANCE_PROPERTIES};
-use sleeper_export::leaf::ExportOptions;
+use sleeper_export::leaf::{ExportOptions, DEFAULT_MEMORY_LIMIT};
 use sleeper_export::model::KeyOrder;
-use sleeper_export::queue::config::BulkExportConfig;
+use sleeper_export::queue::config::{parse_size, BulkExportConfig};
 use sleeper_export::queue::TableIndex;
 use sleeper_export::storage::Stores;
 use sleeper_export::table::SleeperTable;
@@ -55,10 +55,12 @@ pub struct ExportSettingsArgs {
     /// table's (sleeper.table.parquet.compression.codec).
     #[arg(long, value_name = "CODEC")]
     pub compression: Option<String>,
-    /// The memory each leaf's plan may hold in DataFusion's pool (its SQL's joins, sorts and
-    /// aggregations), in bytes or with a unit: 512MiB, 2GiB. A leaf that needs more fails.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "1GiB")]
-    pub memory_limit: usize,
+    /// The memory the leaves exported at once share, as one DataFusion pool: what each reads,
+    /// decodes and writes, and its SQL's joins, sorts and aggregations. In bytes or with a
+    /// unit: 512MiB, 2GiB (default: sleeper-export.memory.limit in instance.properties for
+    /// `run`, else 1GiB). A leaf that cannot get the least it needs fails, naming the limit.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub memory_limit: Option<usize>,
 }
 
 impl ExportSettingsArgs {
@@ -66,32 +68,10 @@ impl ExportSettingsArgs {
         ExportOptions {
             key_order: self.key_order,
             compression: self.compression.clone(),
-            memory_limit: self.memory_limit,
+            memory_limit: self.memory_limit.unwrap_or(DEFAULT_MEMORY_LIMIT),
             ..ExportOptions::default()
         }
     }
-}
-
-/// `1073741824`, `1024MiB`, `1GiB`, `64KiB` (or KB, MB, GB, the same powers of two).
-fn parse_size(text: &str) -> std::result::Result<usize, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let shift = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        other => return Err(format!("unknown unit {other:?}: use KiB, MiB or GiB")),
-    };
-    number
-        .parse::<usize>()
-        .ok()
-        .and_then(|n| n.checked_mul(1 << shift))
-        .filter(|&bytes| bytes > 0)
-        .ok_or_else(|| format!("{text:?} is not a size in bytes greater than zero"))
 }
 
 /// Where the queues and the export bucket are: Sleeper's instance properties, overridden by options.

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use sleeper_export::leaf::ExportOptions;
+use sleeper_export::leaf::{ExportOptions, DEFAULT_MEMORY_LIMIT};
 use sleeper_export::query::BulkExportQuery;
 use sleeper_export::queue::config::{self as queue_config, BulkExportConfig};
 use sleeper_export::queue::manifest::{ExportRecords, ExportStatus, Listing, LISTED_BY_DEFAULT};
@@ -203,7 +203,13 @@ pub async fn run(
         Runner::new(
             open_tables(&args.tables, &args.queues.instance, stores).await?,
             output,
-            settings.options(),
+            ExportOptions {
+                memory_limit: settings
+                    .memory_limit
+                    .or(config.memory_limit)
+                    .unwrap_or(DEFAULT_MEMORY_LIMIT),
+                ..settings.options()
+            },
             config,
         )
         .with_concurrency(concurrency)

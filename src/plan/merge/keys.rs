@@ -3,7 +3,11 @@
 use std::cmp::Ordering;
 
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::row::{Row, Rows};
+use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::row::{Row, RowConverter, Rows, SortField};
+
+use crate::error::{Error, Result};
+use crate::model::PrimitiveType;
 
 /// A batch that passed the filters, with its keys in the table's order, as row format.
 pub(super) struct KeyedBatch {
@@ -48,4 +52,22 @@ impl SortKeys {
             .cmp(&other.prefixes[other_row])
             .then_with(|| self.row(row).cmp(&other.row(other_row)))
     }
+}
+
+/// Compares keys in row format: strings and byte arrays as the bytes their order gives them.
+pub(super) fn key_converter(key_types: &[PrimitiveType]) -> Result<RowConverter> {
+    let fields = key_types
+        .iter()
+        .map(|t| {
+            SortField::new(match t {
+                PrimitiveType::Int => DataType::Int32,
+                PrimitiveType::Long => DataType::Int64,
+                PrimitiveType::String | PrimitiveType::ByteArray => DataType::Binary,
+            })
+        })
+        .collect();
+    RowConverter::new(fields).map_err(|source| Error::Arrow {
+        context: "creating the key comparator".into(),
+        source,
+    })
 }

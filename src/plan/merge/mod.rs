@@ -5,11 +5,12 @@
 //! Split as DataFusion splits its sorts: this file is the plan node; `reader` opens and reads
 //! one input file (schema adaptation, region and age-off filters, key encoding, the order
 //! check), from the row groups and pages `prune` chooses, fetched by `fetch` through
-//! `object_file`; `keys` holds a
+//! `object_file`, within the budgets `budget` reserves from the memory pool; `keys` holds a
 //! batch's sort keys; `loser_tree` merges sorted input streams; `gather` copies each merged
 //! batch's rows out of the inputs' batches.
 
 mod adapt;
+mod budget;
 mod decode;
 mod fetch;
 mod gather;
@@ -24,12 +25,10 @@ use std::fmt;
 use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::datatypes::{DataType, SchemaRef};
-use datafusion::arrow::row::{RowConverter, SortField};
-use datafusion::common::runtime::SpawnedTask;
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result as DFResult};
-use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr, PhysicalSortExpr};
@@ -44,14 +43,16 @@ use datafusion::physical_plan::{
     PlanProperties, ReplaceChildrenOptions,
 };
 use futures::{StreamExt, TryStreamExt};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
 
 use super::aggregate::RowAggregator;
 use super::filter::RowFilter;
+use super::memory::{reserve_first_granted, LeafMemoryShare};
 use crate::error::{Error, Result};
-use crate::model::{CompactionRules, KeyOrder, PrimitiveType, Region, Schema};
-use loser_tree::{Input, LeafMerge};
-use reader::FileReader;
+use crate::model::{CompactionRules, KeyOrder, Region, Schema};
+use budget::ReadBudget;
+use loser_tree::LeafMerge;
+use reader::{open_files, start_inputs, FileReader};
 
 /// What one leaf partition's merge reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,20 +68,6 @@ pub struct LeafInput {
 /// Batches read ahead per input file: one overlaps decoding with merging; a second cost 35 MiB
 /// at 128 files and was no faster (`benches/scale.rs`).
 const READ_AHEAD_BATCHES: usize = 1;
-
-/// Compressed bytes a leaf's files fetch at once, shared between them: each file reads its row
-/// groups a window of pages at a time (1 M-row row groups are tens of MiB per file).
-const LEAF_FETCH_BUDGET_BYTES: usize = 64 * 1024 * 1024;
-
-/// Decoded rows a leaf's files hold in batches, shared between them: with many files each
-/// decodes smaller batches (never fewer rows than `MIN_FILE_BATCH_ROWS`, nor more than the
-/// session's batch size).
-const LEAF_DECODED_ROWS: usize = 128 * 1024;
-/// Each batch a file decodes costs the same whatever its rows (the decoder's set-up, string
-/// buffers grown from empty, keys encoded, a wake-up): at 128 files, 2,048 rows rather than
-/// 1,024 took 0.13 s off 2.78 s per 10 M rows for 20 MiB more, and 4,096 only 0.05 s more for
-/// 60 MiB more (`benches/scale.rs`).
-const MIN_FILE_BATCH_ROWS: usize = 2048;
 
 /// Files of a leaf whose footers are read at once.
 const FILES_OPENED_AT_ONCE: usize = 16;
@@ -380,17 +367,18 @@ impl LeafMergeExec {
             .collect()
     }
 
-    /// The leaf's files are reached through `runtime`'s object stores, as DataFusion's own
-    /// scans reach theirs.
+    /// The leaf's files are reached through `context`'s object stores, as DataFusion's own
+    /// scans reach theirs, and what it reads is reserved from its memory pool: the
+    /// reservation lives as long as the merge.
     async fn merge_leaf(
         &self,
         partition: usize,
-        batch_size: usize,
-        runtime: Arc<RuntimeEnv>,
-    ) -> Result<LeafMerge> {
+        context: Arc<TaskContext>,
+    ) -> Result<(LeafMerge, MemoryReservation)> {
         let leaf = &self.leaves[partition];
+        let batch_size = context.session_config().batch_size();
         let key_types = self.schema.key_types();
-        let converter = Arc::new(key_converter(&key_types)?);
+        let converter = Arc::new(keys::key_converter(&key_types)?);
         let filter = Arc::new(RowFilter::new(
             &leaf.partition_region,
             &leaf.query_regions,
@@ -404,13 +392,6 @@ impl LeafMergeExec {
         MetricBuilder::new(&self.metrics)
             .counter("input_files", partition)
             .add(leaf.files.len());
-        // The leaf's files share its read budgets, so memory does not grow with their number:
-        // an un-compacted leaf has hundreds.
-        let files = leaf.files.len().max(1);
-        let fetch_budget = LEAF_FETCH_BUDGET_BYTES / files;
-        let file_batch_size = (LEAF_DECODED_ROWS / files)
-            .max(MIN_FILE_BATCH_ROWS)
-            .min(batch_size);
         let requests = Arc::new(Semaphore::new(LEAF_REQUESTS_AT_ONCE));
         let readers: Vec<FileReader> = leaf
             .files
@@ -427,12 +408,18 @@ impl LeafMergeExec {
                 age_offs: Arc::clone(&age_offs),
                 rows_read: rows_read.clone(),
                 row_groups_pruned: row_groups_pruned.clone(),
-                batch_size: file_batch_size.max(1),
-                fetch_budget,
                 requests: Arc::clone(&requests),
             })
             .collect();
-        let inputs = open_inputs(readers, &runtime).await?;
+        let opened = open_files(&readers, &context.runtime_env()).await?;
+        let reservation = MemoryConsumer::new(format!("LeafMergeExec[{}]", leaf.partition_id))
+            .register(context.memory_pool());
+        let share = LeafMemoryShare::of(&context).map(LeafMemoryShare::reads);
+        let candidates = ReadBudget::candidates(&opened, batch_size, share);
+        let budget = reserve_first_granted(&reservation, candidates, |budget| {
+            budget.bytes(&opened, batch_size)
+        })?;
+        let inputs = start_inputs(readers, opened, budget);
         let aggregator = (!self.rules.aggregations.is_empty()).then(|| {
             RowAggregator::new(
                 Arc::clone(&self.read_schema),
@@ -448,51 +435,8 @@ impl LeafMergeExec {
             batch_size,
         );
         merge.start().await?;
-        Ok(merge)
+        Ok((merge, reservation))
     }
-}
-
-/// Compares keys in row format: strings and byte arrays as the bytes their order gives them.
-fn key_converter(key_types: &[PrimitiveType]) -> Result<RowConverter> {
-    let fields = key_types
-        .iter()
-        .map(|t| {
-            SortField::new(match t {
-                PrimitiveType::Int => DataType::Int32,
-                PrimitiveType::Long => DataType::Int64,
-                PrimitiveType::String | PrimitiveType::ByteArray => DataType::Binary,
-            })
-        })
-        .collect();
-    RowConverter::new(fields).map_err(|source| Error::Arrow {
-        context: "creating the key comparator".into(),
-        source,
-    })
-}
-
-/// Opens the leaf's files and starts reading each on a task of its own, which its input stream
-/// owns: dropping the merge stops the readers.
-async fn open_inputs(readers: Vec<FileReader>, runtime: &RuntimeEnv) -> Result<Vec<Input>> {
-    // Opening reads each file's footer: on S3 a round trip per file, so they overlap, in the
-    // leaf's file order.
-    let opening: Vec<_> = readers.iter().map(|reader| reader.open(runtime)).collect();
-    let opened: Vec<_> = futures::stream::iter(opening)
-        .buffered(FILES_OPENED_AT_ONCE)
-        .try_collect()
-        .await?;
-    Ok(readers
-        .into_iter()
-        .zip(opened)
-        .map(|(reader, opened)| {
-            let (sender, receiver) = mpsc::channel(READ_AHEAD_BATCHES);
-            let task = SpawnedTask::spawn(reader.run(opened, sender));
-            futures::stream::unfold((receiver, task), |(mut receiver, task)| async move {
-                let batch = receiver.recv().await?;
-                Some((batch, (receiver, task)))
-            })
-            .boxed()
-        })
-        .collect())
 }
 
 impl DisplayAs for LeafMergeExec {
@@ -574,22 +518,23 @@ impl ExecutionPlan for LeafMergeExec {
             )));
         }
         let this = self.clone();
-        let batch_size = context.session_config().batch_size();
         let baseline = BaselineMetrics::new(&self.metrics, partition);
         // The merge is opened lazily, on the first poll, because opening reads file footers.
-        let runtime = context.runtime_env();
-        let open = async move { this.merge_leaf(partition, batch_size, runtime).await };
+        let open = async move { this.merge_leaf(partition, context).await };
         let stream = futures::stream::once(open)
             // Called once: the stream before it yields the one merge.
-            .map_ok(move |merge| {
-                let state = (merge, baseline.clone());
-                futures::stream::try_unfold(state, |(mut merge, baseline)| async move {
-                    let batch = merge.next_batch().await?;
-                    Ok(batch.map(|batch| {
-                        baseline.record_output(batch.num_rows());
-                        (batch, (merge, baseline))
-                    }))
-                })
+            .map_ok(move |(merge, reservation)| {
+                let state = (merge, baseline.clone(), reservation);
+                futures::stream::try_unfold(
+                    state,
+                    |(mut merge, baseline, reservation)| async move {
+                        let batch = merge.next_batch().await?;
+                        Ok(batch.map(|batch| {
+                            baseline.record_output(batch.num_rows());
+                            (batch, (merge, baseline, reservation))
+                        }))
+                    },
+                )
             })
             .try_flatten()
             .map(|r: Result<RecordBatch>| r.map_err(DataFusionError::from));

@@ -11,25 +11,118 @@ use datafusion::arrow::compute::{filter_record_batch, prep_null_mask_filter};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::row::{RowConverter, Rows};
+use datafusion::common::runtime::SpawnedTask;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
 use datafusion::parquet::arrow::ProjectionMask;
 use datafusion::parquet::errors::ParquetError;
 use datafusion::parquet::file::metadata::PageIndexPolicy;
 use datafusion::physical_plan::metrics::Count;
+use futures::{StreamExt, TryStreamExt};
 use tokio::sync::{mpsc, Semaphore};
 
 use super::adapt::ColumnAdapter;
+use super::budget::ReadBudget;
 use super::decode::WindowedStream;
-use super::fetch::windows;
+use super::fetch::{pages_fetched, windows, RowGroupRead};
 use super::keys::{prefix, KeyedBatch, SortKeys};
+use super::loser_tree::Input;
 use super::object_file::ObjectFileReader;
 use super::order_check::OrderCheck;
 use super::prune::KeyPruning;
+use super::{FILES_OPENED_AT_ONCE, READ_AHEAD_BATCHES};
 use crate::error::{Error, Result};
 use crate::model::{KeyOrder, PrimitiveType};
 use crate::plan::filter::RowFilter;
 use crate::storage::ObjectAddress;
+
+/// A file whose footer is read and whose row groups are chosen: what it will fetch and decode
+/// is known before anything is, so the leaf can size its budgets to its pool.
+pub(super) struct OpenedFile {
+    reader: ObjectFileReader,
+    reader_metadata: ArrowReaderMetadata,
+    mask: ProjectionMask,
+    row_groups: Vec<RowGroupRead>,
+    adapter: ColumnAdapter,
+    check: OrderCheck,
+}
+
+impl OpenedFile {
+    /// Compressed bytes it holds at once, reading windows of about `fetch_budget / 2` bytes:
+    /// the window decoded and the next one, fetched meanwhile. A file without an offset index
+    /// is read a row group at a time, whatever the budget.
+    pub(super) fn fetched_bytes(&self, fetch_budget: usize, batch_rows: usize) -> usize {
+        let metadata = self.reader_metadata.metadata();
+        let windows = windows(
+            metadata,
+            &self.row_groups,
+            &self.mask,
+            fetch_budget / 2,
+            batch_rows,
+        );
+        let largest = windows
+            .into_iter()
+            .map(|window| {
+                pages_fetched(metadata, &self.mask, window)
+                    .iter()
+                    .map(|range| usize::try_from(range.end - range.start).unwrap_or(usize::MAX))
+                    .fold(0, usize::saturating_add)
+            })
+            .max()
+            .unwrap_or(0);
+        largest.saturating_mul(2)
+    }
+
+    /// Decoded bytes a row of the read columns takes in Arrow, from the footer's sizes of the
+    /// row groups read: a byte array's unencoded length (where the writer recorded it, as
+    /// Parquet's size statistics do) and its offset, else the column's uncompressed size.
+    pub(super) fn decoded_row_bytes(&self) -> usize {
+        let metadata = self.reader_metadata.metadata();
+        let (mut bytes, mut rows) = (0u64, 0u64);
+        for read in &self.row_groups {
+            let group = metadata.row_group(read.row_group);
+            rows += u64::try_from(group.num_rows()).unwrap_or(0);
+            for (leaf, column) in group.columns().iter().enumerate() {
+                if !self.mask.leaf_included(leaf) {
+                    continue;
+                }
+                let uncompressed = u64::try_from(column.uncompressed_size()).unwrap_or(0);
+                let unencoded = column
+                    .unencoded_byte_array_data_bytes()
+                    .and_then(|b| u64::try_from(b).ok())
+                    .map_or(0, |b| {
+                        b + 4 * u64::try_from(column.num_values()).unwrap_or(0)
+                    });
+                bytes += uncompressed.max(unencoded);
+            }
+        }
+        usize::try_from(bytes.div_ceil(rows.max(1))).unwrap_or(usize::MAX)
+    }
+
+    /// Starts reading: windows of about `fetch_budget / 2` compressed bytes, batches of
+    /// `batch_rows` rows.
+    pub(super) fn read(
+        self,
+        fetch_budget: usize,
+        batch_rows: usize,
+    ) -> (WindowedStream, ColumnAdapter, OrderCheck) {
+        let windows = windows(
+            self.reader_metadata.metadata(),
+            &self.row_groups,
+            &self.mask,
+            fetch_budget / 2,
+            batch_rows,
+        );
+        let stream = WindowedStream::new(
+            self.reader,
+            self.reader_metadata,
+            self.mask,
+            windows,
+            batch_rows,
+        );
+        (stream, self.adapter, self.check)
+    }
+}
 
 pub(super) struct FileReader {
     pub(super) file: String,
@@ -44,9 +137,6 @@ pub(super) struct FileReader {
     pub(super) age_offs: Arc<Vec<(usize, i64)>>,
     pub(super) rows_read: Count,
     pub(super) row_groups_pruned: Count,
-    pub(super) batch_size: usize,
-    /// Compressed bytes this file may fetch at once: its share of the leaf's read budget.
-    pub(super) fetch_budget: usize,
     /// Requests for windows' bytes the leaf's files may have in flight together.
     pub(super) requests: Arc<Semaphore>,
 }
@@ -94,10 +184,7 @@ impl FileReader {
         }
     }
 
-    pub(super) async fn open(
-        &self,
-        runtime: &RuntimeEnv,
-    ) -> Result<(WindowedStream, ColumnAdapter, OrderCheck)> {
+    pub(super) async fn open(&self, runtime: &RuntimeEnv) -> Result<OpenedFile> {
         let address = ObjectAddress::parse(&self.file)?;
         let store = runtime.object_store(&address.store_url).map_err(|e| {
             Error::location_from(&self.file, "no object store for it in the session", e)
@@ -140,22 +227,14 @@ impl FileReader {
         self.row_groups_pruned
             .add(metadata.num_row_groups() - row_groups.len());
         let check = OrderCheck::new(self.order, self.key_types.len(), metadata, &row_groups);
-        // Two windows' pages are held at once: the one decoded and the next.
-        let windows = windows(
-            metadata,
-            &row_groups,
-            &mask,
-            self.fetch_budget / 2,
-            self.batch_size,
-        );
-        let stream = WindowedStream::new(
+        Ok(OpenedFile {
             reader,
-            reader_metadata.clone(),
             mask,
-            windows,
-            self.batch_size,
-        );
-        Ok((stream, adapter, check))
+            row_groups,
+            adapter,
+            check,
+            reader_metadata,
+        })
     }
 
     pub(super) async fn run(
@@ -290,4 +369,41 @@ impl FileReader {
         let prefixes = rows.iter().map(prefix).collect();
         Ok((rows, prefixes))
     }
+}
+
+/// Opens the leaf's files: their footers are read and their row groups chosen.
+pub(super) async fn open_files(
+    readers: &[FileReader],
+    runtime: &RuntimeEnv,
+) -> Result<Vec<OpenedFile>> {
+    // Opening reads each file's footer: on S3 a round trip per file, so they overlap, in the
+    // leaf's file order.
+    let opening: Vec<_> = readers.iter().map(|reader| reader.open(runtime)).collect();
+    futures::stream::iter(opening)
+        .buffered(FILES_OPENED_AT_ONCE)
+        .try_collect()
+        .await
+}
+
+/// Starts reading each file on a task of its own, which its input stream owns: dropping the
+/// merge stops the readers.
+pub(super) fn start_inputs(
+    readers: Vec<FileReader>,
+    opened: Vec<OpenedFile>,
+    budget: ReadBudget,
+) -> Vec<Input> {
+    readers
+        .into_iter()
+        .zip(opened)
+        .map(|(reader, opened)| {
+            let (sender, receiver) = mpsc::channel(READ_AHEAD_BATCHES);
+            let reading = opened.read(budget.file_fetch_bytes, budget.file_batch_rows);
+            let task = SpawnedTask::spawn(reader.run(reading, sender));
+            futures::stream::unfold((receiver, task), |(mut receiver, task)| async move {
+                let batch = receiver.recv().await?;
+                Some((batch, (receiver, task)))
+            })
+            .boxed()
+        })
+        .collect()
 }
