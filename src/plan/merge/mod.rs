@@ -5,7 +5,8 @@
 //! Split as DataFusion splits its sorts: this file is the plan node; `reader` opens and reads
 //! one input file (schema adaptation, region and age-off filters, key encoding, the order
 //! check), from the row groups and pages `prune` chooses, fetched by `fetch` through
-//! `object_file`, within the budgets `budget` reserves from the memory pool; `keys` holds a
+//! `object_file`, within the budgets `budget` reserves from the memory pool; `inputs` opens
+//! a leaf's files and starts their readers; `keys` holds a
 //! batch's sort keys; `loser_tree` merges sorted input streams; `gather` copies each merged
 //! batch's rows out of the inputs' batches.
 
@@ -14,6 +15,7 @@ mod budget;
 mod decode;
 mod fetch;
 mod gather;
+mod inputs;
 mod keys;
 mod loser_tree;
 mod object_file;
@@ -51,8 +53,9 @@ use super::memory::{reserve_first_granted, LeafMemoryShare};
 use crate::error::{Error, Result};
 use crate::model::{CompactionRules, KeyOrder, Region, Schema};
 use budget::ReadBudget;
+use inputs::{open_files, start_inputs};
 use loser_tree::LeafMerge;
-use reader::{open_files, start_inputs, FileReader};
+use reader::FileReader;
 
 /// What one leaf partition's merge reads.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,26 +11,21 @@ use datafusion::arrow::compute::{filter_record_batch, prep_null_mask_filter};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::row::{RowConverter, Rows};
-use datafusion::common::runtime::SpawnedTask;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
 use datafusion::parquet::arrow::ProjectionMask;
 use datafusion::parquet::errors::ParquetError;
 use datafusion::parquet::file::metadata::PageIndexPolicy;
 use datafusion::physical_plan::metrics::Count;
-use futures::{StreamExt, TryStreamExt};
 use tokio::sync::{mpsc, Semaphore};
 
 use super::adapt::ColumnAdapter;
-use super::budget::ReadBudget;
 use super::decode::WindowedStream;
 use super::fetch::{pages_fetched, windows, RowGroupRead};
 use super::keys::{prefix, KeyedBatch, SortKeys};
-use super::loser_tree::Input;
 use super::object_file::ObjectFileReader;
 use super::order_check::OrderCheck;
 use super::prune::KeyPruning;
-use super::{FILES_OPENED_AT_ONCE, READ_AHEAD_BATCHES};
 use crate::error::{Error, Result};
 use crate::model::{KeyOrder, PrimitiveType};
 use crate::plan::filter::RowFilter;
@@ -369,41 +364,4 @@ impl FileReader {
         let prefixes = rows.iter().map(prefix).collect();
         Ok((rows, prefixes))
     }
-}
-
-/// Opens the leaf's files: their footers are read and their row groups chosen.
-pub(super) async fn open_files(
-    readers: &[FileReader],
-    runtime: &RuntimeEnv,
-) -> Result<Vec<OpenedFile>> {
-    // Opening reads each file's footer: on S3 a round trip per file, so they overlap, in the
-    // leaf's file order.
-    let opening: Vec<_> = readers.iter().map(|reader| reader.open(runtime)).collect();
-    futures::stream::iter(opening)
-        .buffered(FILES_OPENED_AT_ONCE)
-        .try_collect()
-        .await
-}
-
-/// Starts reading each file on a task of its own, which its input stream owns: dropping the
-/// merge stops the readers.
-pub(super) fn start_inputs(
-    readers: Vec<FileReader>,
-    opened: Vec<OpenedFile>,
-    budget: ReadBudget,
-) -> Vec<Input> {
-    readers
-        .into_iter()
-        .zip(opened)
-        .map(|(reader, opened)| {
-            let (sender, receiver) = mpsc::channel(READ_AHEAD_BATCHES);
-            let reading = opened.read(budget.file_fetch_bytes, budget.file_batch_rows);
-            let task = SpawnedTask::spawn(reader.run(reading, sender));
-            futures::stream::unfold((receiver, task), |(mut receiver, task)| async move {
-                let batch = receiver.recv().await?;
-                Some((batch, (receiver, task)))
-            })
-            .boxed()
-        })
-        .collect()
 }
