@@ -282,7 +282,7 @@ pub async fn leaf_export_plan(
     let properties = options.table_properties(table);
     let merge = leaf_merge(table, &properties, vec![LeafInput::from(query)], options)?;
     let input: Arc<dyn ExecutionPlan> = match &query.sql_query {
-        None => Arc::new(merge),
+        None => merge.into_plan(),
         Some(sql) => {
             plan_leaf_sql(sql, merge, table.stores.runtime_env()?, options.batch_size).await?
         }

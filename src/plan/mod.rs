@@ -2,6 +2,7 @@
 //! sink.
 
 pub mod aggregate;
+pub mod aggregate_exec;
 pub mod filter;
 pub mod leaf_sql;
 pub mod memory;

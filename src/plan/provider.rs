@@ -45,7 +45,7 @@ impl SleeperTableProvider {
         &self,
         projection: Option<&[usize]>,
         query: Option<&[Region]>,
-    ) -> Result<LeafMergeExec> {
+    ) -> Result<Arc<dyn ExecutionPlan>> {
         let all_leaves = self.table.partitions.leaves();
         let leaf_count = all_leaves.len();
         let leaves: Vec<LeafInput> = all_leaves
@@ -75,7 +75,8 @@ impl SleeperTableProvider {
             projection,
             self.table.properties.compaction_rules()?,
         )?
-        .with_pruned_leaves(pruned))
+        .with_pruned_leaves(pruned)
+        .into_plan())
     }
 
     /// Lets a session not made for Sleeper tables (a plain `SessionContext`)
@@ -136,9 +137,6 @@ impl TableProvider for SleeperTableProvider {
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
         self.register_stores(state.runtime_env())?;
         let query = filters_regions(filters, &self.table.properties.schema, self.order());
-        Ok(Arc::new(self.merge_plan(
-            projection.map(Vec::as_slice),
-            query.as_deref(),
-        )?))
+        Ok(self.merge_plan(projection.map(Vec::as_slice), query.as_deref())?)
     }
 }

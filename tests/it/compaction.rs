@@ -7,10 +7,11 @@ use crate::common::*;
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, Int32Array, Int64Array, RecordBatch, StringArray,
 };
+use datafusion::physical_plan::{displayable, ExecutionPlan};
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use sleeper_export::export::export_table;
-use sleeper_export::leaf::{run_leaf_query, ExportOptions};
+use sleeper_export::leaf::{leaf_export_plan, run_leaf_query, ExportOptions};
 use sleeper_export::model::PartitionTree;
 use sleeper_export::model::{
     AggregationOp, CompactionRules, Field, FieldType, KeyOrder, KeyValue, PrimitiveType, Schema,
@@ -552,4 +553,88 @@ async fn a_table_with_invalid_rules_does_not_open() {
             && error.contains("key column"),
         "{error}"
     );
+}
+
+/// The aggregation is a node of its own between the merge and what reads it: `EXPLAIN` of a
+/// leaf's export shows export → (SQL) → aggregate → merge, and an SQL projection of fewer
+/// columns than the table's still aggregates over whole runs of equal keys.
+#[tokio::test]
+async fn the_aggregation_is_its_own_node_above_the_merge_under_the_sql() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = long_schema(vec![
+        Field::primitive("a", PrimitiveType::Long),
+        Field::primitive("b", PrimitiveType::Long),
+    ]);
+    let rows = |keys: Vec<i64>, a: Vec<i64>, b: Vec<i64>| {
+        batch(
+            &schema,
+            vec![
+                Arc::new(Int64Array::from(keys)),
+                Arc::new(Int64Array::from(a)),
+                Arc::new(Int64Array::from(b)),
+            ],
+        )
+    };
+    let table = table_of(
+        &dir,
+        &schema,
+        None,
+        Some("sum(a),max(b)"),
+        vec![
+            rows(vec![1, 2, 2], vec![1, 10, 20], vec![5, 6, 7]),
+            rows(vec![2, 3], vec![100, 1000], vec![1, 9]),
+        ],
+    )
+    .await;
+    let plan_of = |sql: Option<&str>| {
+        let mut query = split_into_leaf_queries(&table, "e").remove(0);
+        query.sql_query = sql.map(str::to_owned);
+        let out = local(&dir.path().join("out"));
+        let table = table.clone();
+        async move {
+            let plan = leaf_export_plan(&table, &query, &out, &ExportOptions::default())
+                .await
+                .unwrap();
+            let shown = displayable(plan.as_ref() as &dyn ExecutionPlan)
+                .indent(false)
+                .to_string();
+            shown
+                .lines()
+                .map(|line| line.trim().split(':').next().unwrap().to_owned())
+                // DataFusion's own, above a leaf node that does not yield by itself.
+                .filter(|node| node != "CooperativeExec")
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        plan_of(None).await,
+        ["LeafExportExec", "LeafAggregateExec", "LeafMergeExec"]
+    );
+    let with_sql = plan_of(Some("SELECT k, a FROM query_results WHERE a > 15")).await;
+    assert_eq!(with_sql.first().map(String::as_str), Some("LeafExportExec"));
+    assert_eq!(
+        with_sql[with_sql.len() - 2..],
+        ["LeafAggregateExec", "LeafMergeExec"],
+        "{with_sql:?}"
+    );
+    let mut query = split_into_leaf_queries(&table, "e").remove(0);
+    query.sql_query = Some("SELECT k, a FROM query_results WHERE a > 15".into());
+    let written = run_leaf_query(
+        &table,
+        &query,
+        &local(&dir.path().join("sql")),
+        &ExportOptions::default(),
+    )
+    .await
+    .unwrap();
+    let exported = read_parquet(&written.file);
+    let column = |i: usize| {
+        exported
+            .column(i)
+            .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+            .values()
+            .to_vec()
+    };
+    // Key 2's run spans both files: 10 + 20 + 100; key 1 (a = 1) is filtered out after.
+    assert_eq!((column(0), column(1)), (vec![2, 3], vec![130, 1000]));
 }

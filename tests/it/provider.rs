@@ -12,8 +12,7 @@ async fn the_scan_has_one_partition_per_leaf_and_sql_sees_every_row_once() {
     let dir = tempfile::tempdir().unwrap();
     let table = long_key_table(local(dir.path()), 100_000, 2000).await;
     let provider = SleeperTableProvider::new(table.clone());
-    let plan: Arc<dyn datafusion::physical_plan::ExecutionPlan> =
-        Arc::new(provider.merge_plan(None, None).unwrap());
+    let plan = provider.merge_plan(None, None).unwrap();
     assert_eq!(plan.output_partitioning().partition_count(), 4);
 
     let ctx = SessionContext::new();
@@ -112,7 +111,6 @@ async fn key_predicates_skip_row_groups_and_stop_early() {
 #[tokio::test]
 async fn a_file_is_decoded_at_most_one_batch_ahead_of_the_merge() {
     use datafusion::execution::TaskContext;
-    use datafusion::physical_plan::ExecutionPlan;
     use datafusion::prelude::SessionConfig;
     use futures::StreamExt;
 

@@ -182,10 +182,10 @@ impl TableProvider for LeafRows {
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
         let (schema, order) = self.merge.table();
         let query = filters_regions(filters, schema, order);
-        Ok(Arc::new(self.merge.narrowed(
-            projection.map(Vec::as_slice),
-            query.as_deref(),
-        )?))
+        Ok(self
+            .merge
+            .narrowed(projection.map(Vec::as_slice), query.as_deref())?
+            .into_plan())
     }
 }
 

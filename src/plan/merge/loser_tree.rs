@@ -13,7 +13,6 @@ use futures::StreamExt;
 
 use super::keys::{KeyedBatch, SortKeys};
 use crate::error::{Error, Result};
-use crate::plan::aggregate::RowAggregator;
 
 /// One sorted input: a stream of keyed batches (a file's reader, or in tests, batches in memory).
 pub(super) type Input = BoxStream<'static, Result<KeyedBatch>>;
@@ -39,8 +38,6 @@ struct Player {
 /// input, so equal keys keep the order of the leaf's files.
 pub(super) struct LeafMerge {
     inputs: Vec<Input>,
-    /// Collapses equal keys after the merge, when the table aggregates.
-    aggregator: Option<RowAggregator>,
     cursors: Vec<Option<Cursor>>,
     /// `losers[0]` is the input with the smallest current row; every other node holds the loser
     /// of the match played there. Exhausted inputs lose every match.
@@ -65,14 +62,12 @@ impl LeafMerge {
     /// Merges `inputs`, each sorted; `start` before the first batch.
     pub(super) fn new(
         inputs: Vec<Input>,
-        aggregator: Option<RowAggregator>,
         read_schema: SchemaRef,
         output_columns: Vec<usize>,
         batch_size: usize,
     ) -> Self {
         LeafMerge {
             inputs,
-            aggregator,
             cursors: Vec::new(),
             losers: Vec::new(),
             slots: Vec::new(),
@@ -197,32 +192,16 @@ impl LeafMerge {
         self.losers[0] = winner;
     }
 
-    /// The next output batch: merged, aggregated when the table aggregates, projected.
+    /// The next output batch: merged and projected.
     pub(super) async fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
-        let arrow_error = |source| Error::Arrow {
-            context: "aggregating merged rows".into(),
-            source,
-        };
-        loop {
-            let merged = self.next_merged().await?;
-            let ready = match (&mut self.aggregator, merged) {
-                (None, merged) => merged,
-                (Some(aggregator), Some(merged)) => {
-                    match aggregator.push(merged).map_err(arrow_error)? {
-                        Some(ready) => Some(ready),
-                        None => continue,
-                    }
-                }
-                (Some(aggregator), None) => aggregator.finish(),
-            };
-            return ready
-                .map(|batch| batch.project(&self.output_columns))
-                .transpose()
-                .map_err(|source| Error::Arrow {
-                    context: "projecting merged rows".into(),
-                    source,
-                });
-        }
+        self.next_merged()
+            .await?
+            .map(|batch| batch.project(&self.output_columns))
+            .transpose()
+            .map_err(|source| Error::Arrow {
+                context: "projecting merged rows".into(),
+                source,
+            })
     }
 
     /// The next batch of merged rows, with every column read.
@@ -369,7 +348,7 @@ mod tests {
                 futures::stream::iter(keyed).boxed()
             })
             .collect();
-        let mut merge = LeafMerge::new(streams, None, schema(), vec![0, 1], batch_size);
+        let mut merge = LeafMerge::new(streams, schema(), vec![0, 1], batch_size);
         // On a runtime of one worker the merge gathers its batches itself.
         let workers = tokio::runtime::Handle::current().metrics().num_workers();
         assert_eq!(merge.gathers_ahead, usize::from(workers > 1));

@@ -47,7 +47,7 @@ use datafusion::physical_plan::{
 use futures::{StreamExt, TryStreamExt};
 use tokio::sync::Semaphore;
 
-use super::aggregate::RowAggregator;
+use super::aggregate_exec::LeafAggregateExec;
 use super::filter::RowFilter;
 use super::memory::{reserve_first_granted, LeafMemoryShare};
 use crate::error::{Error, Result};
@@ -100,8 +100,12 @@ pub struct LeafMergeExec {
     order: KeyOrder,
     /// Whether to check, as files are read, that their rows are in that order.
     verify_order: bool,
-    /// Positions in `read_schema` of the output columns.
+    /// Positions in `read_schema` of the columns this node emits: those projected, and where
+    /// the table aggregates, every key too (its aggregation, above, groups by them).
     output_columns: Vec<usize>,
+    /// Where the table aggregates, the positions in `output_schema` of the projected columns,
+    /// which the aggregation above the merge emits.
+    aggregated_columns: Option<Vec<usize>>,
     /// Table columns read from files: the key columns first, then the projected value columns.
     read_schema: SchemaRef,
     output_schema: SchemaRef,
@@ -150,15 +154,25 @@ impl LeafMergeExec {
         }
         read_columns.sort_unstable();
         read_columns.dedup();
-        let output_columns: Vec<usize> = projection
-            .iter()
-            .map(|c| {
-                read_columns
-                    .iter()
-                    .position(|r| r == c)
-                    .expect("every projected column is read")
-            })
-            .collect();
+        let position_read = |c: &usize| {
+            read_columns
+                .iter()
+                .position(|r| r == c)
+                .expect("every projected column is read")
+        };
+        let (output_columns, aggregated_columns): (Vec<usize>, _) = if rules.aggregations.is_empty()
+        {
+            (projection.iter().map(position_read).collect(), None)
+        } else {
+            let mut merged: Vec<usize> = (0..key_count).chain(projection.iter().copied()).collect();
+            merged.sort_unstable();
+            merged.dedup();
+            let aggregated = projection
+                .iter()
+                .map(|c| merged.iter().position(|m| m == c).expect("merged"))
+                .collect();
+            (merged.iter().map(position_read).collect(), Some(aggregated))
+        };
         let read_schema =
             Arc::new(
                 table_schema
@@ -186,6 +200,7 @@ impl LeafMergeExec {
             order,
             verify_order: true,
             output_columns,
+            aggregated_columns,
             read_schema,
             output_schema,
             leaves: Arc::new(leaves),
@@ -223,19 +238,59 @@ impl LeafMergeExec {
         (&self.schema, self.order)
     }
 
+    /// Positions in `read_schema` of the columns of [`LeafMergeExec::into_plan`]'s rows.
+    fn plan_columns(&self) -> Vec<usize> {
+        match &self.aggregated_columns {
+            None => self.output_columns.clone(),
+            Some(aggregated) => aggregated.iter().map(|&c| self.output_columns[c]).collect(),
+        }
+    }
+
+    /// The merge as a plan: alone, or where the table aggregates, under its aggregation
+    /// (`LeafAggregateExec`), which collapses equal keys as they pass and projects the columns
+    /// asked for. What scans and exports run; the node alone has not aggregated.
+    pub fn into_plan(self) -> Arc<dyn ExecutionPlan> {
+        let Some(aggregated) = self.aggregated_columns.clone() else {
+            return Arc::new(self);
+        };
+        let plan_columns = self.plan_columns();
+        let plan_schema = Arc::new(
+            self.read_schema
+                .project(&plan_columns)
+                .expect("aggregated columns are read"),
+        );
+        let properties = Self::compute_properties(
+            &self.schema,
+            self.order,
+            &plan_schema,
+            &plan_columns,
+            self.leaves.len(),
+        );
+        let key_count = self.schema.key_fields().count();
+        let aggregations = self.rules.aggregations.clone();
+        Arc::new(LeafAggregateExec::new(
+            Arc::new(self),
+            key_count,
+            aggregations,
+            aggregated,
+            properties,
+        ))
+    }
+
     /// The same merge reading only the columns of `projection` (indexes of this merge's output)
     /// and the rows in `query` (every row when `None`): what a scan of a leaf's rows with
     /// pushed-down key predicates reads. A leaf the query does not meet is left out.
     pub fn narrowed(&self, projection: Option<&[usize]>, query: Option<&[Region]>) -> Result<Self> {
         let table_columns = self.schema.arrow_schema();
+        let columns = self.plan_columns();
         let projection: Vec<usize> = match projection {
             Some(projection) => projection.to_vec(),
-            None => (0..self.output_schema.fields().len()).collect(),
+            None => (0..columns.len()).collect(),
         }
         .into_iter()
         .map(|c| {
             table_columns
-                .index_of(self.output_schema.field(c).name())
+                .index_of(self.read_schema.field(columns[c]).name())
                 .expect("the merge's columns are the table's")
         })
         .collect();
@@ -423,16 +478,8 @@ impl LeafMergeExec {
             budget.bytes(&opened, batch_size)
         })?;
         let inputs = start_inputs(readers, opened, budget);
-        let aggregator = (!self.rules.aggregations.is_empty()).then(|| {
-            RowAggregator::new(
-                Arc::clone(&self.read_schema),
-                self.schema.key_fields().count(),
-                &self.rules.aggregations,
-            )
-        });
         let mut merge = LeafMerge::new(
             inputs,
-            aggregator,
             Arc::clone(&self.read_schema),
             self.output_columns.clone(),
             batch_size,
