@@ -12,6 +12,7 @@
 
 mod adapt;
 mod budget;
+mod counts;
 mod decode;
 mod fetch;
 mod gather;
@@ -53,6 +54,8 @@ use super::memory::{reserve_first_granted, LeafMemoryShare};
 use crate::error::{Error, Result};
 use crate::model::{CompactionRules, KeyOrder, Region, Schema};
 use budget::ReadBudget;
+use counts::LeafCounters;
+pub use counts::MergeCounts;
 use inputs::{open_files, start_inputs};
 use loser_tree::LeafMerge;
 use reader::FileReader;
@@ -80,18 +83,6 @@ const FILES_OPENED_AT_ONCE: usize = 16;
 /// its connection's buffers (824 MiB peak); ample to keep a store's latency hidden.
 const LEAF_REQUESTS_AT_ONCE: usize = 32;
 
-/// The merge's metrics that its export records (through [`LeafMergeExec::counts_in`]).
-const ROWS_READ: &str = "rows_read";
-const AGE_OFF_CLOCK: &str = "age_off_clock_millis";
-
-/// What a leaf's merge counted, for its export's record.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct MergeCounts {
-    pub rows_read: u64,
-    /// The clock its age-off filters compared with, where the table has any.
-    pub age_off_clock_millis: Option<u64>,
-}
-
 #[derive(Debug, Clone)]
 pub struct LeafMergeExec {
     table_id: String,
@@ -117,6 +108,8 @@ pub struct LeafMergeExec {
     /// A fixed clock for age-off filters, instead of reading it at each leaf's start.
     age_off_clock: Option<i64>,
     metrics: ExecutionPlanMetricsSet,
+    /// One per leaf, registered in `metrics`.
+    counters: Arc<Vec<LeafCounters>>,
     cache: Arc<PlanProperties>,
 }
 
@@ -187,6 +180,9 @@ impl LeafMergeExec {
                 .project(&output_columns)
                 .expect("output columns are read"),
         );
+        let metrics = ExecutionPlanMetricsSet::new();
+        // With every leaf pruned there is still one (empty) partition.
+        let counters = LeafCounters::register(&metrics, leaves.len().max(1));
         let cache = Arc::new(Self::compute_properties(
             &schema,
             order,
@@ -207,7 +203,8 @@ impl LeafMergeExec {
             pruned_leaves: 0,
             rules: Arc::new(rules),
             age_off_clock: None,
-            metrics: ExecutionPlanMetricsSet::new(),
+            counters: Arc::new(counters),
+            metrics,
             cache,
         })
     }
@@ -376,55 +373,6 @@ impl LeafMergeExec {
         )
     }
 
-    /// The counts of partition `partition` of the leaf merge in `plan`, which may be below
-    /// projections, filters and a leaf's SQL; `None` where `plan` holds no merge.
-    pub fn counts_in(plan: &Arc<dyn ExecutionPlan>, partition: usize) -> Option<MergeCounts> {
-        let Some(merge) = plan.downcast_ref::<LeafMergeExec>() else {
-            return plan
-                .children()
-                .into_iter()
-                .find_map(|child| Self::counts_in(child, partition));
-        };
-        let metrics = merge.metrics.clone_inner();
-        let metric = |name: &str| {
-            metrics
-                .iter()
-                .find(|m| m.value().name() == name && m.partition() == Some(partition))
-                .map(|m| m.value().as_usize() as u64)
-        };
-        Some(MergeCounts {
-            rows_read: metric(ROWS_READ).unwrap_or(0),
-            age_off_clock_millis: metric(AGE_OFF_CLOCK),
-        })
-    }
-
-    /// For each age-off filter, its column in the read schema and the oldest time kept, from one
-    /// clock read per leaf, which [`MergeCounts`] reports.
-    fn age_off_cutoffs(&self, partition: usize) -> Vec<(usize, i64)> {
-        if self.rules.age_offs.is_empty() {
-            return vec![];
-        }
-        let now = self.age_off_clock.unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64)
-        });
-        MetricBuilder::new(&self.metrics)
-            .gauge(AGE_OFF_CLOCK, partition)
-            .set(now as usize);
-        self.rules
-            .age_offs
-            .iter()
-            .map(|age_off| {
-                let column = self
-                    .read_schema
-                    .index_of(&age_off.column)
-                    .expect("age-off columns are read");
-                (column, now.saturating_sub(age_off.max_age_millis))
-            })
-            .collect()
-    }
-
     /// The leaf's files are reached through `context`'s object stores, as DataFusion's own
     /// scans reach theirs, and what it reads is reserved from its memory pool: the
     /// reservation lives as long as the merge.
@@ -444,7 +392,7 @@ impl LeafMergeExec {
             self.order,
         ));
         let age_offs = Arc::new(self.age_off_cutoffs(partition));
-        let rows_read = MetricBuilder::new(&self.metrics).counter(ROWS_READ, partition);
+        let rows_read = self.counters[partition].rows_read.clone();
         let row_groups_pruned =
             MetricBuilder::new(&self.metrics).counter("row_groups_pruned", partition);
         MetricBuilder::new(&self.metrics)
