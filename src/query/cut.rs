@@ -50,12 +50,14 @@ pub async fn cut_leaf_query(
     let key = &schema.row_key_fields[0];
     let key_type = schema.row_key_types()[0];
     let leaf_range = &query.partition_region.ranges[0];
-    let mut files: Vec<&String> = query.files.iter().collect();
+    // Owned names: a stream of references is not provably `Send` to a spawned planner's task
+    // (rust-lang/rust#102211).
+    let mut files: Vec<String> = query.files.clone();
     files.sort();
     files.dedup();
     let groups: Vec<Vec<RowGroupRows>> = stream::iter(files)
         .map(|file| async move {
-            let metadata = read_footer(table, file).await?;
+            let metadata = read_footer(table, &file).await?;
             Ok::<_, Error>(row_groups(&metadata, &key.name, key_type))
         })
         .buffer_unordered(FOOTERS_AT_ONCE)

@@ -10,6 +10,7 @@ pub mod runner;
 pub mod sqs;
 pub mod tables;
 pub mod trust;
+pub mod worker;
 
 use std::time::Duration;
 

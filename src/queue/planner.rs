@@ -1,13 +1,19 @@
 //! The planner: turns each `BulkExportQuery` into one leaf query per leaf partition.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use futures::{stream, StreamExt, TryStreamExt};
+use tokio_util::sync::CancellationToken;
 
+use super::config::BulkExportConfig;
 use super::manifest::{ExportRecords, Manifest, SubExport, LISTED_BY_DEFAULT};
 use super::trust::check_id;
+use super::worker::{MessageHandler, Outcome, WorkerLoop, DEFAULT_STOP_GRACE};
 use super::{Message, MessageQueue};
 use crate::error::{Error, Result};
 use crate::leaf::{check_leaf_sql, run_leaf_query, ExportOptions};
@@ -37,19 +43,6 @@ pub struct PlannedExport {
     pub empty_leaves: Vec<WrittenLeaf>,
     /// Leaves done by an earlier planning pass of the same export, which this one left alone.
     pub already_done: Vec<WrittenLeaf>,
-}
-
-/// What became of one message.
-#[derive(Debug)]
-pub enum Outcome<T> {
-    Done(T),
-    /// The message itself is bad; it went to the dead-letter queue (or, with none, was left to
-    /// the queue's redrive policy).
-    Rejected(Error),
-    /// Something else failed; the message will be offered again.
-    Failed(Error),
-    /// Stopped by shutdown (the leaf named); the message is offered again at once.
-    Interrupted(String),
 }
 
 #[derive(Debug, Clone)]
@@ -228,8 +221,15 @@ impl Planner {
     ) -> Result<Vec<WrittenLeaf>> {
         // The completions counted so far, where each next count starts looking.
         let counted = AtomicUsize::new(0);
-        stream::iter(leaf_queries.iter().filter(|q| q.files.is_empty()))
-            .map(|query| async {
+        // By position, not by reference: a stream of references is not provably `Send` to the
+        // worker loop's task (rust-lang/rust#102211).
+        let empty: Vec<usize> = (0..leaf_queries.len())
+            .filter(|&i| leaf_queries[i].files.is_empty())
+            .collect();
+        let counted = &counted;
+        stream::iter(empty)
+            .map(|i| async move {
+                let query = &leaf_queries[i];
                 let written = run_leaf_query(table, query, &self.output, &self.export).await?;
                 let hint = counted.load(AtomicOrdering::Relaxed);
                 let count = records.record_completion(&written, hint).await?;
@@ -275,34 +275,67 @@ impl Planner {
         }
     }
 
-    /// Receives and plans queries until `idle` passes with none (forever when `None`).
+    /// Plans the export queries of `queue`, one at a time, renewing each one's invisibility
+    /// while it is planned, until idle for `idle` or until `shutdown` completes (the query being
+    /// planned is finished first).
     pub async fn run(
         &self,
+        queue: Arc<dyn MessageQueue>,
+        dead_letters: Option<Arc<dyn MessageQueue>>,
+        leaf_queue: Arc<dyn MessageQueue>,
+        config: &BulkExportConfig,
+        idle: Option<Duration>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<Vec<Outcome<PlannedExport>>> {
+        let worker = WorkerLoop {
+            concurrency: 1,
+            wait: config.wait,
+            visibility: config.visibility,
+            keepalive: config.keepalive,
+            idle_exit: idle,
+            stop_grace: DEFAULT_STOP_GRACE,
+            cancel: CancellationToken::new(),
+        };
+        let handler = Arc::new(Planning {
+            planner: self.clone(),
+            leaf_queue,
+        });
+        let mut outcomes = Vec::new();
+        worker
+            .run(
+                handler,
+                queue,
+                dead_letters,
+                shutdown,
+                |settled| match settled {
+                    Ok(outcome) => outcomes.push(outcome),
+                    Err(error) => outcomes.push(Outcome::Failed(error)),
+                },
+            )
+            .await?;
+        Ok(outcomes)
+    }
+}
+
+/// The planner as the worker loop's handler: each export query planned onto `leaf_queue`.
+struct Planning {
+    planner: Planner,
+    leaf_queue: Arc<dyn MessageQueue>,
+}
+
+#[async_trait]
+impl MessageHandler for Planning {
+    type Done = PlannedExport;
+
+    async fn handle(
+        &self,
+        message: &Message,
         queue: &dyn MessageQueue,
         dead_letters: Option<&dyn MessageQueue>,
-        leaf_queue: &dyn MessageQueue,
-        wait: Duration,
-        visibility: Duration,
-        idle: Option<Duration>,
-    ) -> Result<Vec<Outcome<PlannedExport>>> {
-        let mut outcomes = Vec::new();
-        let mut idle_since = std::time::Instant::now();
-        loop {
-            let messages = queue.receive(10, wait, visibility).await?;
-            if messages.is_empty() {
-                if idle.is_some_and(|idle| idle_since.elapsed() >= idle) {
-                    return Ok(outcomes);
-                }
-                continue;
-            }
-            for message in &messages {
-                outcomes.push(
-                    self.handle(message, queue, dead_letters, leaf_queue)
-                        .await?,
-                );
-            }
-            idle_since = std::time::Instant::now();
-        }
+    ) -> Result<Outcome<PlannedExport>> {
+        self.planner
+            .handle(message, queue, dead_letters, self.leaf_queue.as_ref())
+            .await
     }
 }
 

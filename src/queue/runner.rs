@@ -4,15 +4,15 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
+use async_trait::async_trait;
 
 use super::config::BulkExportConfig;
 use super::manifest::{ExportRecords, Manifest};
-use super::planner::{reject, Outcome};
+use super::planner::reject;
 use super::trust::check_leaf_query;
+use super::worker::{MessageHandler, Outcome, WorkerLoop, DEFAULT_STOP_GRACE};
 use super::{Message, MessageQueue};
 use crate::error::{Error, Result};
 use crate::leaf::{check_leaf_sql, run_leaf_query, ExportLayout, ExportOptions};
@@ -72,7 +72,7 @@ impl Runner {
             config,
             concurrency: 1,
             idle_exit: None,
-            stop_grace: Duration::from_secs(25),
+            stop_grace: DEFAULT_STOP_GRACE,
             exports: Mutex::default(),
         }
     }
@@ -120,58 +120,21 @@ impl Runner {
         shutdown: impl std::future::Future<Output = ()>,
         mut on_done: impl FnMut(&WrittenLeaf),
     ) -> Result<RunnerReport> {
-        tokio::pin!(shutdown);
-        let mut running = Running::new();
+        let worker = WorkerLoop {
+            concurrency: self.concurrency,
+            wait: self.config.wait,
+            visibility: self.config.visibility,
+            keepalive: self.config.keepalive,
+            idle_exit: self.idle_exit,
+            stop_grace: self.stop_grace,
+            cancel: self.export.cancel.clone(),
+        };
         let mut report = RunnerReport::default();
-        let mut idle_since = Instant::now();
-        loop {
-            while let Some(finished) = running.try_join_next() {
-                record(&mut report, finished, &mut on_done);
-            }
-            if running.len() >= self.concurrency {
-                tokio::select! {
-                    finished = running.join_next() => record(&mut report, finished.expect("tasks are running"), &mut on_done),
-                    () = &mut shutdown => break,
-                }
-                continue;
-            }
-            if !running.is_empty() {
-                idle_since = Instant::now();
-            }
-            let free = (self.concurrency - running.len()).min(10);
-            let messages = tokio::select! {
-                messages = queue.receive(free, self.config.wait, self.config.visibility) => messages?,
-                () = &mut shutdown => break,
-            };
-            if messages.is_empty() {
-                if running.is_empty()
-                    && self
-                        .idle_exit
-                        .is_some_and(|idle| idle_since.elapsed() >= idle)
-                {
-                    break;
-                }
-                continue;
-            }
-            idle_since = Instant::now();
-            for message in messages {
-                let (runner, queue, dead_letters) =
-                    (Arc::clone(&self), Arc::clone(&queue), dead_letters.clone());
-                running.spawn(async move {
-                    runner
-                        .handle(&message, queue.as_ref(), dead_letters.as_deref())
-                        .await
-                });
-            }
-        }
-        finish_running(
-            &mut running,
-            tokio::time::sleep(self.stop_grace),
-            &self.export.cancel,
-            &mut report,
-            &mut on_done,
-        )
-        .await;
+        worker
+            .run(self, queue, dead_letters, shutdown, |settled| {
+                record(&mut report, settled, &mut on_done)
+            })
+            .await?;
         Ok(report)
     }
 
@@ -188,35 +151,14 @@ impl Runner {
         }
         Ok((query, table))
     }
+}
 
-    /// Runs the leaf query, extending its message's visibility while it runs.
-    async fn run_keeping_alive(
-        &self,
-        table: &SleeperTable,
-        query: &BulkExportLeafPartitionQuery,
-        message: &Message,
-        queue: &dyn MessageQueue,
-    ) -> Result<WrittenLeaf> {
-        let export = run_leaf_query(table, query, &self.output, &self.export);
-        tokio::pin!(export);
-        let mut keepalive = tokio::time::interval_at(
-            tokio::time::Instant::now() + self.config.keepalive,
-            self.config.keepalive,
-        );
-        loop {
-            tokio::select! {
-                result = &mut export => return result,
-                _ = keepalive.tick() => {
-                    if let Err(e) = queue.change_visibility(&message.receipt, self.config.visibility).await {
-                        tracing::warn!("could not extend the visibility of leaf {}: {e}", query.leaf_partition_id);
-                    }
-                }
-            }
-        }
-    }
+#[async_trait]
+impl MessageHandler for Runner {
+    type Done = WrittenLeaf;
 
     /// Runs one leaf query and settles its message.
-    pub async fn handle(
+    async fn handle(
         &self,
         message: &Message,
         queue: &dyn MessageQueue,
@@ -231,7 +173,7 @@ impl Runner {
         };
         let records = ExportRecords::new(&self.output, &query.table_id, &query.export_id);
         self.abort_earlier_uploads(&query).await;
-        let exported = self.run_keeping_alive(table, &query, message, queue).await;
+        let exported = run_leaf_query(table, &query, &self.output, &self.export).await;
         match exported {
             Ok(result) => {
                 let key = (query.table_id.clone(), query.export_id.clone());
@@ -379,100 +321,22 @@ async fn explain_missing_input(error: Error, records: &ExportRecords) -> Error {
     }
 }
 
-type Running = JoinSet<Result<Outcome<WrittenLeaf>>>;
-
-/// Shutting down: the leaves still running get until `grace` is over, then are cancelled. A
-/// leaf that has finished is recorded before the grace period is looked at, so a runner with
-/// none left cancels nothing: a local export (zero grace) that had finished every leaf was
-/// otherwise reported cancelled whenever its timer already counted the grace period over.
-async fn finish_running(
-    running: &mut Running,
-    grace: impl std::future::Future<Output = ()>,
-    cancel: &CancellationToken,
-    report: &mut RunnerReport,
-    on_done: &mut impl FnMut(&WrittenLeaf),
-) {
-    tokio::pin!(grace);
-    loop {
-        tokio::select! {
-            biased;
-            finished = running.join_next() => match finished {
-                Some(finished) => record(report, finished, on_done),
-                None => break,
-            },
-            () = &mut grace, if !cancel.is_cancelled() => {
-                tracing::warn!(
-                    running = running.len(),
-                    "stop grace period over: cancelling the leaves still running"
-                );
-                cancel.cancel();
-            }
-        }
-    }
-}
-
 fn record(
     report: &mut RunnerReport,
-    finished: std::result::Result<Result<Outcome<WrittenLeaf>>, tokio::task::JoinError>,
+    settled: Result<Outcome<WrittenLeaf>>,
     on_done: &mut impl FnMut(&WrittenLeaf),
 ) {
-    match finished {
-        Ok(Ok(Outcome::Done(result))) => {
+    match settled {
+        Ok(Outcome::Done(result)) => {
             on_done(&result);
             report.done.push(result);
         }
-        Ok(Ok(Outcome::Rejected(error))) => report.rejected.push(error),
-        Ok(Ok(Outcome::Interrupted(leaf))) => report.interrupted.push(leaf),
-        Ok(Ok(Outcome::Failed(error))) => report.failed.push(error),
-        Ok(Err(error)) => {
+        Ok(Outcome::Rejected(error)) => report.rejected.push(error),
+        Ok(Outcome::Interrupted(leaf)) => report.interrupted.push(leaf),
+        Ok(Outcome::Failed(error)) => report.failed.push(error),
+        Err(error) => {
             tracing::error!("a leaf query could not be settled: {error}");
             report.failed.push(error);
         }
-        Err(error) => {
-            tracing::error!("a leaf query's task stopped: {error}");
-            report.failed.push(Error::DataFusion(
-                datafusion::error::DataFusionError::ExecutionJoin(Box::new(error)),
-            ));
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn a_runner_with_no_leaf_left_cancels_nothing_when_its_grace_is_over() {
-        // A grace period already over: the race a zero grace period on a busy timer can lose.
-        for _ in 0..64 {
-            let cancel = CancellationToken::new();
-            let mut report = RunnerReport::default();
-            let grace = std::future::ready(());
-            finish_running(
-                &mut Running::new(),
-                grace,
-                &cancel,
-                &mut report,
-                &mut |_| {},
-            )
-            .await;
-            assert!(!cancel.is_cancelled());
-        }
-    }
-
-    #[tokio::test]
-    async fn leaves_still_running_when_the_grace_is_over_are_cancelled_and_reported() {
-        let cancel = CancellationToken::new();
-        let mut running = Running::new();
-        let stopping = cancel.clone();
-        running.spawn(async move {
-            stopping.cancelled().await;
-            Ok(Outcome::Interrupted("leaf".into()))
-        });
-        let mut report = RunnerReport::default();
-        let grace = std::future::ready(());
-        finish_running(&mut running, grace, &cancel, &mut report, &mut |_| {}).await;
-        assert!(cancel.is_cancelled());
-        assert_eq!(report.interrupted, vec!["leaf".to_owned()]);
     }
 }

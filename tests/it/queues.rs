@@ -10,9 +10,10 @@ use sleeper_export::leaf::ExportOptions;
 use sleeper_export::query::BulkExportQuery;
 use sleeper_export::queue::config::BulkExportConfig;
 use sleeper_export::queue::manifest::ExportRecords;
-use sleeper_export::queue::planner::{Outcome, Planner};
+use sleeper_export::queue::planner::Planner;
 use sleeper_export::queue::runner::Runner;
 use sleeper_export::queue::sqs::SqsQueue;
+use sleeper_export::queue::worker::Outcome;
 use sleeper_export::queue::MessageQueue;
 use sleeper_export::queue::TableIndex;
 use sleeper_export::storage::Stores;
@@ -132,19 +133,19 @@ impl Setup {
         dead_letters: &SqsQueue,
         leaf_queue: &SqsQueue,
     ) -> Vec<Outcome<sleeper_export::queue::planner::PlannedExport>> {
-        let (wait, visibility, idle) = (
-            Duration::from_secs(1),
-            Duration::from_secs(30),
-            Duration::from_secs(1),
-        );
+        let config = BulkExportConfig {
+            wait: Duration::from_secs(1),
+            visibility: Duration::from_secs(30),
+            ..BulkExportConfig::default()
+        };
         self.planner()
             .run(
-                queue,
-                Some(dead_letters),
-                leaf_queue,
-                wait,
-                visibility,
-                Some(idle),
+                Arc::new(queue.clone()),
+                Some(Arc::new(dead_letters.clone())),
+                Arc::new(leaf_queue.clone()),
+                &config,
+                Some(Duration::from_secs(1)),
+                std::future::pending(),
             )
             .await
             .unwrap()

@@ -8,9 +8,10 @@ use sleeper_export::leaf::{ExportOptions, DEFAULT_MEMORY_LIMIT};
 use sleeper_export::query::BulkExportQuery;
 use sleeper_export::queue::config::{self as queue_config, BulkExportConfig};
 use sleeper_export::queue::manifest::{ExportRecords, ExportStatus, Listing, LISTED_BY_DEFAULT};
-use sleeper_export::queue::planner::{Outcome, Planner};
+use sleeper_export::queue::planner::Planner;
 use sleeper_export::queue::runner::Runner;
 use sleeper_export::queue::sqs::SqsQueue;
+use sleeper_export::queue::worker::Outcome;
 use sleeper_export::queue::MessageQueue;
 use sleeper_export::storage::Stores;
 use sleeper_export::Result;
@@ -156,14 +157,21 @@ pub async fn plan(
             ..settings.options()
         },
     };
+    let stopped = async {
+        let signal = shutdown_signal().await;
+        tracing::info!(
+            signal,
+            "stopping: no new query is taken; the one being planned is finished"
+        );
+    };
     let outcomes = planner
         .run(
-            &queue,
-            dead_letters.as_ref().map(|q| q as &dyn MessageQueue),
-            &leaf_queue,
-            config.wait,
-            config.visibility,
+            Arc::new(queue),
+            dead_letters.map(|q| Arc::new(q) as Arc<dyn MessageQueue>),
+            Arc::new(leaf_queue),
+            &config,
             args.idle_exit_seconds.map(Duration::from_secs),
+            stopped,
         )
         .await?;
     println!(
