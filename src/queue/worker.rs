@@ -194,6 +194,73 @@ fn joined<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
+    use tokio::sync::watch;
+
+    /// Records each visibility change; nothing else happens on it.
+    #[derive(Debug)]
+    struct RenewalsSeen {
+        changes: Mutex<Vec<(String, Duration)>>,
+        count: watch::Sender<usize>,
+    }
+
+    #[async_trait]
+    impl MessageQueue for RenewalsSeen {
+        async fn send_all(&self, _bodies: Vec<String>) -> Result<()> {
+            Ok(())
+        }
+        async fn receive(&self, _: usize, _: Duration, _: Duration) -> Result<Vec<Message>> {
+            Ok(vec![])
+        }
+        async fn delete(&self, _receipt: &str) -> Result<()> {
+            Ok(())
+        }
+        async fn change_visibility(&self, receipt: &str, timeout: Duration) -> Result<()> {
+            let mut changes = self.changes.lock().unwrap();
+            changes.push((receipt.to_owned(), timeout));
+            self.count.send_replace(changes.len());
+            Ok(())
+        }
+    }
+
+    /// A message held longer than the keep-alive period is renewed, with its own receipt and
+    /// the worker's visibility, until it is settled.
+    #[tokio::test]
+    async fn a_message_being_handled_is_renewed_each_keepalive_period() {
+        let (count, mut seen) = watch::channel(0);
+        let queue = RenewalsSeen {
+            changes: Mutex::default(),
+            count,
+        };
+        let message = Message {
+            body: "{}".into(),
+            receipt: "receipt-1".into(),
+        };
+        // Settles once it has been renewed three times.
+        let handled = async move {
+            seen.wait_for(|&renewals| renewals >= 3).await.unwrap();
+            Ok(())
+        };
+        let renewing = keeping_alive(
+            handled,
+            &message,
+            &queue,
+            Duration::from_millis(10),
+            Duration::from_secs(60),
+        );
+        tokio::time::timeout(Duration::from_secs(30), renewing)
+            .await
+            .expect("renewed three times within 30 s")
+            .unwrap();
+        let changes = queue.changes.lock().unwrap();
+        assert!(changes.len() >= 3, "{changes:?}");
+        assert!(
+            changes
+                .iter()
+                .all(|change| *change == ("receipt-1".to_owned(), Duration::from_secs(60))),
+            "{changes:?}"
+        );
+    }
 
     fn stopping_at_once(cancel: &CancellationToken) -> WorkerLoop {
         WorkerLoop {
