@@ -137,26 +137,24 @@ impl ExecutionPlan for LeafAggregateExec {
         let aggregator = RowAggregator::new(input.schema(), self.key_count, &self.aggregations);
         let baseline = BaselineMetrics::new(&self.metrics, partition);
         let projection = self.projection.clone();
-        // The input's end releases the last run of equal keys.
-        let batches = input.map(Some).chain(futures::stream::once(async { None }));
-        let stream = batches
-            .scan(aggregator, |aggregator, next| {
-                let ready = match next {
-                    Some(Ok(batch)) => aggregator.push(batch).map_err(DataFusionError::from),
-                    Some(Err(error)) => Err(error),
-                    None => Ok(aggregator.finish()),
+        // Ends at the first error; the input's end releases the last run of equal keys.
+        let aggregated =
+            futures::stream::try_unfold(Some((input, aggregator)), |state| async move {
+                let Some((mut input, mut aggregator)) = state else {
+                    return Ok(None);
                 };
-                futures::future::ready(Some(ready))
-            })
-            .filter_map(move |ready| {
-                let projected = ready
-                    .transpose()
-                    .map(|batch| batch.and_then(|b| Ok(b.project(&projection)?)));
-                if let Some(Ok(batch)) = &projected {
-                    baseline.record_output(batch.num_rows());
+                while let Some(batch) = input.next().await {
+                    if let Some(ready) = aggregator.push(batch?)? {
+                        return Ok(Some((ready, Some((input, aggregator)))));
+                    }
                 }
-                futures::future::ready(projected)
+                Ok(aggregator.finish().map(|last| (last, None)))
             });
+        let stream = aggregated.map(move |batch: DFResult<_>| {
+            let batch = batch?.project(&projection)?;
+            baseline.record_output(batch.num_rows());
+            Ok(batch)
+        });
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             Arc::clone(&self.schema),
             stream,

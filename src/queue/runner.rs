@@ -27,10 +27,10 @@ pub struct Runner {
     tables: TableIndex,
     output: Location,
     /// Cancelling `export.cancel` stops the leaves running: they abort their uploads and their
-    /// messages are offered again at once.
+    /// messages are offered again at once. `export.parallelism` is the leaves run at once,
+    /// over which the memory pool is shared.
     export: ExportOptions,
     config: BulkExportConfig,
-    concurrency: usize,
     idle_exit: Option<Duration>,
     stop_grace: Duration,
     /// Per export: its leaves, from its manifest (read once per export rather than once per
@@ -68,9 +68,11 @@ impl Runner {
         Runner {
             tables,
             output,
-            export: export.sharing_one_pool(),
+            export: ExportOptions {
+                parallelism: 1,
+                ..export.sharing_one_pool()
+            },
             config,
-            concurrency: 1,
             idle_exit: None,
             stop_grace: DEFAULT_STOP_GRACE,
             exports: Mutex::default(),
@@ -79,11 +81,9 @@ impl Runner {
 
     /// Leaf queries run at once, each with its share of the export options' memory pool.
     pub fn with_concurrency(self, concurrency: usize) -> Self {
-        let concurrency = concurrency.max(1);
         Runner {
-            concurrency,
             export: ExportOptions {
-                parallelism: concurrency,
+                parallelism: concurrency.max(1),
                 ..self.export
             },
             ..self
@@ -121,7 +121,7 @@ impl Runner {
         mut on_done: impl FnMut(&WrittenLeaf),
     ) -> Result<RunnerReport> {
         let worker = WorkerLoop {
-            concurrency: self.concurrency,
+            concurrency: self.export.parallelism,
             wait: self.config.wait,
             visibility: self.config.visibility,
             keepalive: self.config.keepalive,

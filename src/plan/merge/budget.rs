@@ -41,13 +41,14 @@ pub(super) struct ReadBudget {
 }
 
 impl ReadBudget {
-    /// The budgets to try, the fastest first, each half the one before, down to the least;
-    /// with the `reads` share of the pool, only those that fit it, and always the least.
+    /// The budgets to try with what each holds, the fastest first, each half the one before,
+    /// down to the least; with the `reads` share of the pool, only those that fit it, and
+    /// always the least.
     pub(super) fn candidates(
         files: &[OpenedFile],
         batch_size: usize,
         reads: Option<usize>,
-    ) -> Vec<ReadBudget> {
+    ) -> Vec<(ReadBudget, usize)> {
         let count = files.len().max(1);
         let mut budget = ReadBudget {
             file_fetch_bytes: LEAF_FETCH_BUDGET_BYTES / count,
@@ -60,33 +61,35 @@ impl ReadBudget {
             file_fetch_bytes: LEAST_FILE_FETCH_BYTES.min(budget.file_fetch_bytes),
             file_batch_rows: LEAST_FILE_BATCH_ROWS.min(budget.file_batch_rows),
         };
+        // A row's decoded size is the footers' and the same for every budget.
+        let row_bytes: Vec<usize> = files.iter().map(OpenedFile::decoded_row_bytes).collect();
+        let held = |budget: ReadBudget| (budget, budget.bytes(files, &row_bytes, batch_size));
         let mut candidates = vec![];
         while budget != least {
-            candidates.push(budget);
+            candidates.push(held(budget));
             budget = ReadBudget {
                 file_fetch_bytes: (budget.file_fetch_bytes / 2).max(least.file_fetch_bytes),
                 file_batch_rows: (budget.file_batch_rows / 2).max(least.file_batch_rows),
             };
         }
         if let Some(reads) = reads {
-            candidates.retain(|budget| budget.bytes(files, batch_size) <= reads);
+            candidates.retain(|&(_, bytes)| bytes <= reads);
         }
-        candidates.push(least);
+        candidates.push(held(least));
         candidates
     }
 
-    /// What the leaf holds reading its `files` with this budget: each file's two windows of
-    /// pages and its batches, and the merge's output batches.
-    pub(super) fn bytes(&self, files: &[OpenedFile], batch_size: usize) -> usize {
-        let mut widest_row = 0;
+    /// What the leaf holds reading its `files` (whose rows decode to `row_bytes` each) with
+    /// this budget: each file's two windows of pages and its batches, and the merge's output
+    /// batches.
+    fn bytes(&self, files: &[OpenedFile], row_bytes: &[usize], batch_size: usize) -> usize {
         let mut bytes = 0usize;
-        for file in files {
-            let row = file.decoded_row_bytes();
-            widest_row = widest_row.max(row);
+        for (file, &row) in files.iter().zip(row_bytes) {
             bytes = bytes
                 .saturating_add(file.fetched_bytes(self.file_fetch_bytes, self.file_batch_rows))
                 .saturating_add(row.saturating_mul(self.file_batch_rows * BATCHES_HELD_PER_FILE));
         }
+        let widest_row = row_bytes.iter().copied().max().unwrap_or(0);
         bytes.saturating_add(widest_row.saturating_mul(batch_size * OUTPUT_BATCHES_HELD))
     }
 }

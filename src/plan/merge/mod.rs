@@ -422,9 +422,7 @@ impl LeafMergeExec {
             .register(context.memory_pool());
         let share = LeafMemoryShare::of(&context).map(LeafMemoryShare::reads);
         let candidates = ReadBudget::candidates(&opened, batch_size, share);
-        let budget = reserve_first_granted(&reservation, candidates, |budget| {
-            budget.bytes(&opened, batch_size)
-        })?;
+        let (budget, _) = reserve_first_granted(&reservation, candidates, |(_, bytes)| bytes)?;
         let inputs = start_inputs(readers, opened, budget);
         let mut merge = LeafMerge::new(
             inputs,
